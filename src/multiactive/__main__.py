@@ -1,0 +1,3 @@
+from multiactive.cli.main import main
+
+main()

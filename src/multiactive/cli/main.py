@@ -1,0 +1,38 @@
+"""The `multiactive` command: parse options, build the configuration, call the library."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from multiactive import __version__
+from multiactive.cli.demo import demo
+from multiactive.cli.site import site
+from multiactive.errors import MultiactiveError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="multiactive")
+def cli() -> None:
+    """Multi-site active-active replication: every site writable, every write everywhere."""
+
+
+cli.add_command(site)
+cli.add_command(demo)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except MultiactiveError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,72 @@
+"""`multiactive site run`: one site's process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+
+import click
+
+from multiactive import aio, logs
+from multiactive.admin.http import AdminServer
+from multiactive.model.topology import load_topology
+from multiactive.replication.handlers import HandlerRegistry
+from multiactive.site.node import SiteNode
+
+
+@click.group()
+def site() -> None:
+    """Run and inspect site processes."""
+
+
+@site.command("run")
+@click.option(
+    "--topology",
+    "topology_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The topology file shared by all sites.",
+)
+@click.option("--site", "site_name", required=True, help="Which site of the topology this is.")
+@click.option(
+    "--handlers",
+    multiple=True,
+    metavar="MODULE",
+    help="Import MODULE and call its setup(registry); repeatable.",
+)
+@click.option(
+    "--log-level",
+    default="INFO",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="Lowest log level written to stderr.",
+)
+def run_site(
+    topology_path: Path, site_name: str, handlers: tuple[str, ...], log_level: str
+) -> None:
+    """Run one site until SIGTERM or SIGINT, then drain and stop cleanly."""
+    logs.configure(log_level, site=site_name)
+    topology = load_topology(topology_path)
+    registry = HandlerRegistry()
+    for module in handlers:
+        registry.load(module)
+    node = SiteNode(topology, site_name, registry)
+    aio.run(_serve(node))
+
+
+async def _serve(node: SiteNode) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    admin = AdminServer(node) if node.config.admin is not None else None
+    try:
+        if admin is not None:
+            await admin.start()
+        await node.run(stop)
+    finally:
+        if admin is not None:
+            with contextlib.suppress(Exception):
+                await admin.stop()

@@ -1,0 +1,192 @@
+"""The Python publisher: `multiactive.Client`.
+
+    async with Client("127.0.0.1:7101") as client:
+        ack = await client.publish("kv.set", "user:42", b"hello")
+        print(ack.id, ack.partition, ack.seq)
+
+`publish` returns once the site has journaled the message durably (J3). Publishes made in the
+same event-loop turn travel in one PUBLISH frame, and many frames may be in flight at once, so
+throughput comes from concurrency (`asyncio.gather`, or `publish_many`), not from waiting.
+
+Every message carries a request id (made here unless given). If the connection drops before
+the answer, the publish raises `ConnectionLost`: the outcome is unknown, and publishing again
+with the same `id` is safe, because the site acknowledges a known id again instead of
+journaling it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from multiactive.errors import (
+    ConnectionLost,
+    PayloadTooLarge,
+    ProtocolError,
+    RejectedError,
+)
+from multiactive.model.ids import IdGenerator
+from multiactive.model.topology import DEFAULT_MAX_FRAME_BYTES, Address, parse_address
+from multiactive.wire.connection import FrameConnection
+from multiactive.wire.frames import FrameType
+from multiactive.wire.protocol import (
+    RESULT_OK,
+    Draft,
+    Hello,
+    decode_error,
+    decode_hello,
+    decode_published,
+    encode_hello,
+    encode_publish,
+)
+
+MAX_DRAFTS_PER_FRAME = 2000
+MAX_FRAME_PAYLOAD_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """A durable acceptance: where the message sits in its origin's journal."""
+
+    id: str
+    site: str
+    partition: int
+    seq: int
+    duplicate: bool  # the id had been accepted before; this is that first acceptance
+
+
+class Client:
+    def __init__(self, address: str | Address, *, connect_timeout_s: float = 5.0) -> None:
+        self.address = (
+            address if isinstance(address, Address) else parse_address(address, "address")
+        )
+        self._timeout = connect_timeout_s
+        self._ids = IdGenerator()
+        self._conn: FrameConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._queue: list[tuple[Draft, asyncio.Future[Ack]]] = []
+        self._queue_bytes = 0
+        self._scheduled = False
+        self._in_flight: dict[int, list[tuple[str, asyncio.Future[Ack]]]] = {}
+        self._next_request = 1
+        self._lost: ConnectionLost | None = None
+        self.site = ""
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        conn = await FrameConnection.connect(self.address, DEFAULT_MAX_FRAME_BYTES, self._timeout)
+        conn.send(encode_hello(Hello("", "client", "")))
+        frame = await asyncio.wait_for(conn.recv(), self._timeout)
+        if frame.type == FrameType.ERROR:
+            await conn.close()
+            raise ConnectionLost(
+                f"{self.address} refused the client: {decode_error(frame).message}"
+            )
+        self.site = decode_hello(frame).site
+        self._conn = conn
+        self._lost = None
+        self._reader = asyncio.create_task(self._read_answers())
+
+    async def publish(
+        self,
+        type: str,
+        key: str,
+        payload: bytes = b"",
+        *,
+        headers: Mapping[str, str] | None = None,
+        id: str | None = None,
+    ) -> Ack:
+        """Publish one message; returns when it is durable at the site."""
+        draft: Draft = (id or self._ids.new(), type, key, dict(headers or {}), payload)
+        return await self._enqueue(draft)
+
+    async def publish_many(self, drafts: Sequence[tuple[str, str, bytes]]) -> list[Ack]:
+        """Publish (type, key, payload) triples; raises the first refusal, if any."""
+        futures = [self._enqueue((self._ids.new(), t, k, {}, p)) for t, k, p in drafts]
+        return list(await asyncio.gather(*futures))
+
+    def _enqueue(self, draft: Draft) -> asyncio.Future[Ack]:
+        if self._conn is None or self._lost is not None:
+            raise self._lost or ConnectionLost("the client is not connected; call connect()")
+        future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        self._queue.append((draft, future))
+        self._queue_bytes += len(draft[4]) + len(draft[2]) + 64
+        if len(self._queue) >= MAX_DRAFTS_PER_FRAME or self._queue_bytes >= MAX_FRAME_PAYLOAD_BYTES:
+            self._send_queued()
+        elif not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_queued)
+        return future
+
+    def _send_queued(self) -> None:
+        self._scheduled = False
+        if not self._queue or self._conn is None:
+            return
+        queued, self._queue, self._queue_bytes = self._queue, [], 0
+        request = self._next_request
+        self._next_request += 1
+        self._in_flight[request] = [(draft[0], future) for draft, future in queued]
+        try:
+            self._conn.send(encode_publish(request, [draft for draft, _ in queued]))
+        except ConnectionLost as exc:
+            self._fail_all(exc)
+
+    async def _read_answers(self) -> None:
+        assert self._conn is not None
+        try:
+            while True:
+                frame = await self._conn.recv()
+                if frame.type == FrameType.PUBLISHED:
+                    self._settle(*decode_published(frame))
+                elif frame.type == FrameType.ERROR:
+                    error = decode_error(frame)
+                    raise ConnectionLost(f"{self.site} closed the connection: {error.message}")
+                elif frame.type != FrameType.HEARTBEAT:
+                    raise ProtocolError(f"unexpected {frame.type.name} frame from {self.site}")
+        except (ConnectionLost, ProtocolError) as exc:
+            self._fail_all(ConnectionLost(f"{exc}; outcome of unanswered publishes is unknown"))
+
+    def _settle(self, request: int, results: list[Any]) -> None:
+        waiting = self._in_flight.pop(request, None)
+        if waiting is None or len(waiting) != len(results):
+            raise ProtocolError(f"answer to unknown request {request}")
+        for (id_, future), result in zip(waiting, results, strict=True):
+            if future.done():
+                continue
+            if result[0] == RESULT_OK:
+                future.set_result(Ack(id_, self.site, result[1], result[2], bool(result[3])))
+            else:
+                kind = PayloadTooLarge if result[1] == "payload_too_large" else RejectedError
+                future.set_exception(kind(result[2]))
+
+    def _fail_all(self, exc: ConnectionLost) -> None:
+        self._lost = exc
+        pending = [f for waiting in self._in_flight.values() for _, f in waiting]
+        pending += [f for _, f in self._queue]
+        self._in_flight.clear()
+        self._queue.clear()
+        for future in pending:
+            if not future.done():
+                future.set_exception(exc)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+        self._fail_all(ConnectionLost("the client was closed"))

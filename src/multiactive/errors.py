@@ -1,0 +1,70 @@
+"""One exception tree for the whole package.
+
+    MultiactiveError
+    ├── ConfigError            a topology file or an option is wrong (names the field)
+    ├── DecodeError            bytes that do not decode as a message, batch or frame
+    │   └── ProtocolError      a peer broke the wire protocol; only that connection closes
+    ├── RejectedError          a write was refused at ingress (the client may fix and retry)
+    │   └── PayloadTooLarge    the payload is over `max_payload_bytes`
+    ├── JournalError           a journal invariant would break (J1/J2)
+    │   └── GapError           a remote batch starts above head + 1; carries the head
+    ├── ConnectionLost         a connection closed before an answer arrived
+    └── UnknownSiteError       a site name the topology does not know
+
+Messages name the bad value, what was expected and the setting that controls it.
+"""
+
+from __future__ import annotations
+
+
+class MultiactiveError(Exception):
+    """Base of every error raised by multiactive."""
+
+
+class ConfigError(MultiactiveError):
+    """A configuration value is missing or wrong; the message names the field."""
+
+
+class DecodeError(MultiactiveError):
+    """Bytes that should hold a message, batch or frame could not be decoded."""
+
+
+class ProtocolError(DecodeError):
+    """A peer sent something the wire protocol does not allow."""
+
+
+class RejectedError(MultiactiveError):
+    """A write was refused at ingress; nothing was journaled for it."""
+
+
+class PayloadTooLarge(RejectedError):
+    """A payload is over the configured limit."""
+
+
+class JournalError(MultiactiveError):
+    """An append would break a journal invariant."""
+
+
+class GapError(JournalError):
+    """A remote batch starts above head + 1; the sender must resume from `head + 1`."""
+
+    def __init__(self, message: str, head: int) -> None:
+        super().__init__(message)
+        self.head = head
+
+
+class ConnectionLost(MultiactiveError):
+    """The connection closed before the answer arrived; the outcome is unknown."""
+
+
+class UnknownSiteError(ConfigError):
+    """A site name that is not in the topology."""
+
+
+def format_bytes(n: int) -> str:
+    """`10240` -> `'10 KiB'`, `14540` -> `'14.2 KiB'`: sizes as operators read them."""
+    for unit, size in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            value = n / size
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{n} B"

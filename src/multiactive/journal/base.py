@@ -1,0 +1,248 @@
+"""The journal interface and the decisions every backend shares (ARCHITECTURE.md section 4).
+
+A journal stores record batches per stream (origin, partition) and keeps, per stream, the
+head: the highest seq stored. Invariants, pinned by `tests/unit/journal/`:
+
+- J1: a stream holds exactly seqs 1..head (from its trim point on), no gap, no duplicate.
+- J2: a remote batch whose seqs are all <= head is a no-op; one starting above head + 1 is
+  refused with the head to resume from; one straddling head keeps only its new part.
+- J3: `append_local` returns only after its batches are durable (callers acknowledge then).
+- J4: `trim` drops only batches at or below the floor it is given (what every peer has, and
+  older than retention); computing that floor is the replication layer's job.
+
+Backends implement the `_`-prefixed storage primitives; the decisions (`plan_local`,
+`plan_remote`) are made here, once, so every backend answers the same way.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from multiactive.aio import Pulse
+from multiactive.errors import JournalError
+from multiactive.model.batch import CODEC_NONE, RecordBatch, build_batch, slice_batch
+from multiactive.model.message import Position, Row, StreamId
+
+
+@dataclass(frozen=True, slots=True)
+class LocalGroup:
+    """Messages accepted at this site for one partition, in order, to become one batch."""
+
+    partition: int
+    rows: Sequence[Row]
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """Where a local message landed; `duplicate` if its id had been journaled before."""
+
+    id: str
+    position: Position
+    duplicate: bool
+
+
+@dataclass(slots=True)
+class LocalPlan:
+    batches: list[RecordBatch]
+    results: list[Accepted]
+    index: list[tuple[str, int, int]]  # (id, partition, seq) of new messages
+
+
+@dataclass(slots=True)
+class RemotePlan:
+    batches: list[RecordBatch] = field(default_factory=list)
+    duplicates: int = 0
+    gaps: dict[StreamId, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteResult:
+    """What `append_remote` did: heads after it, batches stored, skipped, and refused gaps."""
+
+    heads: dict[StreamId, int]
+    stored: int
+    duplicates: int
+    gaps: dict[StreamId, int]
+
+
+@dataclass(frozen=True, slots=True)
+class JournalStatistics:
+    backend: str
+    streams: int
+    batches_appended: int
+    messages_appended: int
+    bytes_appended: int
+    duplicate_batches: int
+    refused_gaps: int
+    deduplicated_ids: int
+
+
+class Journal(abc.ABC):
+    """One site's durable store of batches. Methods are called from one event loop."""
+
+    backend = "abstract"
+
+    def __init__(self, site: str, codec: int = CODEC_NONE) -> None:
+        self.site = site
+        self.codec = codec
+        self.appended = Pulse()
+        self.max_version = 0  # greatest message version stored: a restarted clock starts beyond
+        self._heads: dict[StreamId, int] = {}
+        self._counters = dict.fromkeys(
+            ("batches", "messages", "bytes", "duplicates", "gaps", "dedup"), 0
+        )
+
+    # -- the interface -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Create or recover storage and load the heads."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release storage; appends after this fail."""
+
+    def head(self, stream: StreamId) -> int:
+        return self._heads.get(stream, 0)
+
+    def heads(self, origin: str | None = None) -> dict[StreamId, int]:
+        return {s: h for s, h in self._heads.items() if origin is None or s.origin == origin}
+
+    async def append_local(self, groups: Sequence[LocalGroup]) -> list[Accepted]:
+        """Journal messages accepted here (J3): ids seen before map to their first position."""
+        results = await self._append_local(groups)
+        self.appended.fire()
+        return results
+
+    async def append_remote(self, batches: Sequence[RecordBatch]) -> RemoteResult:
+        """Store batches received from their origin, applying J2 to each."""
+        result = await self._append_remote(batches)
+        if result.stored:
+            self.appended.fire()
+        return result
+
+    @abc.abstractmethod
+    async def read(self, stream: StreamId, from_seq: int, max_bytes: int) -> list[RecordBatch]:
+        """Stored batches of a stream whose seqs reach `from_seq` or beyond, in order, at least
+        one (when there is one) and about `max_bytes` in all."""
+
+    @abc.abstractmethod
+    async def lookup(self, ids: Sequence[str]) -> dict[str, Position]:
+        """Positions of locally accepted messages by request id (ids not found are absent)."""
+
+    @abc.abstractmethod
+    async def low_water(self, stream: StreamId) -> int:
+        """The lowest seq still stored (head + 1 when the stream is empty or fully trimmed)."""
+
+    @abc.abstractmethod
+    async def trim(self, floors: dict[StreamId, int], older_than_ms: int) -> int:
+        """Drop batches entirely at or below `floors[stream]` and created before
+        `older_than_ms`; return how many batches were dropped (J4)."""
+
+    @abc.abstractmethod
+    async def save_peer_heads(self, peer: str, heads: dict[StreamId, int]) -> None:
+        """Remember what a peer has acknowledged (for trimming after a restart)."""
+
+    @abc.abstractmethod
+    async def peer_heads(self) -> dict[str, dict[StreamId, int]]:
+        """What each peer acknowledged, as last saved."""
+
+    def statistics(self) -> JournalStatistics:
+        c = self._counters
+        return JournalStatistics(
+            self.backend,
+            len(self._heads),
+            c["batches"],
+            c["messages"],
+            c["bytes"],
+            c["duplicates"],
+            c["gaps"],
+            c["dedup"],
+        )
+
+    # -- storage primitives --------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _append_local(self, groups: Sequence[LocalGroup]) -> list[Accepted]: ...
+
+    @abc.abstractmethod
+    async def _append_remote(self, batches: Sequence[RecordBatch]) -> RemoteResult: ...
+
+    # -- shared decisions (run wherever the backend runs its writes) ----------------------
+
+    def plan_local(
+        self,
+        groups: Sequence[LocalGroup],
+        known: Callable[[list[str]], dict[str, Position]],
+    ) -> LocalPlan:
+        """Assign seqs to new messages, map repeated ids to where they already are."""
+        ids = [row[0] for group in groups for row in group.rows]
+        seen = known(ids)
+        plan = LocalPlan([], [], [])
+        heads: dict[int, int] = {}
+        for group in groups:
+            stream = StreamId(self.site, group.partition)
+            fresh: list[Row] = []
+            next_seq = heads.get(group.partition, self._heads.get(stream, 0)) + 1
+            for row in group.rows:
+                where = seen.get(row[0])
+                if where is not None:
+                    plan.results.append(Accepted(row[0], where, True))
+                    continue
+                where = Position(self.site, group.partition, next_seq + len(fresh))
+                seen[row[0]] = where
+                fresh.append(row)
+                plan.index.append((row[0], group.partition, where.seq))
+                plan.results.append(Accepted(row[0], where, False))
+            if fresh:
+                heads[group.partition] = next_seq + len(fresh) - 1
+                plan.batches.append(
+                    build_batch(
+                        self.site, group.partition, next_seq, fresh, group.created_ms, self.codec
+                    )
+                )
+        return plan
+
+    def plan_remote(self, batches: Iterable[RecordBatch]) -> RemotePlan:
+        """Apply J2 to each batch against the heads (as they will be after earlier ones)."""
+        plan = RemotePlan()
+        heads: dict[StreamId, int] = {}
+        for batch in batches:
+            stream = batch.stream
+            if stream.origin == self.site:
+                raise JournalError(
+                    f"refusing a batch of this site's own stream {stream} from elsewhere"
+                )
+            head = heads.get(stream, self._heads.get(stream, 0))
+            if stream in plan.gaps or batch.last_seq <= head:
+                plan.duplicates += stream not in plan.gaps
+                continue
+            if batch.first_seq > head + 1:
+                plan.gaps[stream] = head
+                continue
+            if batch.first_seq <= head:
+                batch = slice_batch(batch, head + 1)
+            plan.batches.append(batch)
+            heads[stream] = batch.last_seq
+        return plan
+
+    def commit_plan(self, batches: Sequence[RecordBatch], deduplicated: int = 0) -> None:
+        """Advance cached heads and counters after the backend made `batches` durable."""
+        for batch in batches:
+            self._heads[batch.stream] = batch.last_seq
+            self.max_version = max(self.max_version, batch.max_version)
+            self._counters["batches"] += 1
+            self._counters["messages"] += batch.count
+            self._counters["bytes"] += batch.size
+        self._counters["dedup"] += deduplicated
+
+    def remote_result(self, plan: RemotePlan) -> RemoteResult:
+        self._counters["duplicates"] += plan.duplicates
+        self._counters["gaps"] += len(plan.gaps)
+        touched = {b.stream for b in plan.batches} | set(plan.gaps)
+        return RemoteResult(
+            {s: self.head(s) for s in touched}, len(plan.batches), plan.duplicates, plan.gaps
+        )

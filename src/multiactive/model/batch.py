@@ -1,0 +1,215 @@
+"""Record batches: the unit of storage, shipping and acknowledgement (ARCHITECTURE.md section 4).
+
+A batch is one byte string, stored and shipped as it is:
+
+    offset size field
+    0      2    magic b"MB"
+    2      1    format (1)
+    3      1    codec: 0 = none, 1 = zstd
+    4      4    crc32 of every byte from offset 8 to the end
+    8      4    partition
+    12     8    first_seq
+    20     4    count (>= 1)
+    24     8    created_ms (origin wall clock when the batch was built)
+    32     8    max_version (greatest message version inside)
+    40     4    body_len
+    44     1    origin_len
+    45     n    origin (UTF-8)
+    45+n   m    body: msgpack array of message rows (see `model.message`), maybe compressed
+
+All integers are big-endian. A receiver checks the header and the checksum and appends the bytes
+without decoding a single message; only processors decode bodies.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from multiactive.errors import DecodeError
+from multiactive.model.message import Message, Row, StreamId, message_from_row
+
+MAGIC = b"MB"
+FORMAT = 1
+CODEC_NONE = 0
+CODEC_ZSTD = 1
+CODEC_NAMES = {"none": CODEC_NONE, "zstd": CODEC_ZSTD}
+
+_PREFIX = struct.Struct(">2sBBI")
+_FIELDS = struct.Struct(">IQIQQIB")
+HEADER_SIZE = _PREFIX.size + _FIELDS.size  # without the origin name
+
+
+@dataclass(frozen=True, slots=True)
+class RecordBatch:
+    origin: str
+    partition: int
+    first_seq: int
+    count: int
+    created_ms: int
+    max_version: int
+    codec: int
+    data: bytes = field(repr=False)
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + self.count - 1
+
+    @property
+    def stream(self) -> StreamId:
+        return StreamId(self.origin, self.partition)
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def rows(self) -> list[Any]:
+        """The message rows of the body, decoded (processors only)."""
+        return _decode_body(self)
+
+    def messages(self) -> Iterator[Message]:
+        for offset, row in enumerate(self.rows()):
+            yield message_from_row(row, self.origin, self.partition, self.first_seq + offset)
+
+
+def encode_body(rows: Sequence[Row]) -> bytes:
+    return msgpack.packb(rows, use_bin_type=True)
+
+
+def build_batch(
+    origin: str,
+    partition: int,
+    first_seq: int,
+    rows: Sequence[Row],
+    created_ms: int,
+    codec: int = CODEC_NONE,
+    *,
+    body: bytes | None = None,
+) -> RecordBatch:
+    """Encode rows (or a body already encoded from them) into a stored batch."""
+    if not rows:
+        raise ValueError("a batch holds at least one message")
+    raw = encode_body(rows) if body is None else body
+    if codec == CODEC_ZSTD:
+        raw = _zstd().ZstdCompressor(level=1).compress(raw)
+    max_version = max(row[3] for row in rows)
+    return _assemble(origin, partition, first_seq, len(rows), created_ms, max_version, codec, raw)
+
+
+def _assemble(
+    origin: str,
+    partition: int,
+    first_seq: int,
+    count: int,
+    created_ms: int,
+    max_version: int,
+    codec: int,
+    body: bytes,
+) -> RecordBatch:
+    name = origin.encode("utf-8")
+    fields = _FIELDS.pack(
+        partition, first_seq, count, created_ms, max_version, len(body), len(name)
+    )
+    tail = fields + name + body
+    data = _PREFIX.pack(MAGIC, FORMAT, codec, zlib.crc32(tail)) + tail
+    return RecordBatch(origin, partition, first_seq, count, created_ms, max_version, codec, data)
+
+
+def parse_batch(data: bytes) -> RecordBatch:
+    """Check a stored or received batch (header, lengths, checksum) without decoding its body."""
+    batch, end = _parse_at(memoryview(data), 0)
+    if end != len(data):
+        raise DecodeError(f"batch has {len(data) - end} trailing bytes after its body")
+    return batch
+
+
+def split_batches(data: bytes | memoryview) -> list[RecordBatch]:
+    """Parse a run of concatenated batches (the body of a BATCHES frame)."""
+    view = memoryview(data)
+    batches: list[RecordBatch] = []
+    offset = 0
+    while offset < len(view):
+        batch, offset = _parse_at(view, offset)
+        batches.append(batch)
+    return batches
+
+
+def _parse_at(view: memoryview, offset: int) -> tuple[RecordBatch, int]:
+    if len(view) - offset < HEADER_SIZE:
+        raise DecodeError(
+            f"batch header needs {HEADER_SIZE} bytes, only {len(view) - offset} remain"
+        )
+    magic, fmt, codec, crc = _PREFIX.unpack_from(view, offset)
+    if magic != MAGIC:
+        raise DecodeError(f"batch magic is {bytes(magic)!r}, expected {MAGIC!r}")
+    if fmt != FORMAT:
+        raise DecodeError(f"batch format {fmt} is not supported (this build reads {FORMAT})")
+    if codec not in (CODEC_NONE, CODEC_ZSTD):
+        raise DecodeError(f"batch codec {codec} is unknown (0 = none, 1 = zstd)")
+    partition, first_seq, count, created_ms, max_version, body_len, name_len = _FIELDS.unpack_from(
+        view, offset + _PREFIX.size
+    )
+    end = offset + HEADER_SIZE + name_len + body_len
+    if end > len(view):
+        raise DecodeError(f"batch declares {body_len} body bytes but is cut short")
+    if count < 1 or first_seq < 1:
+        raise DecodeError(f"batch declares seqs {first_seq}..+{count}; seqs start at 1")
+    if zlib.crc32(view[offset + _PREFIX.size : end]) != crc:
+        raise DecodeError(f"batch checksum mismatch (partition {partition}, seq {first_seq})")
+    name_at = offset + HEADER_SIZE
+    try:
+        origin = bytes(view[name_at : name_at + name_len]).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError("batch origin name is not UTF-8") from exc
+    data = bytes(view[offset:end])
+    return RecordBatch(
+        origin, partition, first_seq, count, created_ms, max_version, codec, data
+    ), end
+
+
+def slice_batch(batch: RecordBatch, from_seq: int) -> RecordBatch:
+    """The part of a batch from `from_seq` on, re-encoded (a rare repair path, not the relay)."""
+    skip = from_seq - batch.first_seq
+    if not 0 < skip < batch.count:
+        raise ValueError(f"seq {from_seq} is not inside batch {batch.first_seq}..{batch.last_seq}")
+    rows = [tuple(row) for row in batch.rows()[skip:]]
+    return build_batch(
+        batch.origin,
+        batch.partition,
+        from_seq,
+        rows,
+        batch.created_ms,
+        batch.codec,
+    )
+
+
+def _decode_body(batch: RecordBatch) -> list[Any]:
+    body = memoryview(batch.data)[HEADER_SIZE + len(batch.origin.encode("utf-8")) :]
+    raw: bytes | memoryview = body
+    if batch.codec == CODEC_ZSTD:
+        raw = _zstd().ZstdDecompressor().decompress(body)
+    try:
+        rows = msgpack.unpackb(raw, raw=False, use_list=True)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise DecodeError(f"batch {batch.stream}@{batch.first_seq}: body: {exc}") from exc
+    if not isinstance(rows, list) or len(rows) != batch.count:
+        raise DecodeError(
+            f"batch {batch.stream}@{batch.first_seq} declares {batch.count} messages, "
+            f"its body holds {len(rows) if isinstance(rows, list) else 'no list'}"
+        )
+    return rows
+
+
+def _zstd() -> Any:
+    try:
+        import zstandard
+    except ImportError as exc:
+        raise DecodeError(
+            "batch codec zstd needs the zstandard package (pip install 'multiactive[zstd]')"
+        ) from exc
+    return zstandard

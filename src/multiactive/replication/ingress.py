@@ -1,0 +1,253 @@
+"""Ingress with group commit: accept drafts, batch them per partition, journal, acknowledge.
+
+A draft is checked (id, type, key, headers, payload size), stamped with the site's clock and
+queued for its partition. The flusher takes everything queued, after a short linger when it
+was idle, and journals it in one durable append (one transaction, one fsync); only then are
+the publishers answered (J3). While one append runs, the next group gathers, so batches grow
+with load and the fsync cost is shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from multiactive.aio import Pulse
+from multiactive.errors import RejectedError, format_bytes
+from multiactive.journal.base import Journal, LocalGroup
+from multiactive.model.clock import HybridClock, wall_ms
+from multiactive.model.ids import IdGenerator, is_valid_id
+from multiactive.model.message import Row
+from multiactive.model.partition import partition_for
+from multiactive.model.topology import Limits
+from multiactive.wire.protocol import RESULT_OK, RESULT_REFUSED
+
+MAX_TYPE_LENGTH = 128
+MAX_KEY_BYTES = 1024
+MAX_HEADER_BYTES = 4096
+ROW_OVERHEAD_BYTES = 48
+
+Result = list[Any]  # [0, partition, seq, duplicate] or [1, code, text]
+
+
+@dataclass(frozen=True, slots=True)
+class IngressStatistics:
+    accepted: int
+    duplicates: int
+    refused: int
+    flushes: int
+    pending: int
+    journal_errors: int
+
+
+class _Request:
+    __slots__ = ("done", "remaining", "results")
+
+    def __init__(self, results: list[Result], remaining: int) -> None:
+        self.results = results
+        self.remaining = remaining
+        self.done: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
+        if remaining == 0:
+            self.done.set_result(results)
+
+    def settle(self, index: int, result: Result) -> None:
+        self.results[index] = result
+        self.remaining -= 1
+        if self.remaining == 0 and not self.done.done():
+            self.done.set_result(self.results)
+
+
+class Ingress:
+    def __init__(
+        self,
+        site: str,
+        journal: Journal,
+        clock: HybridClock,
+        partitions: int,
+        limits: Limits,
+    ) -> None:
+        self.site = site
+        self._journal = journal
+        self._clock = clock
+        self._partitions = partitions
+        self._limits = limits
+        self._ids = IdGenerator()
+        self._rows: dict[int, list[Row]] = {}
+        self._refs: dict[int, list[tuple[_Request, int]]] = {}
+        self._pending = 0
+        self._pending_bytes = 0
+        self._arrived = Pulse()
+        self.room = Pulse()
+        self._closing = False
+        self._flushing = False
+        self._counts = dict.fromkeys(("accepted", "duplicates", "refused", "flushes", "errors"), 0)
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    @property
+    def full(self) -> bool:
+        return self._pending >= self._limits.max_pending_messages
+
+    def submit(self, drafts: Sequence[Any]) -> asyncio.Future[list[Result]]:
+        """Queue drafts; the future resolves with one result per draft once durable."""
+        if self._closing:
+            raise RejectedError(f"site {self.site} is shutting down; publish to another site")
+        results: list[Result] = [[]] * len(drafts)
+        checked = [self._check(draft) for draft in drafts]
+        valid = sum(1 for c in checked if isinstance(c, tuple))
+        request = _Request(results, valid)
+        if valid:
+            self._enqueue(request, checked, valid)
+        for index, outcome in enumerate(checked):
+            if isinstance(outcome, list):
+                results[index] = outcome
+                self._counts["refused"] += 1
+        return request.done
+
+    def _enqueue(self, request: _Request, checked: list[Any], valid: int) -> None:
+        version = self._clock.tick(valid)
+        created_ms = wall_ms()
+        partitions = self._partitions
+        for index, outcome in enumerate(checked):
+            if not isinstance(outcome, tuple):
+                continue
+            id_, type_, key, headers, payload = outcome
+            partition = partition_for(key, partitions)
+            self._rows.setdefault(partition, []).append(
+                (id_, type_, key, version, created_ms, headers, payload)
+            )
+            self._refs.setdefault(partition, []).append((request, index))
+            self._pending_bytes += len(payload) + len(key) + ROW_OVERHEAD_BYTES
+            version += 1
+        self._pending += valid
+        self._arrived.fire()
+
+    def _check(self, draft: Any) -> tuple[str, str, str, dict[str, str], bytes] | Result:
+        """A valid draft as a tuple, or the refusal result naming what is wrong."""
+        if not isinstance(draft, list | tuple) or len(draft) != 5:
+            return [RESULT_REFUSED, "malformed", "a draft is [id, type, key, headers, payload]"]
+        id_, type_, key, headers, payload = draft
+        if id_ == "":
+            id_ = self._ids.new()
+        elif not isinstance(id_, str) or not is_valid_id(id_):
+            return [RESULT_REFUSED, "bad_id", f"request id {id_!r} is not 1..128 printable ASCII"]
+        if not isinstance(type_, str) or not 0 < len(type_) <= MAX_TYPE_LENGTH:
+            return [RESULT_REFUSED, "bad_type", f"type must be 1..{MAX_TYPE_LENGTH} characters"]
+        if not isinstance(key, str) or len(key.encode()) > MAX_KEY_BYTES:
+            return [
+                RESULT_REFUSED,
+                "bad_key",
+                f"key must be a string of at most {MAX_KEY_BYTES} bytes",
+            ]
+        if not isinstance(payload, bytes):
+            return [RESULT_REFUSED, "bad_payload", "payload must be bytes"]
+        if len(payload) > self._limits.max_payload_bytes:
+            return [
+                RESULT_REFUSED,
+                "payload_too_large",
+                payload_too_large(len(payload), self._limits),
+            ]
+        if not _headers_ok(headers):
+            return [
+                RESULT_REFUSED,
+                "bad_headers",
+                f"headers must map str to str, at most {MAX_HEADER_BYTES} bytes",
+            ]
+        return (id_, type_, key, headers, payload)
+
+    async def run(self) -> None:
+        """The flusher: one durable append per gathered group."""
+        linger_s = self._limits.linger_ms / 1000
+        while True:
+            while not self._pending:
+                await self._arrived.wait()
+            if linger_s and self._pending_bytes < self._limits.max_batch_bytes:
+                await asyncio.sleep(linger_s)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        self._flushing = True
+        try:
+            await self._flush_queued()
+        finally:
+            self._flushing = False
+            self.room.fire()
+
+    async def _flush_queued(self) -> None:
+        rows, refs = self._rows, self._refs
+        self._rows, self._refs = {}, {}
+        self._pending = 0
+        self._pending_bytes = 0
+        groups, order = self._groups(rows, refs)
+        self._counts["flushes"] += 1
+        try:
+            accepted = await self._journal.append_local(groups)
+        except Exception as exc:
+            self._counts["errors"] += 1
+            for request, index in order:
+                request.settle(
+                    index, [RESULT_REFUSED, "unavailable", f"journal append failed: {exc}"]
+                )
+            raise
+        for (request, index), outcome in zip(order, accepted, strict=True):
+            self._counts["duplicates" if outcome.duplicate else "accepted"] += 1
+            request.settle(
+                index,
+                [RESULT_OK, outcome.position.partition, outcome.position.seq, outcome.duplicate],
+            )
+
+    def _groups(
+        self, rows: dict[int, list[Row]], refs: dict[int, list[tuple[_Request, int]]]
+    ) -> tuple[list[LocalGroup], list[tuple[_Request, int]]]:
+        """Split each partition's rows into batches under max_batch_bytes, keeping order."""
+        groups: list[LocalGroup] = []
+        order: list[tuple[_Request, int]] = []
+        created_ms = wall_ms()
+        limit = self._limits.max_batch_bytes - 1024
+        for partition, part_rows in rows.items():
+            start, size = 0, 0
+            for i, row in enumerate(part_rows):
+                row_size = len(row[6]) + len(row[2]) + ROW_OVERHEAD_BYTES
+                if size + row_size > limit and i > start:
+                    groups.append(LocalGroup(partition, part_rows[start:i], created_ms))
+                    start, size = i, 0
+                size += row_size
+            groups.append(LocalGroup(partition, part_rows[start:], created_ms))
+            order.extend(refs[partition])
+        return groups, order
+
+    async def drain(self) -> None:
+        """Refuse new drafts and wait until the flusher has journaled what is queued."""
+        self._closing = True
+        while self._pending or self._flushing:
+            await self.room.wait()
+
+    def statistics(self) -> IngressStatistics:
+        c = self._counts
+        return IngressStatistics(
+            c["accepted"], c["duplicates"], c["refused"], c["flushes"], self._pending, c["errors"]
+        )
+
+
+def payload_too_large(size: int, limits: Limits) -> str:
+    return (
+        f"payload is {format_bytes(size)}; the limit is {format_bytes(limits.max_payload_bytes)} "
+        "(set max_payload_bytes in [limits])"
+    )
+
+
+def _headers_ok(headers: Any) -> bool:
+    if not isinstance(headers, dict):
+        return False
+    if not headers:
+        return True
+    size = 0
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            return False
+        size += len(name) + len(value)
+    return size <= MAX_HEADER_BYTES

@@ -1,0 +1,236 @@
+"""The processor: applies every journaled message, own and remote, to the site's state.
+
+Per stream (origin, partition) messages are applied in seq order (P1). Built-in messages are
+collected and committed with the watermark in one atomic step (P3). A user handler runs only
+after everything before it is committed; when it fails, its stream waits with exponential
+backoff (other streams go on) and after `apply_max_attempts` the message is parked as a dead
+letter with its error, and the stream moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from multiactive.aio import Pulse
+from multiactive.journal.base import Journal
+from multiactive.model.batch import RecordBatch
+from multiactive.model.clock import wall_ms
+from multiactive.model.message import Message, StreamId
+from multiactive.model.topology import ReplicationSettings
+from multiactive.replication.handlers import Delivery, HandlerRegistry
+from multiactive.state.base import BUILTIN_TYPES, Commit, DeadLetter, StateBackend
+
+READ_BYTES = 4 * 1024 * 1024
+LATENCY_SAMPLES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class StreamProgress:
+    applied: int
+    count: int
+    head: int
+    last_created_ms: int  # origin time of the newest message applied
+    retry_at_s: float  # monotonic time a failed handler is retried at (0: not waiting)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorStatistics:
+    applied_messages: int
+    parked_messages: int
+    handler_failures: int
+    streams: dict[StreamId, StreamProgress]
+    latency_ms_p50: float | None  # origin acceptance -> applied here, recent messages
+    latency_ms_p99: float | None
+
+
+@dataclass(slots=True)
+class _Step:
+    """A run of messages waiting to be committed together."""
+
+    through_seq: int = 0
+    processed: int = 0
+    builtin: list[Message] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+class _RetryLater(Exception):
+    pass
+
+
+class Processor:
+    def __init__(
+        self,
+        site: str,
+        journal: Journal,
+        state: StateBackend,
+        registry: HandlerRegistry,
+        settings: ReplicationSettings,
+    ) -> None:
+        self.site = site
+        self._journal = journal
+        self._state = state
+        self._registry = registry
+        self._settings = settings
+        self.progress = Pulse()
+        self._applied: dict[StreamId, int] = {}
+        self._counts: dict[StreamId, int] = {}
+        self._created: dict[StreamId, int] = {}
+        self._retry_at: dict[StreamId, float] = {}
+        self._attempts: dict[tuple[StreamId, int], int] = {}
+        self._restarted: set[StreamId] = set()
+        self._latencies: deque[int] = deque(maxlen=LATENCY_SAMPLES)
+        self._totals = {"applied": 0, "parked": 0, "failures": 0}
+
+    def applied(self, stream: StreamId) -> int:
+        return self._applied.get(stream, 0)
+
+    async def load(self) -> None:
+        """Read the watermarks; call before `run`."""
+        for stream, mark in (await self._state.watermarks()).items():
+            self._applied[stream] = mark.applied
+            self._counts[stream] = mark.count
+        self._restarted = set(self._applied)
+
+    async def run(self) -> None:
+        while True:
+            if not await self._round():
+                await self._journal.appended.wait(self._next_retry_in())
+
+    def caught_up(self) -> bool:
+        return all(self.applied(s) >= h for s, h in self._journal.heads().items())
+
+    async def _round(self) -> bool:
+        worked = False
+        now = time.monotonic()
+        for stream, head in list(self._journal.heads().items()):
+            if head > self.applied(stream) and self._retry_at.get(stream, 0.0) <= now:
+                worked = await self._advance(stream) or worked
+        return worked
+
+    def _next_retry_in(self) -> float | None:
+        if not self._retry_at:
+            return None
+        return max(0.0, min(self._retry_at.values()) - time.monotonic())
+
+    async def _advance(self, stream: StreamId) -> bool:
+        batches = await self._journal.read(stream, self.applied(stream) + 1, READ_BYTES)
+        for batch in batches:
+            try:
+                await self._apply_batch(stream, batch)
+            except _RetryLater:
+                return True
+        return bool(batches)
+
+    async def _apply_batch(self, stream: StreamId, batch: RecordBatch) -> None:
+        step = _Step()
+        skip_through = self.applied(stream)
+        created: list[int] = []
+        for message in batch.messages():
+            if message.seq <= skip_through:
+                continue
+            created.append(message.created_ms)
+            if message.type in BUILTIN_TYPES:
+                step.builtin.append(message)
+            else:
+                handler = self._registry.get(message.type)
+                if handler is None:
+                    step.dead.append(
+                        self._dead(message, f"no handler for type {message.type!r}", 1)
+                    )
+                else:
+                    await self._commit(stream, step)
+                    step = _Step()
+                    await self._handle(stream, message, step)
+            step.through_seq = message.seq
+            step.processed += 1
+        await self._commit(stream, step)
+        self._created[stream] = batch.created_ms
+        now = wall_ms()
+        self._latencies.extend(now - c for c in created)
+
+    async def _handle(self, stream: StreamId, message: Message, step: _Step) -> None:
+        """Run a user handler once; on failure either wait for a retry or park the message."""
+        handler = self._registry.get(message.type)
+        assert handler is not None
+        key = (stream, message.seq)
+        attempt = self._attempts.get(key, 0) + 1
+        retry = attempt > 1 or stream in self._restarted
+        self._restarted.discard(stream)
+        try:
+            await handler(Delivery(message, self.site, attempt, retry, self._state))
+        except Exception as exc:
+            self._totals["failures"] += 1
+            if attempt < self._settings.apply_max_attempts:
+                self._attempts[key] = attempt
+                backoff_s = self._settings.apply_retry_backoff_ms / 1000 * 2 ** (attempt - 1)
+                self._retry_at[stream] = time.monotonic() + backoff_s
+                raise _RetryLater from exc
+            step.dead.append(self._dead(message, f"{type(exc).__name__}: {exc}", attempt))
+        self._attempts.pop(key, None)
+        self._retry_at.pop(stream, None)
+
+    def _dead(self, message: Message, error: str, attempts: int) -> DeadLetter:
+        return DeadLetter(
+            message.origin,
+            message.partition,
+            message.seq,
+            message.id,
+            message.type,
+            message.key,
+            error,
+            attempts,
+            wall_ms(),
+        )
+
+    async def _commit(self, stream: StreamId, step: _Step) -> None:
+        if not step.processed:
+            return
+        await self._state.commit(
+            Commit(stream, step.through_seq, step.processed, step.builtin, step.dead)
+        )
+        self._applied[stream] = step.through_seq
+        self._counts[stream] = self._counts.get(stream, 0) + step.processed
+        self._totals["applied"] += step.processed - len(step.dead)
+        self._totals["parked"] += len(step.dead)
+        self.progress.fire()
+
+    def statistics(self) -> ProcessorStatistics:
+        heads = self._journal.heads()
+        streams = {
+            stream: StreamProgress(
+                self.applied(stream),
+                self._counts.get(stream, 0),
+                heads.get(stream, 0),
+                self._created.get(stream, 0),
+                self._retry_at.get(stream, 0.0),
+            )
+            for stream in sorted(set(heads) | set(self._applied))
+        }
+        ordered = sorted(self._latencies)
+        return ProcessorStatistics(
+            self._totals["applied"],
+            self._totals["parked"],
+            self._totals["failures"],
+            streams,
+            _quantile(ordered, 0.5),
+            _quantile(ordered, 0.99),
+        )
+
+    async def wait_caught_up(self, timeout_s: float) -> bool:
+        """Wait until every journaled message is applied (for drains and tests)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not self.caught_up():
+                    await self.progress.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+def _quantile(ordered: list[int], q: float) -> float | None:
+    if not ordered:
+        return None
+    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])

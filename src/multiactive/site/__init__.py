@@ -1,0 +1,1 @@
+"""The site node: one process per site, wiring journal, state, links, ingress and processor."""

@@ -1,0 +1,159 @@
+"""The site node: wires journal, state, ingress, links and processor, and runs their lifecycle.
+
+    start()  open the journal and state, restore the clock and watermarks, listen
+    run()    ingress flusher, processor, link dialers and maintenance, until `stop` is set
+    drain    stop listening, refuse new publishes, journal and acknowledge what was queued
+    close    cancel sessions, close the state and the journal
+
+Children run in one `asyncio.TaskGroup`: a crash in any of them ends the node with that error
+instead of being logged and forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from multiactive.journal import Journal, open_journal
+from multiactive.logs import get_logger
+from multiactive.model.clock import HybridClock, wall_ms
+from multiactive.model.message import StreamId
+from multiactive.model.topology import SiteConfig, Topology
+from multiactive.replication.handlers import HandlerRegistry
+from multiactive.replication.ingress import Ingress, IngressStatistics
+from multiactive.replication.links import LinkMonitor, LinkStatistics
+from multiactive.replication.processor import Processor, ProcessorStatistics
+from multiactive.site.connections import Connections
+from multiactive.state import StateBackend, open_state
+
+TRIM_INTERVAL_S = 60.0
+DRAIN_TIMEOUT_S = 10.0
+
+log = get_logger("site")
+
+
+@dataclass(frozen=True, slots=True)
+class SiteStatistics:
+    site: str
+    cluster: str
+    uptime_s: float
+    heads: dict[StreamId, int]
+    ingress: IngressStatistics
+    processor: ProcessorStatistics
+    links: tuple[LinkStatistics, ...]
+
+
+class SiteNode:
+    def __init__(
+        self,
+        topology: Topology,
+        site: str,
+        registry: HandlerRegistry | None = None,
+    ) -> None:
+        self.topology = topology
+        self.config: SiteConfig = topology.site(site)
+        self.name = site
+        self.registry = registry or HandlerRegistry()
+        self.clock = HybridClock()
+        self.journal: Journal = open_journal(self.config, topology.replication)
+        self.state: StateBackend = open_state(self.config, topology.replication)
+        self.ingress = Ingress(site, self.journal, self.clock, topology.partitions, topology.limits)
+        self.processor = Processor(
+            site, self.journal, self.state, self.registry, topology.replication
+        )
+        self.monitors = {
+            link.name: LinkMonitor(link, "sender" if link.origin == site else "receiver")
+            for link in topology.links
+            if site in (link.origin, link.receiver)
+        }
+        self.connections = Connections(self)
+        self._started_s = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.journal.open()
+        await self.state.open()
+        self.clock.observe(self.journal.max_version)
+        await self.processor.load()
+        await self.connections.listen()
+        self._started_s = time.monotonic()
+        log.info(
+            "site_started",
+            site=self.name,
+            listen=self.config.listen,
+            journal=self.journal.backend,
+            state=self.state.backend,
+            streams=len(self.journal.heads()),
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then drain and close. Call `start()` first."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._tasks = [
+                    group.create_task(self.ingress.run()),
+                    group.create_task(self.processor.run()),
+                    group.create_task(self._maintain()),
+                    *(group.create_task(d) for d in self.connections.dialers()),
+                ]
+                await stop.wait()
+                await self._drain()
+        finally:
+            await self._close()
+
+    async def _drain(self) -> None:
+        log.info("site_draining", site=self.name, pending=self.ingress.pending)
+        self.connections.stop_listening()
+        try:
+            await asyncio.wait_for(self.ingress.drain(), DRAIN_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("drain_timeout", site=self.name, pending=self.ingress.pending)
+        await self.connections.flush_publishers()
+        for task in self._tasks:
+            task.cancel()
+
+    async def _close(self) -> None:
+        await self.connections.close()
+        await self.state.close()
+        await self.journal.close()
+        log.info("site_stopped", site=self.name)
+
+    async def _maintain(self) -> None:
+        """Trim what every peer holds and is older than retention (J4)."""
+        while True:
+            await asyncio.sleep(TRIM_INTERVAL_S)
+            floors = await self.trim_floors()
+            older_than = wall_ms() - int(self.topology.replication.retention_s * 1000)
+            dropped = await self.journal.trim(floors, older_than)
+            if dropped:
+                log.info("journal_trimmed", site=self.name, batches=dropped)
+
+    async def trim_floors(self) -> dict[StreamId, int]:
+        """Per stream, the highest seq no one here or elsewhere still needs.
+
+        Own streams: the lowest head every receiver acknowledged (a receiver never heard
+        from holds everything back). Remote streams: what the processor applied.
+        """
+        acked = await self.journal.peer_heads()
+        receivers = [link.receiver for link in self.topology.links_from(self.name)]
+        floors: dict[StreamId, int] = {}
+        for stream in self.journal.heads():
+            if stream.origin == self.name:
+                floors[stream] = min(
+                    (acked.get(r, {}).get(stream, 0) for r in receivers), default=0
+                )
+            else:
+                floors[stream] = self.processor.applied(stream)
+        return floors
+
+    def statistics(self) -> SiteStatistics:
+        return SiteStatistics(
+            self.name,
+            self.topology.name,
+            time.monotonic() - self._started_s if self._started_s else 0.0,
+            self.journal.heads(),
+            self.ingress.statistics(),
+            self.processor.statistics(),
+            tuple(m.snapshot() for m in self.monitors.values()),
+        )

@@ -1,0 +1,132 @@
+"""The state interface: a site's cache, built from every message in the same order everywhere.
+
+A state backend keeps
+- entries: key -> (value, version, origin), where value None is a tombstone (a deleted key
+  remembers its version so an older write arriving late cannot resurrect it);
+- watermarks: per stream (origin, partition), the highest seq applied and how many messages
+  were applied in all (the count makes "applied exactly once" checkable, not assumed);
+- dead letters: messages parked after bounded retries, with their error.
+
+`commit()` is the only way watermarks move, and it applies built-in effects, parks dead
+letters and moves the watermark in one atomic step (P3).
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from multiactive.model.message import Message, StreamId
+
+KV_SET = "kv.set"
+KV_DEL = "kv.del"
+BUILTIN_TYPES = frozenset({KV_SET, KV_DEL})
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    key: str
+    value: bytes | None  # None: a tombstone
+    version: int
+    origin: str
+
+    @property
+    def deleted(self) -> bool:
+        return self.value is None
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    applied: int = 0  # highest seq applied (or parked)
+    count: int = 0  # messages applied or parked, in all
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    origin: str
+    partition: int
+    seq: int
+    id: str
+    type: str
+    key: str
+    error: str
+    attempts: int
+    parked_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """One atomic step of a stream: built-in effects, dead letters, new watermark."""
+
+    stream: StreamId
+    through_seq: int
+    processed: int  # messages covered by this step (applied by any path, or parked)
+    builtin: Sequence[Message] = ()
+    dead: Sequence[DeadLetter] = ()
+
+
+def newer(version: int, origin: str, entry: Entry | None) -> bool:
+    """Last-writer-wins: (version, origin) greater than what the entry holds."""
+    return entry is None or (version, origin) > (entry.version, entry.origin)
+
+
+def entry_for(message: Message) -> Entry:
+    """The entry a built-in message would write."""
+    value = message.payload if message.type == KV_SET else None
+    return Entry(message.key, value, message.version, message.origin)
+
+
+def digest_entries(entries: Iterable[Entry]) -> str:
+    """A digest of state, equal in two sites exactly when their entries are equal.
+
+    Entries must come in key order.
+    """
+    h = hashlib.sha256()
+    for e in entries:
+        value = b"\x00" if e.value is None else b"\x01" + e.value
+        h.update(
+            b"%d:%s%d:%s:%d:%s;"
+            % (len(e.key), e.key.encode(), len(value), value, e.version, e.origin.encode())
+        )
+    return h.hexdigest()
+
+
+class StateBackend(abc.ABC):
+    """A site's state. Methods are called from one event loop."""
+
+    backend = "abstract"
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def watermarks(self) -> dict[StreamId, Watermark]:
+        """Applied watermarks of every stream seen so far."""
+
+    @abc.abstractmethod
+    async def commit(self, step: Commit) -> None:
+        """Apply built-in effects, park dead letters and move the watermark, atomically."""
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> Entry | None:
+        """The entry of a key (tombstones included), or None if never written."""
+
+    @abc.abstractmethod
+    async def put(self, entries: Sequence[Entry]) -> int:
+        """Write entries under last-writer-wins (for user handlers); return how many won."""
+
+    @abc.abstractmethod
+    async def entries(self) -> list[Entry]:
+        """Every entry, in key order (for digests, reports and tests; not a hot path)."""
+
+    @abc.abstractmethod
+    async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
+        """Parked messages, oldest first."""
+
+    async def digest(self) -> str:
+        return digest_entries(await self.entries())

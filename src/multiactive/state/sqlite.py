@@ -1,0 +1,190 @@
+"""SQLite state: the embedded cache. One file per site; each commit is one transaction (P3).
+
+Layout (schema version 1):
+
+    meta(key PRIMARY KEY, value)                        site name, schema version
+    kv(key PRIMARY KEY, value NULL = tombstone, version, origin)
+    watermarks(origin, partition, applied, count)       PRIMARY KEY(origin, partition)
+    dead_letters(origin, partition, seq, id, type, key, error, attempts, parked_ms)
+
+Last-writer-wins is one upsert whose WHERE clause compares (version, origin) as a row value,
+so a batch of built-in messages is one `executemany` inside the commit's transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from multiactive.errors import ConfigError
+from multiactive.model.message import StreamId
+from multiactive.state.base import Commit, DeadLetter, Entry, StateBackend, Watermark, entry_for
+
+SCHEMA_VERSION = "1"
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS kv(
+    key TEXT PRIMARY KEY, value BLOB, version INTEGER NOT NULL, origin TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS watermarks(
+    origin TEXT NOT NULL, partition INTEGER NOT NULL, applied INTEGER NOT NULL,
+    count INTEGER NOT NULL, PRIMARY KEY(origin, partition));
+CREATE TABLE IF NOT EXISTS dead_letters(
+    origin TEXT NOT NULL, partition INTEGER NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL,
+    type TEXT NOT NULL, key TEXT NOT NULL, error TEXT NOT NULL, attempts INTEGER NOT NULL,
+    parked_ms INTEGER NOT NULL, PRIMARY KEY(origin, partition, seq));
+"""
+
+_UPSERT = """
+INSERT INTO kv(key, value, version, origin) VALUES (?, ?, ?, ?)
+ON CONFLICT(key) DO UPDATE SET
+    value = excluded.value, version = excluded.version, origin = excluded.origin
+WHERE (excluded.version, excluded.origin) > (kv.version, kv.origin)
+"""
+
+
+class SqliteState(StateBackend):
+    backend = "sqlite"
+
+    def __init__(self, site: str, path: str | Path, *, fsync: bool = True) -> None:
+        self.site = site
+        self.path = Path(path)
+        self._fsync = fsync
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"state-{site}")
+        self._conn: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        await self._run(self._open_sync)
+
+    def _open_sync(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
+        conn.executescript(_SCHEMA)
+        found = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        if not found:
+            conn.executemany(
+                "INSERT INTO meta VALUES (?, ?)", [("site", self.site), ("schema", SCHEMA_VERSION)]
+            )
+        elif found.get("site") != self.site:
+            raise ConfigError(
+                f"{self.path} is the state of site {found.get('site')!r}, not {self.site!r}; "
+                "check --site and data_dir"
+            )
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._run(self._conn.close)
+            self._conn = None
+        self._thread.shutdown(wait=True)
+
+    async def watermarks(self) -> dict[StreamId, Watermark]:
+        rows = await self._run(
+            lambda: (
+                self._db()
+                .execute("SELECT origin, partition, applied, count FROM watermarks")
+                .fetchall()
+            )
+        )
+        return {StreamId(o, p): Watermark(a, c) for o, p, a, c in rows}
+
+    async def commit(self, step: Commit) -> None:
+        await self._run(lambda: self._commit_sync(step))
+
+    def _commit_sync(self, step: Commit) -> None:
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._move_watermark(conn, step)
+            conn.executemany(_UPSERT, [_row(entry_for(m)) for m in step.builtin])
+            conn.executemany(
+                "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_dead_row(d) for d in step.dead],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _move_watermark(self, conn: sqlite3.Connection, step: Commit) -> None:
+        origin, partition = step.stream
+        row = conn.execute(
+            "SELECT applied FROM watermarks WHERE origin = ? AND partition = ?", step.stream
+        ).fetchone()
+        applied = 0 if row is None else row[0]
+        if step.through_seq <= applied:
+            raise ValueError(
+                f"watermark of {step.stream} would move from {applied} to {step.through_seq}"
+            )
+        conn.execute(
+            "INSERT INTO watermarks VALUES (?, ?, ?, ?) ON CONFLICT(origin, partition) "
+            "DO UPDATE SET applied = excluded.applied, count = count + excluded.count",
+            (origin, partition, step.through_seq, step.processed),
+        )
+
+    async def get(self, key: str) -> Entry | None:
+        row = await self._run(
+            lambda: (
+                self._db()
+                .execute("SELECT key, value, version, origin FROM kv WHERE key = ?", (key,))
+                .fetchone()
+            )
+        )
+        return None if row is None else Entry(*row)
+
+    async def put(self, entries: Sequence[Entry]) -> int:
+        return await self._run(lambda: self._put_sync(entries))
+
+    def _put_sync(self, entries: Sequence[Entry]) -> int:
+        conn = self._db()
+        before = conn.total_changes
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(_UPSERT, [_row(e) for e in entries])
+        conn.execute("COMMIT")
+        return conn.total_changes - before
+
+    async def entries(self) -> list[Entry]:
+        rows = await self._run(
+            lambda: (
+                self._db()
+                .execute("SELECT key, value, version, origin FROM kv ORDER BY key")
+                .fetchall()
+            )
+        )
+        return [Entry(*row) for row in rows]
+
+    async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
+        rows = await self._run(
+            lambda: (
+                self._db()
+                .execute(
+                    "SELECT * FROM dead_letters ORDER BY parked_ms, origin, partition, seq LIMIT ?",
+                    (limit,),
+                )
+                .fetchall()
+            )
+        )
+        return [DeadLetter(*row) for row in rows]
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError(f"state {self.path} is not open")
+        return self._conn
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+
+
+def _row(entry: Entry) -> tuple[str, bytes | None, int, str]:
+    return (entry.key, entry.value, entry.version, entry.origin)
+
+
+def _dead_row(d: DeadLetter) -> tuple[object, ...]:
+    return (d.origin, d.partition, d.seq, d.id, d.type, d.key, d.error, d.attempts, d.parked_ms)

@@ -1,0 +1,174 @@
+"""Typed frame bodies: what each frame type carries, encoded with msgpack, checked on decode.
+
+Sans-I/O like `frames`: these functions turn values into frames and frames into values, and
+raise `ProtocolError` naming the frame and the field when a peer sends the wrong shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgpack
+
+from multiactive.errors import ProtocolError
+from multiactive.model.batch import RecordBatch
+from multiactive.wire.frames import Frame, FrameType, encode_frame
+
+PROTOCOL_VERSION = 1
+Role = Literal["push", "pull", "client", "reply"]
+ROLES: tuple[Role, ...] = ("push", "pull", "client", "reply")
+
+
+def _pack(value: object) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def _unpack(frame: Frame) -> Any:
+    try:
+        return msgpack.unpackb(frame.body, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise ProtocolError(f"{frame.type.name} frame body is not msgpack: {exc}") from exc
+
+
+def _expect(frame: Frame, kind: FrameType) -> None:
+    if frame.type != kind:
+        raise ProtocolError(f"expected a {kind.name} frame, got {frame.type.name}")
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First frame each way. For links, `heads` are the receiver's heads of `origin`'s streams.
+
+    role: `push` (an origin dials its receiver), `pull` (a receiver dials the origin),
+    `client` (a publisher), `reply` (the answer of the side that was dialed).
+    """
+
+    site: str
+    role: Role
+    cluster: str
+    origin: str = ""
+    heads: dict[int, int] = field(default_factory=dict)
+    version: int = PROTOCOL_VERSION
+
+
+def encode_hello(hello: Hello) -> bytes:
+    body = {
+        "site": hello.site,
+        "role": hello.role,
+        "cluster": hello.cluster,
+        "origin": hello.origin,
+        "heads": hello.heads,
+        "version": hello.version,
+    }
+    return encode_frame(FrameType.HELLO, _pack(body))
+
+
+def decode_hello(frame: Frame) -> Hello:
+    _expect(frame, FrameType.HELLO)
+    body = _unpack(frame)
+    if not isinstance(body, dict):
+        raise ProtocolError("HELLO body must be a map")
+    version = body.get("version")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"protocol version {version!r} is not supported (this site speaks {PROTOCOL_VERSION})"
+        )
+    role = body.get("role")
+    if role not in ROLES:
+        raise ProtocolError(f"HELLO role {role!r} is unknown; expected one of {', '.join(ROLES)}")
+    heads = body.get("heads", {})
+    if not isinstance(heads, dict) or not all(
+        isinstance(k, int) and isinstance(v, int) and v >= 0 for k, v in heads.items()
+    ):
+        raise ProtocolError("HELLO heads must map partition numbers to seqs >= 0")
+    site, cluster, origin = body.get("site"), body.get("cluster"), body.get("origin", "")
+    if not isinstance(site, str) or not isinstance(cluster, str) or not isinstance(origin, str):
+        raise ProtocolError("HELLO site, cluster and origin must be strings")
+    return Hello(site, role, cluster, origin, heads, version)
+
+
+def encode_batches(batches: Sequence[RecordBatch]) -> bytes:
+    return encode_frame(FrameType.BATCHES, b"".join(batch.data for batch in batches))
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """A receiver's durable heads for some partitions of one origin.
+
+    `gaps` lists partitions where a batch was refused because it started above head + 1:
+    the sender rewinds those partitions to head + 1.
+    """
+
+    heads: dict[int, int]
+    gaps: tuple[int, ...] = ()
+
+
+def encode_ack(ack: Ack) -> bytes:
+    return encode_frame(FrameType.ACK, _pack({"heads": ack.heads, "gaps": list(ack.gaps)}))
+
+
+def decode_ack(frame: Frame) -> Ack:
+    body = _unpack(frame)
+    heads = body.get("heads") if isinstance(body, dict) else None
+    gaps = body.get("gaps", []) if isinstance(body, dict) else None
+    if not isinstance(heads, dict) or not isinstance(gaps, list):
+        raise ProtocolError("ACK body must be a map with 'heads' (map) and 'gaps' (list)")
+    if not all(isinstance(k, int) and isinstance(v, int) for k, v in heads.items()):
+        raise ProtocolError("ACK heads must map partition numbers to seqs")
+    return Ack(heads, tuple(gaps))
+
+
+def encode_heartbeat(now_ms: int) -> bytes:
+    return encode_frame(FrameType.HEARTBEAT, _pack({"t": now_ms}))
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorBody:
+    code: str
+    message: str
+
+
+def encode_error(code: str, message: str) -> bytes:
+    return encode_frame(FrameType.ERROR, _pack({"code": code, "message": message}))
+
+
+def decode_error(frame: Frame) -> ErrorBody:
+    body = _unpack(frame)
+    if not isinstance(body, dict):
+        raise ProtocolError("ERROR body must be a map")
+    return ErrorBody(str(body.get("code", "error")), str(body.get("message", "")))
+
+
+# A draft is what a client submits: [id, type, key, headers, payload].
+Draft = tuple[str, str, str, dict[str, str], bytes]
+
+# A result per draft: [0, partition, seq, duplicate] when journaled (or already journaled),
+# [1, code, text] when refused.
+RESULT_OK = 0
+RESULT_REFUSED = 1
+
+
+def encode_publish(request: int, drafts: Sequence[Draft]) -> bytes:
+    return encode_frame(FrameType.PUBLISH, _pack([request, drafts]))
+
+
+def decode_publish(frame: Frame) -> tuple[int, list[Any]]:
+    body = _unpack(frame)
+    if not (isinstance(body, list) and len(body) == 2 and isinstance(body[0], int)) or (
+        not isinstance(body[1], list)
+    ):
+        raise ProtocolError("PUBLISH body must be [request number, [drafts]]")
+    return body[0], body[1]
+
+
+def encode_published(request: int, results: Sequence[Sequence[object]]) -> bytes:
+    return encode_frame(FrameType.PUBLISHED, _pack([request, results]))
+
+
+def decode_published(frame: Frame) -> tuple[int, list[Any]]:
+    body = _unpack(frame)
+    if not (isinstance(body, list) and len(body) == 2 and isinstance(body[1], list)):
+        raise ProtocolError("PUBLISHED body must be [request number, [results]]")
+    return body[0], body[1]
