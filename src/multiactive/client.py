@@ -76,6 +76,10 @@ class Client:
         self._lost: ConnectionLost | None = None
         self.site = ""
 
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and self._lost is None
+
     async def __aenter__(self) -> Client:
         await self.connect()
         return self

@@ -20,7 +20,7 @@ from multiactive.model.batch import RecordBatch
 from multiactive.model.clock import wall_ms
 from multiactive.model.message import Message, StreamId
 from multiactive.model.topology import ReplicationSettings
-from multiactive.replication.handlers import Delivery, HandlerRegistry
+from multiactive.replication.handlers import Delivery, Handler, HandlerRegistry
 from multiactive.state.base import BUILTIN_TYPES, Commit, DeadLetter, StateBackend
 
 READ_BYTES = 4 * 1024 * 1024
@@ -81,6 +81,7 @@ class Processor:
         self._retry_at: dict[StreamId, float] = {}
         self._attempts: dict[tuple[StreamId, int], int] = {}
         self._restarted: set[StreamId] = set()
+        self._steps: dict[StreamId, _Step] = {}
         self._latencies: deque[int] = deque(maxlen=LATENCY_SAMPLES)
         self._totals = {"applied": 0, "parked": 0, "failures": 0}
 
@@ -103,11 +104,13 @@ class Processor:
         return all(self.applied(s) >= h for s, h in self._journal.heads().items())
 
     async def _round(self) -> bool:
+        """Advance every stream that has work, then commit all their steps at once."""
         worked = False
         now = time.monotonic()
         for stream, head in list(self._journal.heads().items()):
             if head > self.applied(stream) and self._retry_at.get(stream, 0.0) <= now:
                 worked = await self._advance(stream) or worked
+        await self._flush()
         return worked
 
     def _next_retry_in(self) -> float | None:
@@ -117,44 +120,47 @@ class Processor:
 
     async def _advance(self, stream: StreamId) -> bool:
         batches = await self._journal.read(stream, self.applied(stream) + 1, READ_BYTES)
-        for batch in batches:
-            try:
+        try:
+            for batch in batches:
                 await self._apply_batch(stream, batch)
-            except _RetryLater:
-                return True
+        except _RetryLater:
+            pass
         return bool(batches)
 
+    def _done_through(self, stream: StreamId) -> int:
+        step = self._steps.get(stream)
+        return step.through_seq if step is not None else self.applied(stream)
+
     async def _apply_batch(self, stream: StreamId, batch: RecordBatch) -> None:
-        step = _Step()
-        skip_through = self.applied(stream)
+        skip_through = self._done_through(stream)
         created: list[int] = []
         for message in batch.messages():
             if message.seq <= skip_through:
                 continue
             created.append(message.created_ms)
             if message.type in BUILTIN_TYPES:
-                step.builtin.append(message)
+                self._step(stream).builtin.append(message)
+            elif (handler := self._registry.get(message.type)) is None:
+                error = f"no handler for type {message.type!r}"
+                self._step(stream).dead.append(self._dead(message, error, 1))
             else:
-                handler = self._registry.get(message.type)
-                if handler is None:
-                    step.dead.append(
-                        self._dead(message, f"no handler for type {message.type!r}", 1)
-                    )
-                else:
-                    await self._commit(stream, step)
-                    step = _Step()
-                    await self._handle(stream, message, step)
+                await self._flush()  # a handler sees everything before its message applied
+                await self._handle(stream, handler, message)
+            step = self._step(stream)
             step.through_seq = message.seq
             step.processed += 1
-        await self._commit(stream, step)
         self._created[stream] = batch.created_ms
         now = wall_ms()
         self._latencies.extend(now - c for c in created)
 
-    async def _handle(self, stream: StreamId, message: Message, step: _Step) -> None:
+    def _step(self, stream: StreamId) -> _Step:
+        step = self._steps.get(stream)
+        if step is None:
+            step = self._steps[stream] = _Step(through_seq=self.applied(stream))
+        return step
+
+    async def _handle(self, stream: StreamId, handler: Handler, message: Message) -> None:
         """Run a user handler once; on failure either wait for a retry or park the message."""
-        handler = self._registry.get(message.type)
-        assert handler is not None
         key = (stream, message.seq)
         attempt = self._attempts.get(key, 0) + 1
         retry = attempt > 1 or stream in self._restarted
@@ -168,7 +174,9 @@ class Processor:
                 backoff_s = self._settings.apply_retry_backoff_ms / 1000 * 2 ** (attempt - 1)
                 self._retry_at[stream] = time.monotonic() + backoff_s
                 raise _RetryLater from exc
-            step.dead.append(self._dead(message, f"{type(exc).__name__}: {exc}", attempt))
+            self._step(stream).dead.append(
+                self._dead(message, f"{type(exc).__name__}: {exc}", attempt)
+            )
         self._attempts.pop(key, None)
         self._retry_at.pop(stream, None)
 
@@ -185,16 +193,20 @@ class Processor:
             wall_ms(),
         )
 
-    async def _commit(self, stream: StreamId, step: _Step) -> None:
-        if not step.processed:
+    async def _flush(self) -> None:
+        """Commit every stream's pending step in one atomic state commit (P3)."""
+        steps = [s for s in self._steps.items() if s[1].processed]
+        self._steps = {}
+        if not steps:
             return
         await self._state.commit(
-            Commit(stream, step.through_seq, step.processed, step.builtin, step.dead)
+            *(Commit(stream, s.through_seq, s.processed, s.builtin, s.dead) for stream, s in steps)
         )
-        self._applied[stream] = step.through_seq
-        self._counts[stream] = self._counts.get(stream, 0) + step.processed
-        self._totals["applied"] += step.processed - len(step.dead)
-        self._totals["parked"] += len(step.dead)
+        for stream, s in steps:
+            self._applied[stream] = s.through_seq
+            self._counts[stream] = self._counts.get(stream, 0) + s.processed
+            self._totals["applied"] += s.processed - len(s.dead)
+            self._totals["parked"] += len(s.dead)
         self.progress.fire()
 
     def statistics(self) -> ProcessorStatistics:

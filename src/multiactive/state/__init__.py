@@ -31,4 +31,4 @@ def open_state(site: SiteConfig, settings: ReplicationSettings) -> StateBackend:
     """The state backend a site's configuration names (not yet opened)."""
     if site.state == "memory":
         return MemoryState()
-    return SqliteState(site.name, site.data_dir / "state.sqlite3", fsync=settings.fsync)
+    return SqliteState(site.name, site.data_dir / "state.sqlite3")

@@ -8,7 +8,10 @@ A state backend keeps
 - dead letters: messages parked after bounded retries, with their error.
 
 `commit()` is the only way watermarks move, and it applies built-in effects, parks dead
-letters and moves the watermark in one atomic step (P3).
+letters and moves the watermark in one atomic step (P3). Because effect and watermark move
+together, a state store may lose its newest commits in a crash without harm: the processor
+applies the same messages again from the durable journal, exactly once. So state backends
+need no fsync of their own; the journal is the durable record.
 """
 
 from __future__ import annotations
@@ -109,8 +112,9 @@ class StateBackend(abc.ABC):
         """Applied watermarks of every stream seen so far."""
 
     @abc.abstractmethod
-    async def commit(self, step: Commit) -> None:
-        """Apply built-in effects, park dead letters and move the watermark, atomically."""
+    async def commit(self, *steps: Commit) -> None:
+        """Apply built-in effects, park dead letters and move the watermarks of one or more
+        steps, all atomically; refuse (and change nothing) if a watermark would not advance."""
 
     @abc.abstractmethod
     async def get(self, key: str) -> Entry | None:

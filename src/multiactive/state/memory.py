@@ -33,16 +33,20 @@ class MemoryState(StateBackend):
     async def watermarks(self) -> dict[StreamId, Watermark]:
         return dict(self._watermarks)
 
-    async def commit(self, step: Commit) -> None:
-        current = self._watermarks.get(step.stream, Watermark())
-        if step.through_seq <= current.applied:
-            raise ValueError(
-                f"watermark of {step.stream} would move from {current.applied} "
-                f"to {step.through_seq}"
-            )
-        self._put(entry_for(m) for m in step.builtin)
-        self._dead.extend(step.dead)
-        self._watermarks[step.stream] = Watermark(step.through_seq, current.count + step.processed)
+    async def commit(self, *steps: Commit) -> None:
+        marks = dict(self._watermarks)
+        for step in steps:
+            current = marks.get(step.stream, Watermark())
+            if step.through_seq <= current.applied:
+                raise ValueError(
+                    f"watermark of {step.stream} would move from {current.applied} "
+                    f"to {step.through_seq}"
+                )
+            marks[step.stream] = Watermark(step.through_seq, current.count + step.processed)
+        for step in steps:
+            self._put(entry_for(m) for m in step.builtin)
+            self._dead.extend(step.dead)
+        self._watermarks = marks
 
     async def get(self, key: str) -> Entry | None:
         return self._entries.get(key)

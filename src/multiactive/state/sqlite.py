@@ -9,6 +9,8 @@ Layout (schema version 1):
 
 Last-writer-wins is one upsert whose WHERE clause compares (version, origin) as a row value,
 so a batch of built-in messages is one `executemany` inside the commit's transaction.
+Commits are not fsynced (WAL, synchronous=NORMAL): the journal is the durable record, and a
+lost suffix of commits is re-applied from it (see `state.base`).
 """
 
 from __future__ import annotations
@@ -51,10 +53,9 @@ WHERE (excluded.version, excluded.origin) > (kv.version, kv.origin)
 class SqliteState(StateBackend):
     backend = "sqlite"
 
-    def __init__(self, site: str, path: str | Path, *, fsync: bool = True) -> None:
+    def __init__(self, site: str, path: str | Path) -> None:
         self.site = site
         self.path = Path(path)
-        self._fsync = fsync
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"state-{site}")
         self._conn: sqlite3.Connection | None = None
 
@@ -65,7 +66,7 @@ class SqliteState(StateBackend):
     def _open_sync(self) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
+        conn.execute("PRAGMA synchronous=NORMAL")  # no fsync needed: see state.base
         conn.executescript(_SCHEMA)
         found = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         if not found:
@@ -95,19 +96,20 @@ class SqliteState(StateBackend):
         )
         return {StreamId(o, p): Watermark(a, c) for o, p, a, c in rows}
 
-    async def commit(self, step: Commit) -> None:
-        await self._run(lambda: self._commit_sync(step))
+    async def commit(self, *steps: Commit) -> None:
+        await self._run(lambda: self._commit_sync(steps))
 
-    def _commit_sync(self, step: Commit) -> None:
+    def _commit_sync(self, steps: tuple[Commit, ...]) -> None:
         conn = self._db()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            self._move_watermark(conn, step)
-            conn.executemany(_UPSERT, [_row(entry_for(m)) for m in step.builtin])
-            conn.executemany(
-                "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [_dead_row(d) for d in step.dead],
-            )
+            for step in steps:
+                self._move_watermark(conn, step)
+                conn.executemany(_UPSERT, [_row(entry_for(m)) for m in step.builtin])
+                conn.executemany(
+                    "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [_dead_row(d) for d in step.dead],
+                )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

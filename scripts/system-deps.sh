@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Debian packages the test suite needs. Installs what is missing when run as root;
+# otherwise prints the exact command to run and fails.
+set -euo pipefail
+
+# command -> Debian package. Empty while the suite needs no server beyond Python.
+declare -A NEEDED=()
+
+missing=()
+for cmd in "${!NEEDED[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEEDED[$cmd]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ]; then
+  echo "installing Debian packages: ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "the tests need these Debian packages; run: sudo apt-get install ${missing[*]}" >&2
+  exit 1
+fi

@@ -1,0 +1,280 @@
+"""Run a whole topology on this machine: one real `multiactive site run` process per site.
+
+Used by `multiactive demo`, the integration tests and the benchmarks. Ports are picked free,
+data lives under one folder, every process is killed at the end.
+
+    with LocalCluster(tmp_path, ["bj-unicom", "bj-telecom", "gz"]) as cluster:
+        cluster.start()
+        asyncio.run(write_some(cluster.client_address("gz")))
+        cluster.wait_converged(timeout_s=30)
+        cluster.kill("gz")       # SIGKILL
+        cluster.restart("gz")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from multiactive.model.topology import Address
+
+DEFAULT_SITES = ("bj-unicom", "bj-telecom", "gz")
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 20.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class ClusterError(AssertionError):
+    """A local cluster did not reach the state a caller waited for."""
+
+
+@dataclass
+class SiteProcess:
+    name: str
+    listen: Address
+    admin: Address
+    data_dir: Path
+    log_path: Path
+    command: list[str]
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> None:
+        if self.alive:
+            raise ClusterError(f"site {self.name} is already running")
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env
+        )
+        log.close()
+        self.starts += 1
+
+    def signal(self, sig: int) -> None:
+        if self.alive:
+            assert self.process is not None
+            self.process.send_signal(sig)
+
+    def wait(self, timeout_s: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout_s)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class LocalCluster:
+    root: Path
+    sites: Sequence[str] = DEFAULT_SITES
+    partitions: int = 8
+    default_mode: str = "push"
+    modes: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    link_addresses: Mapping[tuple[str, str], Address] = field(default_factory=dict)
+    backend: str = "sqlite"
+    handlers: Sequence[str] = ()
+    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    name: str = "local"
+    log_level: str = "INFO"
+    extra_pythonpath: Sequence[str] = ()
+    processes: dict[str, SiteProcess] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.topology_path = self.root / "topology.toml"
+        env = dict(os.environ)
+        paths = [*self.extra_pythonpath, env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        for site in self.sites:
+            listen = Address("127.0.0.1", free_port())
+            admin = Address("127.0.0.1", free_port())
+            command = [
+                sys.executable, "-m", "multiactive", "site", "run",
+                "--topology", str(self.topology_path), "--site", site,
+                "--log-level", self.log_level,
+                *(arg for module in self.handlers for arg in ("--handlers", module)),
+            ]  # fmt: skip
+            self.processes[site] = SiteProcess(
+                site, listen, admin, self.root / site, self.root / f"{site}.log", command, env
+            )
+        self.write_topology()
+
+    # -- configuration -------------------------------------------------------------------
+
+    def write_topology(self) -> None:
+        lines = [
+            "[cluster]",
+            f'name = "{self.name}"',
+            f"partitions = {self.partitions}",
+            f'default_link_mode = "{self.default_mode}"',
+        ]
+        for table, values in self.settings.items():
+            lines += ["", f"[{table}]", *(f"{k} = {_toml(v)}" for k, v in values.items())]
+        for proc in self.processes.values():
+            lines += [
+                "",
+                "[[sites]]",
+                f'name = "{proc.name}"',
+                f'listen = "{proc.listen}"',
+                f'admin = "{proc.admin}"',
+                f'data_dir = "{proc.data_dir}"',
+                f'journal = "{self.backend}"',
+                f'state = "{self.backend}"',
+            ]
+        for origin, receiver in sorted(set(self.modes) | set(self.link_addresses)):
+            lines += ["", "[[links]]", f'from = "{origin}"', f'to = "{receiver}"']
+            if (origin, receiver) in self.modes:
+                lines.append(f'mode = "{self.modes[(origin, receiver)]}"')
+            if (origin, receiver) in self.link_addresses:
+                lines.append(f'address = "{self.link_addresses[(origin, receiver)]}"')
+        self.topology_path.write_text("\n".join(lines) + "\n")
+
+    def client_address(self, site: str) -> Address:
+        return self.processes[site].listen
+
+    # -- processes -----------------------------------------------------------------------
+
+    def start(self, sites: Iterable[str] | None = None, *, wait: bool = True) -> None:
+        chosen = list(sites or self.sites)
+        for site in chosen:
+            self.processes[site].start()
+        if wait:
+            for site in chosen:
+                self.wait_ready(site)
+
+    def restart(self, site: str, *, wait: bool = True) -> None:
+        self.start([site], wait=wait)
+
+    def kill(self, site: str) -> None:
+        """SIGKILL: the process gets no chance to flush or close anything."""
+        proc = self.processes[site]
+        proc.signal(signal.SIGKILL)
+        if proc.process is not None:
+            proc.wait(STOP_TIMEOUT_S)
+
+    def terminate(self, site: str, timeout_s: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM and wait for a clean exit; returns the exit code."""
+        proc = self.processes[site]
+        proc.signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.signal(signal.SIGKILL)
+            proc.wait(timeout_s)
+            raise ClusterError(
+                f"site {site} did not stop within {timeout_s} s of SIGTERM"
+            ) from None
+
+    def stop(self) -> None:
+        for site, proc in self.processes.items():
+            if proc.alive:
+                with contextlib.suppress(ClusterError):
+                    self.terminate(site)
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for proc in self.processes.values():
+            proc.signal(signal.SIGKILL)
+            if proc.process is not None:
+                proc.process.wait(STOP_TIMEOUT_S)
+
+    # -- admin API -----------------------------------------------------------------------
+
+    def get(self, site: str, path: str, timeout_s: float = 5.0) -> Any:
+        url = f"http://{self.processes[site].admin}{path}"
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return json.load(response)
+
+    def status(self, site: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.get(site, "/status")
+        return result
+
+    def digest(self, site: str) -> str:
+        return str(self.get(site, "/state/digest")["digest"])
+
+    def wait_ready(self, site: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+        proc = self.processes[site]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not proc.alive:
+                raise ClusterError(f"site {site} exited while starting:\n{proc.log_tail()}")
+            try:
+                self.get(site, "/health", timeout_s=1.0)
+                return
+            except (OSError, urllib.error.URLError):
+                time.sleep(0.05)
+        raise ClusterError(f"site {site} not ready within {timeout_s} s:\n{proc.log_tail()}")
+
+    def converged(self, sites: Iterable[str] | None = None) -> bool:
+        """Every site has received and applied every origin's whole journal."""
+        chosen = list(sites or self.sites)
+        statuses = {site: self.status(site) for site in chosen}
+        own = {site: _stream_heads(statuses[site], only_origin=site) for site in chosen}
+        for status in statuses.values():
+            streams = {(s["origin"], s["partition"]): s for s in status["streams"]}
+            for heads in own.values():
+                for stream, head in heads.items():
+                    got = streams.get(stream)
+                    if got is None or got["head"] != head or got["applied"] != head:
+                        return False
+        return True
+
+    def wait_converged(self, timeout_s: float = 60.0, sites: Iterable[str] | None = None) -> None:
+        chosen = list(sites or self.sites)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if self.converged(chosen):
+                    return
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.05)
+        report = {site: self.status(site)["origins"] for site in chosen}
+        raise ClusterError(f"not converged within {timeout_s} s: {json.dumps(report)}")
+
+
+def _stream_heads(status: Mapping[str, Any], only_origin: str) -> dict[tuple[str, int], int]:
+    return {
+        (s["origin"], s["partition"]): s["head"]
+        for s in status["streams"]
+        if s["origin"] == only_origin
+    }
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
