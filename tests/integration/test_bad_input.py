@@ -116,7 +116,8 @@ def test_hello_from_an_unknown_site_is_refused(running: LocalCluster) -> None:
     """A peer naming a site the topology does not define is refused, by name."""
     frames = _exchange(running.client_address("b"), _push_hello(running, "mallory"))
     text = _error_text(frames)
-    assert "unknown site 'mallory'" in text and "defines: a" in text
+    assert "unknown site 'mallory'" in text
+    assert "defines: a" in text
 
 
 def test_valid_push_hello_gets_the_receivers_heads(running: LocalCluster) -> None:
@@ -130,7 +131,9 @@ def test_valid_push_hello_gets_the_receivers_heads(running: LocalCluster) -> Non
         while not frames:
             frames = decoder.feed(sock.recv(65536))
     reply = decode_hello(frames[0])
-    assert reply.role == "reply" and reply.site == "b" and reply.origin == "a"
+    assert reply.role == "reply"
+    assert reply.site == "b"
+    assert reply.origin == "a"
 
 
 def test_oversized_payload_is_refused_with_the_limit_and_setting(running: LocalCluster) -> None:
@@ -181,7 +184,8 @@ def test_unknown_site_name_is_refused_at_start(stopped: LocalCluster) -> None:
     before = _fingerprint(stopped.root)
     result = _run_site(stopped.topology_path, "nope")
     assert result.returncode == 2
-    assert "unknown site 'nope'" in result.stderr and "defines: a, b" in result.stderr
+    assert "unknown site 'nope'" in result.stderr
+    assert "defines: a, b" in result.stderr
     assert _fingerprint(stopped.root) == before
 
 

@@ -160,7 +160,7 @@ class SqliteJournal(Journal):
             conn.executemany("INSERT INTO ids VALUES (?, ?, ?)", plan.index)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            self._rollback(conn)
             raise
         self.commit_plan(plan.batches, deduplicated=sum(r.duplicate for r in plan.results))
         return plan.results
@@ -188,7 +188,7 @@ class SqliteJournal(Journal):
                 self._insert_batches(conn, plan.batches)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                self._rollback(conn)
                 raise
         self.commit_plan(plan.batches)
         return self.remote_result(plan)
@@ -217,6 +217,16 @@ class SqliteJournal(Journal):
             "UPDATE streams SET head = ?, max_version = MAX(max_version, ?) WHERE id = ?",
             [(head, version, s) for s, (head, version) in heads.items()],
         )
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        """Undo a failed append, and forget stream ids the undone transaction had created."""
+        conn.execute("ROLLBACK")
+        self._stream_ids = {
+            StreamId(origin, partition): stream_id
+            for stream_id, origin, partition in conn.execute(
+                "SELECT id, origin, partition FROM streams"
+            )
+        }
 
     def _stream_id(self, conn: sqlite3.Connection, stream: StreamId) -> int:
         stream_id = self._stream_ids.get(stream)

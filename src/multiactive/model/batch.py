@@ -43,6 +43,7 @@ CODEC_NAMES = {"none": CODEC_NONE, "zstd": CODEC_ZSTD}
 _PREFIX = struct.Struct(">2sBBI")
 _FIELDS = struct.Struct(">IQIQQIB")
 HEADER_SIZE = _PREFIX.size + _FIELDS.size  # without the origin name
+_INT64_LIMIT = 1 << 63  # seqs, times and versions are stored as SQLite/Redis int64
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +160,8 @@ def _parse_at(view: memoryview, offset: int) -> tuple[RecordBatch, int]:
         raise DecodeError(f"batch declares {body_len} body bytes but is cut short")
     if count < 1 or first_seq < 1:
         raise DecodeError(f"batch declares seqs {first_seq}..+{count}; seqs start at 1")
+    if max(first_seq + count, created_ms, max_version) >= _INT64_LIMIT:
+        raise DecodeError(f"batch header field out of int64 range (partition {partition})")
     if zlib.crc32(view[offset + _PREFIX.size : end]) != crc:
         raise DecodeError(f"batch checksum mismatch (partition {partition}, seq {first_seq})")
     name_at = offset + HEADER_SIZE
@@ -192,7 +195,11 @@ def _decode_body(batch: RecordBatch) -> list[Any]:
     body = memoryview(batch.data)[HEADER_SIZE + len(batch.origin.encode("utf-8")) :]
     raw: bytes | memoryview = body
     if batch.codec == CODEC_ZSTD:
-        raw = _zstd().ZstdDecompressor().decompress(body)
+        zstd = _zstd()
+        try:
+            raw = zstd.ZstdDecompressor().decompress(body)
+        except zstd.ZstdError as exc:
+            raise DecodeError(f"batch {batch.stream}@{batch.first_seq}: zstd body: {exc}") from exc
     try:
         rows = msgpack.unpackb(raw, raw=False, use_list=True)
     except (ValueError, msgpack.UnpackException) as exc:

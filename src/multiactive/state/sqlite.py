@@ -148,8 +148,12 @@ class SqliteState(StateBackend):
         conn = self._db()
         before = conn.total_changes
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(_UPSERT, [_row(e) for e in entries])
-        conn.execute("COMMIT")
+        try:
+            conn.executemany(_UPSERT, [_row(e) for e in entries])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         return conn.total_changes - before
 
     async def entries(self) -> list[Entry]:

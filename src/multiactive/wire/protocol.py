@@ -117,6 +117,8 @@ def decode_ack(frame: Frame) -> Ack:
         raise ProtocolError("ACK body must be a map with 'heads' (map) and 'gaps' (list)")
     if not all(isinstance(k, int) and isinstance(v, int) for k, v in heads.items()):
         raise ProtocolError("ACK heads must map partition numbers to seqs")
+    if not all(isinstance(g, int) for g in gaps):
+        raise ProtocolError("ACK gaps must list partition numbers")
     return Ack(heads, tuple(gaps))
 
 
@@ -169,6 +171,11 @@ def encode_published(request: int, results: Sequence[Sequence[object]]) -> bytes
 
 def decode_published(frame: Frame) -> tuple[int, list[Any]]:
     body = _unpack(frame)
-    if not (isinstance(body, list) and len(body) == 2 and isinstance(body[1], list)):
+    if not (
+        isinstance(body, list)
+        and len(body) == 2
+        and isinstance(body[0], int)
+        and isinstance(body[1], list)
+    ):
         raise ProtocolError("PUBLISHED body must be [request number, [results]]")
     return body[0], body[1]

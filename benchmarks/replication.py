@@ -1,0 +1,170 @@
+"""Replication benchmark over loopback: ingress, link catch-up, end-to-end latency.
+
+    .venv/bin/python benchmarks/replication.py [--messages 200000] [--rate 1000] [--json FILE]
+
+Two real site processes (`a` -> `b`, one link, embedded SQLite journals with fsync on both
+ends) and one client process (this one):
+
+1. ingress: one client publishes N messages of 1 KiB to `a` as fast as acknowledgements come
+   back (acknowledged = durable in `a`'s journal).
+2. catch-up: `b` was down during (1); it is started and the time from its link streaming
+   to its journal holding all N messages is the link's backlog catch-up (durable at both ends).
+   The time until `b` has also applied them all is reported beside it.
+3. latency: at a moderate rate, the time from a message's acceptance at `a` to its
+   application at `b`, as `b`'s processor measures it (p50/p99 over the last samples).
+
+Prints a table and a JSON document (also written to --json FILE when given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from multiactive.client import Client
+from multiactive.model.topology import Address
+from multiactive.testing.cluster import LocalCluster
+
+PAYLOAD_BYTES = 1024
+CONCURRENCY = 4000
+
+
+async def ingress(address: Address, count: int) -> float:
+    """Publish `count` messages, keeping CONCURRENCY in flight; return seconds taken."""
+    payload = b"x" * PAYLOAD_BYTES
+    async with Client(address) as client:
+        started = time.perf_counter()
+        for start in range(0, count, CONCURRENCY):
+            size = min(CONCURRENCY, count - start)
+            await asyncio.gather(
+                *(client.publish("kv.set", f"key{start + i}", payload) for i in range(size))
+            )
+        return time.perf_counter() - started
+
+
+async def paced(address: Address, rate: float, duration_s: float) -> int:
+    payload = b"x" * PAYLOAD_BYTES
+    sent = 0
+    tasks: set[asyncio.Task[Any]] = set()
+    async with Client(address) as client:
+        started = time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < duration_s:
+            due = int(elapsed * rate) - sent
+            for _ in range(due):
+                task = asyncio.create_task(client.publish("kv.set", f"lat{sent}", payload))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                sent += 1
+            await asyncio.sleep(0.001)
+        if tasks:
+            await asyncio.wait(tasks)
+    return sent
+
+
+def received(cluster: LocalCluster, site: str, origin: str) -> tuple[int, int]:
+    streams = [s for s in cluster.status(site)["streams"] if s["origin"] == origin]
+    return sum(s["head"] for s in streams), sum(s["applied"] for s in streams)
+
+
+def link_streaming(cluster: LocalCluster, site: str, link: str) -> bool:
+    links = cluster.status(site)["links"]
+    return any(x["name"] == link and x["state"] == "streaming" for x in links)
+
+
+def catch_up(cluster: LocalCluster, total: int) -> tuple[float, float]:
+    """Start b; seconds from the link streaming until all received, and all applied.
+
+    The origin was retrying its link with backoff while b was down; that wait is the
+    reconnect policy, not the link's speed, so the clock starts when the link is up.
+    """
+    cluster.start(["b"])
+    while not link_streaming(cluster, "b", "a->b"):
+        time.sleep(0.002)
+    connected = time.perf_counter()
+    got_all = 0.0
+    while True:
+        heads, applied = received(cluster, "b", "a")
+        now = time.perf_counter()
+        if heads >= total and not got_all:
+            got_all = now
+        if applied >= total:
+            return got_all - connected, now - connected
+        time.sleep(0.02)
+
+
+def run(messages: int, rate: float, duration_s: float, root: Path) -> dict[str, Any]:
+    with LocalCluster(root, ("a", "b"), partitions=8, log_level="WARNING") as cluster:
+        cluster.start(["a"])
+        ingress_s = asyncio.run(ingress(cluster.client_address("a"), messages))
+        catch_up_s, applied_s = catch_up(cluster, messages)
+        sent = asyncio.run(paced(cluster.client_address("a"), rate, duration_s))
+        cluster.wait_converged(60)
+        processor = cluster.status("b")["processor"]
+    mib = messages * PAYLOAD_BYTES / (1 << 20)
+    return {
+        "messages": messages,
+        "payload_bytes": PAYLOAD_BYTES,
+        "ingress_msgs_per_s": round(messages / ingress_s),
+        "catch_up_msgs_per_s": round(messages / catch_up_s),
+        "catch_up_mib_per_s": round(mib / catch_up_s, 1),
+        "catch_up_applied_msgs_per_s": round(messages / applied_s),
+        "latency_rate_msgs_per_s": rate,
+        "latency_messages": sent,
+        "latency_p50_ms": processor["latency_ms_p50"],
+        "latency_p99_ms": processor["latency_ms_p99"],
+        "durability": "SQLite WAL, synchronous=FULL (fsync per group commit) at both ends",
+        "machine": f"{platform.machine()}, {platform.python_implementation()} "
+        f"{platform.python_version()}, {_cpus()} CPUs",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+def table(result: dict[str, Any]) -> str:
+    rows = [
+        ("acknowledged ingress, one client", f"{result['ingress_msgs_per_s']:,} msg/s"),
+        (
+            "link catch-up, durable both ends",
+            f"{result['catch_up_msgs_per_s']:,} msg/s ({result['catch_up_mib_per_s']} MiB/s)",
+        ),
+        ("catch-up incl. apply at receiver", f"{result['catch_up_applied_msgs_per_s']:,} msg/s"),
+        (
+            f"end-to-end at {result['latency_rate_msgs_per_s']:.0f} msg/s",
+            f"p50 {result['latency_p50_ms']} ms, p99 {result['latency_p99_ms']} ms",
+        ),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{'figure':<{width}}  value", f"{'-' * width}  {'-' * 30}"]
+    lines += [f"{name:<{width}}  {value}" for name, value in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--messages", type=int, default=200_000, help="backlog size")
+    parser.add_argument("--rate", type=float, default=1000.0, help="latency phase msg/s")
+    parser.add_argument("--duration", type=float, default=10.0, help="latency phase seconds")
+    parser.add_argument("--json", type=Path, help="also write the JSON result here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="multiactive-bench-") as tmp:
+        result = run(args.messages, args.rate, args.duration, Path(tmp))
+    print(table(result))
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

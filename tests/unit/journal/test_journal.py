@@ -1,0 +1,692 @@
+"""Journal invariants J1-J4, reads, trimming and peer heads, on every backend.
+
+Each test body is one coroutine run with `asyncio.run`; the `backend` fixture runs it against
+`MemoryJournal` and `SqliteJournal` (a file in `tmp_path`). Tests of durability across a
+reopen are for SQLite only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from multiactive.errors import ConfigError, GapError, JournalError
+from multiactive.journal import Journal, LocalGroup, MemoryJournal, SqliteJournal
+from multiactive.model.batch import CODEC_ZSTD, RecordBatch, build_batch
+from multiactive.model.message import Position, Row, StreamId
+
+SITE = "bj"
+PEER = "gz"
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(main)
+
+
+class Backend:
+    """Makes journals of one kind; SQLite ones share one file so a reopen finds the data."""
+
+    def __init__(self, kind: str, folder: Path) -> None:
+        self.kind = kind
+        self.path = folder / "journal.sqlite3"
+
+    def new(self, site: str = SITE, codec: int = 0) -> Journal:
+        if self.kind == "memory":
+            return MemoryJournal(site, codec)
+        return SqliteJournal(site, self.path, codec=codec)
+
+    @asynccontextmanager
+    async def opened(self, site: str = SITE, codec: int = 0) -> AsyncIterator[Journal]:
+        journal = self.new(site, codec)
+        await journal.open()
+        try:
+            yield journal
+        finally:
+            await journal.close()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    return Backend(request.param, tmp_path)
+
+
+@pytest.fixture
+def sqlite(tmp_path: Path) -> Backend:
+    return Backend("sqlite", tmp_path)
+
+
+def row(request_id: str, version: int = 1, payload: bytes = b"v") -> Row:
+    return (request_id, "kv.set", f"key-{request_id}", version, 1000, {}, payload)
+
+
+def group(partition: int, *ids: str, created_ms: int = 1000) -> LocalGroup:
+    return LocalGroup(partition, [row(i) for i in ids], created_ms)
+
+
+def remote(first_seq: int, count: int, partition: int = 0, origin: str = PEER) -> RecordBatch:
+    rows = [row(f"{origin}-{partition}-{first_seq + i}") for i in range(count)]
+    return build_batch(origin, partition, first_seq, rows, created_ms=1000)
+
+
+async def all_seqs(journal: Journal, stream: StreamId) -> list[int]:
+    """Every seq stored for a stream, read batch by batch from seq 1."""
+    seqs: list[int] = []
+    for batch in await journal.read(stream, 1, 1 << 30):
+        seqs.extend(m.seq for m in batch.messages())
+    return seqs
+
+
+async def all_ids(journal: Journal, stream: StreamId) -> list[str]:
+    ids: list[str] = []
+    for batch in await journal.read(stream, 1, 1 << 30):
+        ids.extend(m.id for m in batch.messages())
+    return ids
+
+
+def seqs_of(batches: Sequence[RecordBatch]) -> list[tuple[int, int]]:
+    return [(b.first_seq, b.last_seq) for b in batches]
+
+
+# -- J1: dense seqs ------------------------------------------------------------------------
+
+
+def test_j1_local_seqs_are_dense_from_one_across_appends(backend: Backend) -> None:
+    """J1: successive local appends give one partition exactly the seqs 1..head, in order."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            first = await journal.append_local([group(0, "a", "b", "c")])
+            second = await journal.append_local([group(0, "d")])
+            third = await journal.append_local([group(0, "e", "f")])
+            positions = [r.position for r in first + second + third]
+            assert positions == [Position(SITE, 0, seq) for seq in range(1, 7)]
+            assert not any(r.duplicate for r in first + second + third)
+            stream = StreamId(SITE, 0)
+            assert journal.head(stream) == 6
+            assert await all_seqs(journal, stream) == [1, 2, 3, 4, 5, 6]
+            assert await all_ids(journal, stream) == ["a", "b", "c", "d", "e", "f"]
+
+    run(main())
+
+
+def test_j1_groups_of_one_partition_in_one_call_continue_each_other(backend: Backend) -> None:
+    """J1: two groups of the same partition in one call get consecutive seqs, no overlap."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            await journal.append_local([group(2, "x")])
+            results = await journal.append_local(
+                [group(2, "a", "b"), group(5, "p"), group(2, "c"), group(5, "q", "r")]
+            )
+            assert [(r.id, r.position.partition, r.position.seq) for r in results] == [
+                ("a", 2, 2),
+                ("b", 2, 3),
+                ("p", 5, 1),
+                ("c", 2, 4),
+                ("q", 5, 2),
+                ("r", 5, 3),
+            ]
+            assert journal.heads() == {StreamId(SITE, 2): 4, StreamId(SITE, 5): 3}
+            assert await all_seqs(journal, StreamId(SITE, 2)) == [1, 2, 3, 4]
+            assert await all_ids(journal, StreamId(SITE, 2)) == ["x", "a", "b", "c"]
+            assert await all_seqs(journal, StreamId(SITE, 5)) == [1, 2, 3]
+
+    run(main())
+
+
+def test_j1_stored_batches_chain_without_gap_or_overlap(backend: Backend) -> None:
+    """J1: each stored batch starts right after the previous one ends."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            for n in range(5):
+                await journal.append_local([group(1, *[f"{n}-{i}" for i in range(n + 1)])])
+            batches = await journal.read(StreamId(SITE, 1), 1, 1 << 30)
+            assert seqs_of(batches) == [(1, 1), (2, 3), (4, 6), (7, 10), (11, 15)]
+
+    run(main())
+
+
+def test_j1_local_batches_use_the_journal_codec(backend: Backend) -> None:
+    """A journal configured for zstd stores compressed batches that still read back the same."""
+
+    async def main() -> None:
+        async with backend.opened(codec=CODEC_ZSTD) as journal:
+            await journal.append_local([group(0, "a", "b")])
+            (batch,) = await journal.read(StreamId(SITE, 0), 1, 1 << 20)
+            assert batch.codec == CODEC_ZSTD
+            assert [m.id for m in batch.messages()] == ["a", "b"]
+
+    run(main())
+
+
+# -- J2: remote batches ----------------------------------------------------------------------
+
+
+def test_j2_remote_batches_in_order_are_stored(backend: Backend) -> None:
+    """J2: remote batches continuing the head are stored and move the head, in one call."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            result = await journal.append_remote([remote(1, 3), remote(4, 2), remote(1, 1, 3)])
+            assert result.stored == 3
+            assert result.duplicates == 0
+            assert result.gaps == {}
+            assert result.heads == {StreamId(PEER, 0): 5, StreamId(PEER, 3): 1}
+            assert journal.head(StreamId(PEER, 0)) == 5
+            assert await all_seqs(journal, StreamId(PEER, 0)) == [1, 2, 3, 4, 5]
+            stored = await journal.read(StreamId(PEER, 0), 1, 1 << 20)
+            assert [b.data for b in stored] == [remote(1, 3).data, remote(4, 2).data]
+
+    run(main())
+
+
+def test_j2_batch_at_or_below_head_is_a_counted_noop(backend: Backend) -> None:
+    """J2: a remote batch whose seqs are all <= head changes nothing and counts as duplicate."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            await journal.append_remote([remote(1, 3), remote(4, 2)])
+            before = await journal.read(StreamId(PEER, 0), 1, 1 << 20)
+            result = await journal.append_remote([remote(1, 3), remote(4, 2), remote(2, 1)])
+            assert result.stored == 0
+            assert result.duplicates == 3
+            assert result.gaps == {}
+            assert journal.head(StreamId(PEER, 0)) == 5
+            assert await journal.read(StreamId(PEER, 0), 1, 1 << 20) == before
+            assert journal.statistics().duplicate_batches == 3
+            assert journal.statistics().batches_appended == 2
+
+    run(main())
+
+
+def test_j2_batch_above_head_plus_one_is_refused_with_the_head(backend: Backend) -> None:
+    """J2: a batch starting above head + 1 is not stored; gaps reports the head to resume from."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            await journal.append_remote([remote(1, 2)])
+            result = await journal.append_remote([remote(4, 2), remote(6, 1)])
+            stream = StreamId(PEER, 0)
+            assert result.stored == 0
+            assert result.gaps == {stream: 2}
+            assert result.heads == {stream: 2}
+            assert result.duplicates == 0
+            assert journal.head(stream) == 2
+            assert await all_seqs(journal, stream) == [1, 2]
+            assert journal.statistics().refused_gaps == 1
+            fresh = await journal.append_remote([remote(2, 1, partition=9)])
+            assert fresh.gaps == {StreamId(PEER, 9): 0}
+
+    run(main())
+
+
+def test_j2_gap_in_one_stream_does_not_block_another(backend: Backend) -> None:
+    """J2: a refused stream stops only its own later batches; other streams are stored."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            result = await journal.append_remote(
+                [remote(1, 1, 0), remote(3, 1, 1), remote(2, 1, 0), remote(1, 1, 1)]
+            )
+            assert result.gaps == {StreamId(PEER, 1): 0}
+            assert result.stored == 2
+            assert journal.head(StreamId(PEER, 0)) == 2
+            assert journal.head(StreamId(PEER, 1)) == 0
+
+    run(main())
+
+
+def test_j2_batch_straddling_head_keeps_only_the_new_part(backend: Backend) -> None:
+    """J2: a batch overlapping the head is stored from head + 1 on, with the right messages."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            await journal.append_remote([remote(1, 3)])
+            overlapping = remote(2, 4)  # seqs 2..5, head is 3
+            result = await journal.append_remote([overlapping])
+            stream = StreamId(PEER, 0)
+            assert result.stored == 1
+            assert result.duplicates == 0
+            assert result.heads == {stream: 5}
+            assert await all_seqs(journal, stream) == [1, 2, 3, 4, 5]
+            tail = (await journal.read(stream, 4, 1 << 20))[-1]
+            assert (tail.first_seq, tail.last_seq) == (4, 5)
+            assert list(tail.messages()) == list(overlapping.messages())[2:]
+
+    run(main())
+
+
+def test_j2_remote_batch_of_this_site_is_refused(backend: Backend) -> None:
+    """A remote batch carrying this site's own origin raises JournalError (L1: never echoed)."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            with pytest.raises(JournalError, match="this site's own stream bj/0"):
+                await journal.append_remote([remote(1, 1, origin=SITE)])
+            assert journal.heads() == {}
+
+    run(main())
+
+
+def test_gap_error_carries_the_head() -> None:
+    """GapError is a JournalError that carries the head to resume from."""
+    error = GapError("gap", head=7)
+    assert isinstance(error, JournalError)
+    assert error.head == 7
+
+
+# -- J3: durability and request-id dedup -----------------------------------------------------
+
+
+def test_j3_local_append_is_visible_to_a_fresh_journal_on_the_file(sqlite: Backend) -> None:
+    """J3: once append_local returns, another SqliteJournal on the file sees batches and heads."""
+
+    async def main() -> None:
+        async with sqlite.opened() as writer:
+            await writer.append_local([group(0, "a", "b"), group(3, "c")])
+            await writer.append_remote([remote(1, 2)])
+            async with sqlite.opened() as other:
+                assert other.heads() == {
+                    StreamId(SITE, 0): 2,
+                    StreamId(SITE, 3): 1,
+                    StreamId(PEER, 0): 2,
+                }
+                assert await all_ids(other, StreamId(SITE, 0)) == ["a", "b"]
+                assert await all_seqs(other, StreamId(PEER, 0)) == [1, 2]
+                assert await other.lookup(["c"]) == {"c": Position(SITE, 3, 1)}
+
+    run(main())
+
+
+def test_j3_reopened_journal_continues_seqs_and_dedup(sqlite: Backend) -> None:
+    """J3: after close and reopen, seqs continue from the stored head and old ids still dedup."""
+
+    async def main() -> None:
+        async with sqlite.opened() as journal:
+            await journal.append_local([group(0, "a", "b")])
+        async with sqlite.opened() as journal:
+            results = await journal.append_local([group(0, "a", "c")])
+            assert [(r.position.seq, r.duplicate) for r in results] == [(1, True), (3, False)]
+            assert await all_ids(journal, StreamId(SITE, 0)) == ["a", "b", "c"]
+
+    run(main())
+
+
+def test_j3_reopened_journal_remembers_the_greatest_version(sqlite: Backend) -> None:
+    """A reopened journal knows the greatest version stored, so a restarted clock starts past."""
+
+    async def main() -> None:
+        async with sqlite.opened() as journal:
+            await journal.append_local([LocalGroup(0, [row("a", version=77)], 1)])
+            await journal.append_remote(
+                [build_batch(PEER, 1, 1, [row("r", version=99)], created_ms=1)]
+            )
+            assert journal.max_version == 99
+        async with sqlite.opened() as journal:
+            assert journal.max_version == 99
+
+    run(main())
+
+
+def test_j3_same_id_twice_returns_the_first_position(backend: Backend) -> None:
+    """J3: an id appended again maps to its first position, duplicate=True, journaled once."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            (first,) = await journal.append_local([group(1, "dup")])
+            results = await journal.append_local([group(1, "new"), group(4, "dup")])
+            assert first.duplicate is False
+            assert [(r.id, r.position, r.duplicate) for r in results] == [
+                ("new", Position(SITE, 1, 2), False),
+                ("dup", Position(SITE, 1, 1), True),
+            ]
+            assert journal.heads() == {StreamId(SITE, 1): 2}
+            assert await all_ids(journal, StreamId(SITE, 1)) == ["dup", "new"]
+            assert journal.statistics().deduplicated_ids == 1
+            assert journal.statistics().messages_appended == 2
+
+    run(main())
+
+
+def test_j3_same_id_twice_in_one_call_is_journaled_once(backend: Backend) -> None:
+    """J3: an id repeated within one call is journaled at its first occurrence only."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            results = await journal.append_local(
+                [group(0, "a", "b", "a"), group(6, "b"), group(0, "c")]
+            )
+            assert [(r.id, r.position.partition, r.position.seq, r.duplicate) for r in results] == [
+                ("a", 0, 1, False),
+                ("b", 0, 2, False),
+                ("a", 0, 1, True),
+                ("b", 0, 2, True),
+                ("c", 0, 3, False),
+            ]
+            assert journal.heads() == {StreamId(SITE, 0): 3}
+            assert await all_ids(journal, StreamId(SITE, 0)) == ["a", "b", "c"]
+
+    run(main())
+
+
+def test_j3_a_call_of_only_duplicates_stores_nothing(backend: Backend) -> None:
+    """J3: a call whose every id is already journaled adds no batch and keeps the head."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            await journal.append_local([group(0, "a")])
+            results = await journal.append_local([group(0, "a")])
+            assert results[0].duplicate
+            assert len(await journal.read(StreamId(SITE, 0), 1, 1 << 20)) == 1
+            assert journal.statistics().batches_appended == 1
+
+    run(main())
+
+
+def test_lookup_finds_local_ids_only(backend: Backend) -> None:
+    """lookup maps request ids of local messages to their positions; unknown ids are absent."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            await journal.append_local([group(0, "a"), group(2, "b")])
+            await journal.append_remote([remote(1, 1)])
+            found = await journal.lookup(["a", "b", "missing", f"{PEER}-0-1"])
+            assert found == {"a": Position(SITE, 0, 1), "b": Position(SITE, 2, 1)}
+
+    run(main())
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def test_read_returns_batches_from_a_seq(backend: Backend) -> None:
+    """read starts with the batch holding from_seq and returns the later ones in order."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            await journal.append_remote([remote(1, 3), remote(4, 3), remote(7, 3)])
+            stream = StreamId(PEER, 0)
+            assert seqs_of(await journal.read(stream, 1, 1 << 20)) == [(1, 3), (4, 6), (7, 9)]
+            assert seqs_of(await journal.read(stream, 5, 1 << 20)) == [(4, 6), (7, 9)]
+            assert seqs_of(await journal.read(stream, 7, 1 << 20)) == [(7, 9)]
+            assert await journal.read(stream, 10, 1 << 20) == []
+            assert await journal.read(StreamId(PEER, 5), 1, 1 << 20) == []
+
+    run(main())
+
+
+def test_read_respects_max_bytes_but_returns_at_least_one(backend: Backend) -> None:
+    """read stops before going over max_bytes, yet returns one batch even when it is bigger."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            batches = [remote(1, 1), remote(2, 1), remote(3, 1)]
+            await journal.append_remote(batches)
+            stream = StreamId(PEER, 0)
+            size = batches[0].size
+            assert all(b.size == size for b in batches)
+            assert seqs_of(await journal.read(stream, 1, 1)) == [(1, 1)]
+            assert seqs_of(await journal.read(stream, 1, 2 * size)) == [(1, 1), (2, 2)]
+            assert seqs_of(await journal.read(stream, 1, 2 * size + 1)) == [(1, 1), (2, 2)]
+            assert len(await journal.read(stream, 1, 3 * size)) == 3
+
+    run(main())
+
+
+# -- J4: trimming ----------------------------------------------------------------------------
+
+
+async def four_batches(journal: Journal) -> StreamId:
+    """Local batches 1-2 (t=100), 3-4 (t=200), 5-6 (t=100), 7 (t=100) in partition 0."""
+    await journal.append_local([group(0, "a", "b", created_ms=100)])
+    await journal.append_local([group(0, "c", "d", created_ms=200)])
+    await journal.append_local([group(0, "e", "f", created_ms=100)])
+    await journal.append_local([group(0, "g", created_ms=100)])
+    return StreamId(SITE, 0)
+
+
+def test_j4_trim_drops_whole_batches_at_or_below_the_floor(backend: Backend) -> None:
+    """J4: trim drops batches entirely at or below the floor; one crossing the floor stays."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            stream = await four_batches(journal)
+            assert await journal.trim({stream: 3}, older_than_ms=1000) == 1
+            assert seqs_of(await journal.read(stream, 1, 1 << 20)) == [(3, 4), (5, 6), (7, 7)]
+            assert await journal.low_water(stream) == 3
+            assert journal.head(stream) == 7
+
+    run(main())
+
+
+def test_j4_trim_keeps_batches_newer_than_the_cutoff_and_all_after(backend: Backend) -> None:
+    """J4: a batch too new to drop stops the trim there, so the rest stays a dense suffix."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            stream = await four_batches(journal)
+            assert await journal.trim({stream: 6}, older_than_ms=150) == 1
+            assert seqs_of(await journal.read(stream, 1, 1 << 20)) == [(3, 4), (5, 6), (7, 7)]
+            assert await journal.low_water(stream) == 3
+            assert await journal.trim({stream: 6}, older_than_ms=100) == 0
+            assert await journal.trim({stream: 7}, older_than_ms=201) == 3
+            assert await journal.read(stream, 1, 1 << 20) == []
+            assert await journal.low_water(stream) == 8
+            assert journal.head(stream) == 7
+
+    run(main())
+
+
+def test_j4_trim_keeps_j1_for_later_appends(backend: Backend) -> None:
+    """J4 with J1: after a trim, new appends continue from the head and reads stay dense."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            stream = await four_batches(journal)
+            await journal.trim({stream: 4}, older_than_ms=1000)
+            (result,) = await journal.append_local([group(0, "h")])
+            assert result.position.seq == 8
+            seqs = await all_seqs(journal, stream)
+            assert seqs == list(range(await journal.low_water(stream), journal.head(stream) + 1))
+            assert seqs == [5, 6, 7, 8]
+
+    run(main())
+
+
+def test_j4_trim_touches_only_the_streams_given(backend: Backend) -> None:
+    """J4: trim leaves streams without a floor alone and handles remote streams the same way."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            local = await four_batches(journal)
+            await journal.append_remote([remote(1, 2), remote(3, 2)])
+            peer = StreamId(PEER, 0)
+            dropped = await journal.trim({peer: 2, StreamId(PEER, 9): 5}, older_than_ms=1 << 62)
+            assert dropped == 1
+            assert await journal.low_water(peer) == 3
+            assert await journal.low_water(local) == 1
+
+    run(main())
+
+
+def test_j4_trim_forgets_ids_of_dropped_local_batches(backend: Backend) -> None:
+    """J4: request ids of trimmed local messages leave the dedup index; kept ones remain."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            stream = await four_batches(journal)
+            await journal.trim({stream: 2}, older_than_ms=1000)
+            assert await journal.lookup(["a", "b", "c"]) == {"c": Position(SITE, 0, 3)}
+
+    run(main())
+
+
+def test_low_water_of_an_empty_stream_is_one(backend: Backend) -> None:
+    """low_water is head + 1 for a stream never written: 1."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            assert await journal.low_water(StreamId(PEER, 3)) == 1
+
+    run(main())
+
+
+def test_j4_trim_survives_a_reopen(sqlite: Backend) -> None:
+    """J4: a trimmed SQLite journal reopens with the same head and low water."""
+
+    async def main() -> None:
+        async with sqlite.opened() as journal:
+            stream = await four_batches(journal)
+            await journal.trim({stream: 6}, older_than_ms=1000)
+        async with sqlite.opened() as journal:
+            assert journal.head(stream) == 7
+            assert await journal.low_water(stream) == 7
+            (result,) = await journal.append_local([group(0, "h")])
+            assert result.position.seq == 8
+
+    run(main())
+
+
+# -- peer heads ------------------------------------------------------------------------------
+
+
+def test_peer_heads_round_trip(backend: Backend) -> None:
+    """save_peer_heads then peer_heads returns what each peer acknowledged, latest per stream."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            await journal.append_local([group(0, "a"), group(1, "b")])
+            await journal.save_peer_heads("gz", {StreamId(SITE, 0): 1, StreamId(SITE, 1): 0})
+            await journal.save_peer_heads("sh", {StreamId(SITE, 0): 1})
+            await journal.save_peer_heads("gz", {StreamId(SITE, 1): 1})
+            assert await journal.peer_heads() == {
+                "gz": {StreamId(SITE, 0): 1, StreamId(SITE, 1): 1},
+                "sh": {StreamId(SITE, 0): 1},
+            }
+
+    run(main())
+
+
+def test_peer_heads_survive_a_reopen(sqlite: Backend) -> None:
+    """Saved peer heads are read back by a reopened SQLite journal (trimming after restart)."""
+
+    async def main() -> None:
+        async with sqlite.opened() as journal:
+            await journal.append_local([group(0, "a")])
+            await journal.save_peer_heads("gz", {StreamId(SITE, 0): 1, StreamId(SITE, 4): 0})
+        async with sqlite.opened() as journal:
+            assert await journal.peer_heads() == {
+                "gz": {StreamId(SITE, 0): 1, StreamId(SITE, 4): 0}
+            }
+
+    run(main())
+
+
+# -- opening ---------------------------------------------------------------------------------
+
+
+def test_reopen_with_another_site_name_names_the_file(sqlite: Backend) -> None:
+    """Opening a site's journal file as another site raises ConfigError naming file and sites."""
+
+    async def main() -> None:
+        async with sqlite.opened(site="bj") as journal:
+            await journal.append_local([group(0, "a")])
+        other = sqlite.new(site="gz")
+        try:
+            with pytest.raises(ConfigError) as caught:
+                await other.open()
+        finally:
+            await other.close()
+        message = str(caught.value)
+        assert str(sqlite.path) in message
+        assert "journal of site 'bj', not 'gz'" in message
+
+    run(main())
+
+
+def test_corrupted_head_is_refused_at_open(sqlite: Backend) -> None:
+    """A stored head that disagrees with the stored batches raises JournalError at open."""
+
+    async def main() -> None:
+        async with sqlite.opened() as journal:
+            await journal.append_local([group(0, "a", "b")])
+        with sqlite3.connect(sqlite.path) as conn:
+            conn.execute("UPDATE streams SET head = 5")
+        conn.close()
+        broken = sqlite.new()
+        try:
+            with pytest.raises(JournalError) as caught:
+                await broken.open()
+        finally:
+            await broken.close()
+        message = str(caught.value)
+        assert str(sqlite.path) in message
+        assert "stream bj/0 records head 5 but stores seq 2" in message
+
+    run(main())
+
+
+def test_statistics_count_appends(backend: Backend) -> None:
+    """statistics() reports the backend, streams, batches, messages and bytes appended."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            await journal.append_local([group(0, "a", "b"), group(1, "c")])
+            batch = remote(1, 2)
+            await journal.append_remote([batch])
+            stats = journal.statistics()
+            assert stats.backend == backend.kind
+            assert stats.streams == 3
+            assert stats.batches_appended == 3
+            assert stats.messages_appended == 5
+            stored = await journal.read(StreamId(SITE, 0), 1, 1 << 20)
+            stored += await journal.read(StreamId(SITE, 1), 1, 1 << 20)
+            assert stats.bytes_appended == sum(b.size for b in stored) + batch.size
+
+    run(main())
+
+
+def test_append_fires_the_appended_pulse(backend: Backend) -> None:
+    """Readers waiting on `appended` wake when a local or remote append stores something."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            waiter = journal.appended.future()
+            await journal.append_local([group(0, "a")])
+            assert waiter.done()
+            waiter = journal.appended.future()
+            await journal.append_remote([remote(1, 1)])
+            assert waiter.done()
+            waiter = journal.appended.future()
+            await journal.append_remote([remote(1, 1)])
+            assert not waiter.done()
+            waiter.cancel()
+
+    run(main())
+
+
+def test_failed_append_leaves_the_sqlite_journal_consistent(sqlite: Backend) -> None:
+    """A remote append that fails inside its transaction does not corrupt later appends."""
+
+    async def main() -> None:
+        rows = [row("huge")]
+        unstorable = build_batch(PEER, 0, 1, rows, created_ms=2**64 - 1)  # over SQLite's int64
+        async with sqlite.opened() as journal:
+            with pytest.raises(OverflowError):
+                await journal.append_remote([unstorable])
+            assert journal.head(StreamId(PEER, 0)) == 0
+            await journal.append_remote([remote(1, 1, partition=0)])
+            await journal.append_remote([remote(1, 2, partition=1)])
+        async with sqlite.opened() as journal:
+            assert journal.heads() == {StreamId(PEER, 0): 1, StreamId(PEER, 1): 2}
+            assert await all_seqs(journal, StreamId(PEER, 0)) == [1]
+            assert await all_seqs(journal, StreamId(PEER, 1)) == [1, 2]
+
+    run(main())

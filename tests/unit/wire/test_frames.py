@@ -1,0 +1,125 @@
+"""Sans-I/O framing: frames survive any split of the byte stream; bad frames are refused."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from multiactive.errors import ProtocolError
+from multiactive.wire.frames import (
+    FRAME_HEADER_SIZE,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    encode_frame,
+)
+
+LIMIT = 64 * 1024
+
+frames_strategy = st.lists(
+    st.builds(Frame, st.sampled_from(list(FrameType)), st.binary(max_size=300)),
+    max_size=8,
+)
+
+
+def test_frame_layout_is_length_type_crc_body() -> None:
+    """An encoded frame is body length, type byte, crc32 of type and body, then the body."""
+    data = encode_frame(FrameType.ACK, b"hello")
+    assert FRAME_HEADER_SIZE == 9
+    assert struct.unpack_from(">IBI", data) == (5, 3, zlib.crc32(b"\x03hello"))
+    assert data[9:] == b"hello"
+
+
+def test_decoder_returns_whole_frames_fed_at_once() -> None:
+    """Several frames fed in one chunk come back in order, with types and bodies intact."""
+    sent = [Frame(FrameType.HELLO, b"a"), Frame(FrameType.BATCHES, b""), Frame(FrameType.ACK, b"c")]
+    decoder = FrameDecoder(LIMIT)
+    assert decoder.feed(b"".join(encode_frame(f.type, f.body) for f in sent)) == sent
+    assert decoder.buffered == 0
+
+
+@given(frames_strategy)
+def test_decoder_fed_one_byte_at_a_time(frames: list[Frame]) -> None:
+    """Feeding the stream one byte at a time yields exactly the frames that were encoded."""
+    stream = b"".join(encode_frame(f.type, f.body) for f in frames)
+    decoder = FrameDecoder(LIMIT)
+    received: list[Frame] = []
+    for i in range(len(stream)):
+        received += decoder.feed(stream[i : i + 1])
+    assert received == frames
+    assert decoder.buffered == 0
+
+
+@given(frames_strategy, st.data())
+def test_decoder_fed_in_random_splits(frames: list[Frame], data: st.DataObject) -> None:
+    """Any split of the byte stream into chunks yields exactly the frames that were encoded."""
+    stream = b"".join(encode_frame(f.type, f.body) for f in frames)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=20)))
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    decoder = FrameDecoder(LIMIT)
+    received: list[Frame] = []
+    for chunk in chunks:
+        received += decoder.feed(chunk)
+    assert received == frames
+
+
+def test_decoder_keeps_a_partial_frame_buffered() -> None:
+    """A frame missing its last byte is held back until that byte arrives."""
+    data = encode_frame(FrameType.HEARTBEAT, b"body")
+    decoder = FrameDecoder(LIMIT)
+    assert decoder.feed(data[:-1]) == []
+    assert decoder.buffered == len(data) - 1
+    assert decoder.feed(data[-1:]) == [Frame(FrameType.HEARTBEAT, b"body")]
+
+
+def test_decoder_refuses_an_unknown_frame_type() -> None:
+    """A type byte outside FrameType raises ProtocolError naming the type."""
+    data = struct.pack(">IBI", 0, 99, zlib.crc32(b"\x63"))
+    with pytest.raises(ProtocolError, match="unknown frame type 99"):
+        FrameDecoder(LIMIT).feed(data)
+
+
+def test_decoder_refuses_an_oversized_length_before_the_body_arrives() -> None:
+    """A declared length over the limit is refused from the header alone, naming the setting."""
+    header = struct.pack(">IBI", 2 * 1024 * 1024, int(FrameType.BATCHES), 0)
+    with pytest.raises(ProtocolError) as caught:
+        FrameDecoder(1024 * 1024).feed(header)
+    message = str(caught.value)
+    assert "frame of 2 MiB is over the limit of 1 MiB" in message
+    assert "max_frame_bytes" in message
+
+
+def test_decoder_accepts_a_frame_exactly_at_the_limit() -> None:
+    """The limit is inclusive: a body of exactly max_frame_bytes decodes."""
+    body = b"x" * 100
+    assert FrameDecoder(100).feed(encode_frame(FrameType.BATCHES, body)) == [
+        Frame(FrameType.BATCHES, body)
+    ]
+    with pytest.raises(ProtocolError, match="over the limit"):
+        FrameDecoder(99).feed(encode_frame(FrameType.BATCHES, body))
+
+
+def test_decoder_names_a_custom_setting_in_the_limit_error() -> None:
+    """The setting named in an oversize error is the one the decoder was built with."""
+    with pytest.raises(ProtocolError, match=r"set client_max_frame"):
+        FrameDecoder(4, setting="client_max_frame").feed(encode_frame(FrameType.ACK, b"12345"))
+
+
+def test_decoder_refuses_a_checksum_mismatch() -> None:
+    """A flipped body byte raises ProtocolError naming the checksum and the frame type."""
+    data = bytearray(encode_frame(FrameType.PUBLISH, b"payload"))
+    data[-1] ^= 0x01
+    with pytest.raises(ProtocolError, match=r"checksum mismatch \(PUBLISH, 7 bytes\)"):
+        FrameDecoder(LIMIT).feed(bytes(data))
+
+
+def test_checksum_covers_the_type_byte() -> None:
+    """Changing only the type byte of a valid frame is caught as a checksum mismatch."""
+    data = bytearray(encode_frame(FrameType.ACK, b"{}"))
+    data[4] = int(FrameType.ERROR)
+    with pytest.raises(ProtocolError, match="checksum mismatch"):
+        FrameDecoder(LIMIT).feed(bytes(data))
