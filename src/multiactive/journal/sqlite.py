@@ -33,6 +33,9 @@ from multiactive.model.message import Position, StreamId
 SCHEMA_VERSION = "1"
 _SQL_VARIABLES = 500
 _READ_ROWS = 256
+# Batches are large blobs: with 32 KiB pages a 1 MiB batch spans 32 overflow pages instead of
+# 256, which roughly halves the CPU (mostly system time) per stored byte on this hardware.
+PAGE_SIZE = 32768
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -80,6 +83,7 @@ class SqliteJournal(Journal):
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # takes effect when the file is new
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'NORMAL'}")
         conn.execute("PRAGMA busy_timeout=10000")

@@ -55,7 +55,7 @@ class RecordBatch:
     created_ms: int
     max_version: int
     codec: int
-    data: bytes = field(repr=False)
+    data: bytes | memoryview = field(repr=False)  # received batches are views into a frame
 
     @property
     def last_seq(self) -> int:
@@ -169,7 +169,7 @@ def _parse_at(view: memoryview, offset: int) -> tuple[RecordBatch, int]:
         origin = bytes(view[name_at : name_at + name_len]).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DecodeError("batch origin name is not UTF-8") from exc
-    data = bytes(view[offset:end])
+    data = view[offset:end]
     return RecordBatch(
         origin, partition, first_seq, count, created_ms, max_version, codec, data
     ), end

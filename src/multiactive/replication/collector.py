@@ -65,7 +65,7 @@ class Collector:
             elif frame.type != FrameType.HEARTBEAT:
                 raise ProtocolError(f"unexpected {frame.type.name} frame on a receiving link")
 
-    def _check(self, body: bytes) -> list[RecordBatch]:
+    def _check(self, body: bytes | memoryview) -> list[RecordBatch]:
         try:
             batches = split_batches(body)
         except DecodeError as exc:

@@ -18,13 +18,14 @@ from multiactive.aio import Pulse
 from multiactive.journal.base import Journal
 from multiactive.model.batch import RecordBatch
 from multiactive.model.clock import wall_ms
-from multiactive.model.message import Message, StreamId
+from multiactive.model.message import Message, StreamId, message_from_row
 from multiactive.model.topology import ReplicationSettings
 from multiactive.replication.handlers import Delivery, Handler, HandlerRegistry
-from multiactive.state.base import BUILTIN_TYPES, Commit, DeadLetter, StateBackend
+from multiactive.state.base import BUILTIN_TYPES, Commit, DeadLetter, OpTuple, StateBackend
 
 READ_BYTES = 4 * 1024 * 1024
 LATENCY_SAMPLES = 4096
+LATENCY_PER_BATCH = 16  # samples taken from one batch, evenly spaced
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +53,7 @@ class _Step:
 
     through_seq: int = 0
     processed: int = 0
-    builtin: list[Message] = field(default_factory=list)
+    builtin: list[OpTuple] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
 
 
@@ -132,26 +133,42 @@ class Processor:
         return step.through_seq if step is not None else self.applied(stream)
 
     async def _apply_batch(self, stream: StreamId, batch: RecordBatch) -> None:
-        skip_through = self._done_through(stream)
-        created: list[int] = []
-        for message in batch.messages():
-            if message.seq <= skip_through:
-                continue
-            created.append(message.created_ms)
-            if message.type in BUILTIN_TYPES:
-                self._step(stream).builtin.append(message)
-            elif (handler := self._registry.get(message.type)) is None:
-                error = f"no handler for type {message.type!r}"
-                self._step(stream).dead.append(self._dead(message, error, 1))
-            else:
-                await self._flush()  # a handler sees everything before its message applied
-                await self._handle(stream, handler, message)
+        """Turn a batch's rows into the stream's pending step.
+
+        The common case, a batch of built-in operations only, is one list comprehension over
+        the decoded rows; a `Message` is built only for a user handler or a dead letter.
+        """
+        rows = batch.rows()
+        skip = max(0, self._done_through(stream) - batch.first_seq + 1)
+        tail = rows[skip:] if skip else rows
+        origin = stream.origin
+        if {row[1] for row in tail} <= BUILTIN_TYPES:
             step = self._step(stream)
-            step.through_seq = message.seq
-            step.processed += 1
+            step.builtin.extend([(r[1], r[2], r[3], origin, r[6]) for r in tail])
+            step.through_seq = batch.last_seq
+            step.processed += len(tail)
+        else:
+            for offset, row in enumerate(tail, start=batch.first_seq + skip):
+                if row[1] in BUILTIN_TYPES:
+                    self._step(stream).builtin.append((row[1], row[2], row[3], origin, row[6]))
+                else:
+                    message = message_from_row(row, origin, stream.partition, offset)
+                    await self._user_message(stream, message)
+                step = self._step(stream)
+                step.through_seq = offset
+                step.processed += 1
         self._created[stream] = batch.created_ms
         now = wall_ms()
-        self._latencies.extend(now - c for c in created)
+        self._latencies.extend(now - row[4] for row in tail[:: 1 + len(tail) // LATENCY_PER_BATCH])
+
+    async def _user_message(self, stream: StreamId, message: Message) -> None:
+        handler = self._registry.get(message.type)
+        if handler is None:
+            error = f"no handler for type {message.type!r}"
+            self._step(stream).dead.append(self._dead(message, error, 1))
+            return
+        await self._flush()  # a handler sees everything before its message applied
+        await self._handle(stream, handler, message)
 
     def _step(self, stream: StreamId) -> _Step:
         step = self._steps.get(stream)

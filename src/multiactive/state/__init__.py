@@ -8,6 +8,7 @@ from multiactive.state.base import (
     Commit,
     DeadLetter,
     Entry,
+    Op,
     StateBackend,
     Watermark,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "DeadLetter",
     "Entry",
     "MemoryState",
+    "Op",
     "SqliteState",
     "StateBackend",
     "Watermark",

@@ -20,6 +20,7 @@ import abc
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from multiactive.model.message import Message, StreamId
 
@@ -38,6 +39,25 @@ class Entry:
     @property
     def deleted(self) -> bool:
         return self.value is None
+
+
+# A built-in message as the state backend needs it: (type, key, version, origin, payload).
+# The processor passes plain tuples (the hot path); `Op` names the fields for everyone else.
+OpTuple = tuple[str, str, int, str, bytes]
+
+
+class Op(NamedTuple):
+    """A built-in message as the state backend needs it (no id, seq or headers)."""
+
+    type: str
+    key: str
+    version: int
+    origin: str
+    payload: bytes
+
+    @classmethod
+    def of(cls, message: Message) -> Op:
+        return cls(message.type, message.key, message.version, message.origin, message.payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +86,7 @@ class Commit:
     stream: StreamId
     through_seq: int
     processed: int  # messages covered by this step (applied by any path, or parked)
-    builtin: Sequence[Message] = ()
+    builtin: Sequence[OpTuple] = ()
     dead: Sequence[DeadLetter] = ()
 
 
@@ -75,10 +95,10 @@ def newer(version: int, origin: str, entry: Entry | None) -> bool:
     return entry is None or (version, origin) > (entry.version, entry.origin)
 
 
-def entry_for(message: Message) -> Entry:
-    """The entry a built-in message would write."""
-    value = message.payload if message.type == KV_SET else None
-    return Entry(message.key, value, message.version, message.origin)
+def entry_for(op: OpTuple) -> Entry:
+    """The entry a built-in operation would write."""
+    type_, key, version, origin, payload = op
+    return Entry(key, payload if type_ == KV_SET else None, version, origin)
 
 
 def digest_entries(entries: Iterable[Entry]) -> str:

@@ -24,7 +24,7 @@ from typing import TypeVar
 
 from multiactive.errors import ConfigError
 from multiactive.model.message import StreamId
-from multiactive.state.base import Commit, DeadLetter, Entry, StateBackend, Watermark, entry_for
+from multiactive.state.base import Commit, DeadLetter, Entry, StateBackend, Watermark
 
 SCHEMA_VERSION = "1"
 T = TypeVar("T")
@@ -42,12 +42,17 @@ CREATE TABLE IF NOT EXISTS dead_letters(
     parked_ms INTEGER NOT NULL, PRIMARY KEY(origin, partition, seq));
 """
 
-_UPSERT = """
-INSERT INTO kv(key, value, version, origin) VALUES (?, ?, ?, ?)
+_LWW = """
 ON CONFLICT(key) DO UPDATE SET
     value = excluded.value, version = excluded.version, origin = excluded.origin
 WHERE (excluded.version, excluded.origin) > (kv.version, kv.origin)
 """
+_UPSERT = "INSERT INTO kv(key, value, version, origin) VALUES (?, ?, ?, ?)" + _LWW
+# Built-in ops bind as they come, (type, key, version, origin, payload): no Python per row.
+_APPLY_OP = (
+    "INSERT INTO kv(key, value, version, origin) "
+    "VALUES (?2, CASE WHEN ?1 = 'kv.del' THEN NULL ELSE ?5 END, ?3, ?4)" + _LWW
+)
 
 
 class SqliteState(StateBackend):
@@ -105,7 +110,7 @@ class SqliteState(StateBackend):
         try:
             for step in steps:
                 self._move_watermark(conn, step)
-                conn.executemany(_UPSERT, [_row(entry_for(m)) for m in step.builtin])
+                conn.executemany(_APPLY_OP, step.builtin)
                 conn.executemany(
                     "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [_dead_row(d) for d in step.dead],

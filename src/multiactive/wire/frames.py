@@ -36,12 +36,13 @@ class FrameType(IntEnum):
 
 
 _TYPES = frozenset(int(t) for t in FrameType)
+_TYPE_CRC = {int(t): zlib.crc32(bytes((t,))) for t in FrameType}
 
 
 @dataclass(frozen=True, slots=True)
 class Frame:
     type: FrameType
-    body: bytes
+    body: bytes | memoryview  # a view into the received bytes: decoded without a copy
 
 
 def encode_frame(frame_type: FrameType, body: bytes) -> bytes:
@@ -50,39 +51,56 @@ def encode_frame(frame_type: FrameType, body: bytes) -> bytes:
 
 
 class FrameDecoder:
-    """Incremental parser: `feed()` any slices of the byte stream, get whole frames back."""
+    """Incremental parser: `feed()` any slices of the byte stream, get whole frames back.
 
-    __slots__ = ("_buffer", "_max_frame_bytes", "_setting")
+    Bytes of an incomplete frame are kept as a list of chunks and joined once, when the frame
+    is complete; frame bodies are memoryviews into the joined bytes, so a large frame is
+    copied once between the socket and the journal.
+    """
+
+    __slots__ = ("_chunks", "_max_frame_bytes", "_need", "_setting", "_size")
 
     def __init__(self, max_frame_bytes: int, setting: str = "max_frame_bytes in [limits]") -> None:
-        self._buffer = bytearray()
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._need = FRAME_HEADER_SIZE
         self._max_frame_bytes = max_frame_bytes
         self._setting = setting
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return self._size
 
     def feed(self, data: bytes) -> list[Frame]:
-        buffer = self._buffer
-        buffer += data
+        if self._chunks:
+            self._chunks.append(data)
+            self._size += len(data)
+            if self._size < self._need:
+                return []
+            data = b"".join(self._chunks)
+            self._chunks.clear()
+        view = memoryview(data)
         frames: list[Frame] = []
         offset = 0
-        while len(buffer) - offset >= FRAME_HEADER_SIZE:
-            length, type_code, crc = _HEADER.unpack_from(buffer, offset)
+        size = len(data)
+        self._need = FRAME_HEADER_SIZE
+        while size - offset >= FRAME_HEADER_SIZE:
+            length, type_code, crc = _HEADER.unpack_from(data, offset)
             self._check_header(length, type_code)
             end = offset + FRAME_HEADER_SIZE + length
-            if end > len(buffer):
+            if end > size:
+                self._need = end - offset
                 break
-            body = bytes(buffer[offset + FRAME_HEADER_SIZE : end])
-            if zlib.crc32(body, zlib.crc32(bytes((type_code,)))) != crc:
+            body = view[offset + FRAME_HEADER_SIZE : end]
+            if zlib.crc32(body, _TYPE_CRC[type_code]) != crc:
                 raise ProtocolError(
                     f"frame checksum mismatch ({FrameType(type_code).name}, {length} bytes)"
                 )
             frames.append(Frame(FrameType(type_code), body))
             offset = end
-        if offset:
-            del buffer[:offset]
+        if offset < size:
+            self._chunks.append(data[offset:] if offset else data)
+        self._size = size - offset
         return frames
 
     def _check_header(self, length: int, type_code: int) -> None:

@@ -19,12 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from multiactive.errors import ConfigError
-from multiactive.model.message import Message, StreamId
+from multiactive.model.message import StreamId
 from multiactive.state import (
     Commit,
     DeadLetter,
     Entry,
     MemoryState,
+    Op,
     SqliteState,
     StateBackend,
     Watermark,
@@ -80,16 +81,16 @@ def message(
     origin: str = "bj",
     value: bytes | None = b"v",
     seq: int = 1,
-) -> Message:
+) -> Op:
     kind = "kv.del" if value is None else "kv.set"
-    return Message(f"{origin}-{version}", origin, 0, seq, kind, key, version, 1, value or b"")
+    return Op(kind, key, version, origin, value or b"")
 
 
 def dead(seq: int, parked_ms: int = 1000, origin: str = "bj") -> DeadLetter:
     return DeadLetter(origin, 0, seq, f"id-{seq}", "user.thing", f"k{seq}", "boom", 5, parked_ms)
 
 
-async def apply_each(state: StateBackend, messages: list[Message]) -> None:
+async def apply_each(state: StateBackend, messages: list[Op]) -> None:
     """Commit each message as its own step of one stream, in the order given."""
     for seq, m in enumerate(messages, start=1):
         await state.commit(Commit(STREAM, seq, 1, builtin=[m]))
@@ -111,9 +112,9 @@ kv_messages = st.lists(
 )
 
 
-def winners(messages: list[Message]) -> list[Entry]:
+def winners(messages: list[Op]) -> list[Entry]:
     """The entries LWW must leave: per key the greatest (version, origin), in key order."""
-    best: dict[str, Message] = {}
+    best: dict[str, Op] = {}
     for m in messages:
         if m.key not in best or (m.version, m.origin) > (best[m.key].version, best[m.key].origin):
             best[m.key] = m
@@ -193,7 +194,7 @@ def test_tombstone_blocks_an_older_set(backend: Backend) -> None:
     run(main())
 
 
-async def apply_each_from(state: StateBackend, seq: int, messages: list[Message]) -> None:
+async def apply_each_from(state: StateBackend, seq: int, messages: list[Op]) -> None:
     for offset, m in enumerate(messages):
         await state.commit(Commit(STREAM, seq + offset, 1, builtin=[m]))
 
