@@ -1,10 +1,10 @@
 """multiactive: every datacenter writable; every write journaled, shipped and applied everywhere."""
 
+from multiactive.client import Ack, Client
 from multiactive.errors import (
     ConfigError,
     ConnectionLost,
     DecodeError,
-    GapError,
     JournalError,
     MultiactiveError,
     PayloadTooLarge,
@@ -12,19 +12,30 @@ from multiactive.errors import (
     RejectedError,
     UnknownSiteError,
 )
+from multiactive.model import Message, StreamId, Topology, load_topology
+from multiactive.replication.handlers import Delivery, HandlerRegistry
+from multiactive.state import Entry
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Ack",
+    "Client",
     "ConfigError",
     "ConnectionLost",
     "DecodeError",
-    "GapError",
+    "Delivery",
+    "Entry",
+    "HandlerRegistry",
     "JournalError",
+    "Message",
     "MultiactiveError",
     "PayloadTooLarge",
     "ProtocolError",
     "RejectedError",
+    "StreamId",
+    "Topology",
     "UnknownSiteError",
     "__version__",
+    "load_topology",
 ]

@@ -7,7 +7,6 @@
     ├── RejectedError          a write was refused at ingress (the client may fix and retry)
     │   └── PayloadTooLarge    the payload is over `max_payload_bytes`
     ├── JournalError           a journal invariant would break (J1/J2)
-    │   └── GapError           a remote batch starts above head + 1; carries the head
     ├── ConnectionLost         a connection closed before an answer arrived
     └── UnknownSiteError       a site name the topology does not know
 
@@ -43,14 +42,6 @@ class PayloadTooLarge(RejectedError):
 
 class JournalError(MultiactiveError):
     """An append would break a journal invariant."""
-
-
-class GapError(JournalError):
-    """A remote batch starts above head + 1; the sender must resume from `head + 1`."""
-
-    def __init__(self, message: str, head: int) -> None:
-        super().__init__(message)
-        self.head = head
 
 
 class ConnectionLost(MultiactiveError):

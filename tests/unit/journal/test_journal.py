@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from multiactive.errors import ConfigError, GapError, JournalError
+from multiactive.errors import ConfigError, JournalError
 from multiactive.journal import Journal, LocalGroup, MemoryJournal, SqliteJournal
 from multiactive.model.batch import CODEC_ZSTD, RecordBatch, build_batch
 from multiactive.model.message import Position, Row, StreamId
@@ -273,13 +273,6 @@ def test_j2_remote_batch_of_this_site_is_refused(backend: Backend) -> None:
             assert journal.heads() == {}
 
     run(main())
-
-
-def test_gap_error_carries_the_head() -> None:
-    """GapError is a JournalError that carries the head to resume from."""
-    error = GapError("gap", head=7)
-    assert isinstance(error, JournalError)
-    assert error.head == 7
 
 
 # -- J3: durability and request-id dedup -----------------------------------------------------
