@@ -66,7 +66,8 @@ class AdminServer:
         return web.json_response({"site": self._node.name, "status": "ok"})
 
     async def _status(self, request: web.Request) -> web.Response:
-        return web.json_response(statistics_json(self._node.statistics()))
+        stats = self._node.statistics()
+        return web.json_response(statistics_json(stats, await self._node.lag()))
 
     async def _digest(self, request: web.Request) -> web.Response:
         entries = await self._node.state.entries()

@@ -6,10 +6,11 @@ import base64
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from multiactive.model.message import StreamId
 from multiactive.state.base import Entry
 
 if TYPE_CHECKING:
-    from multiactive.site.node import SiteStatistics
+    from multiactive.site.node import SiteStatistics, StreamLag
 
 
 def entry_json(entry: Entry) -> dict[str, Any]:
@@ -22,25 +23,27 @@ def entry_json(entry: Entry) -> dict[str, Any]:
     }
 
 
-def statistics_json(stats: SiteStatistics) -> dict[str, Any]:
+def statistics_json(stats: SiteStatistics, lags: list[StreamLag]) -> dict[str, Any]:
+    progress = stats.processor.streams
     streams = []
-    origins: dict[str, dict[str, int]] = {}
-    for stream, progress in stats.processor.streams.items():
-        head = stats.heads.get(stream, progress.head)
-        streams.append(
-            {
-                "origin": stream.origin,
-                "partition": stream.partition,
-                "head": head,
-                "applied": progress.applied,
-                "applied_count": progress.count,
-                "lag": head - progress.applied,
-            }
-        )
-        totals = origins.setdefault(stream.origin, {"head": 0, "applied": 0, "applied_count": 0})
-        totals["head"] += head
-        totals["applied"] += progress.applied
-        totals["applied_count"] += progress.count
+    origins: dict[str, dict[str, Any]] = {}
+    for lag in lags:
+        count = progress[_stream(lag)].count if _stream(lag) in progress else 0
+        stream = asdict(lag)
+        stream.update(head=lag.received, applied_count=count)
+        streams.append(stream)
+        totals = origins.setdefault(
+            lag.origin,
+            {"origin_head": 0, "head": 0, "applied": 0, "applied_count": 0, "lag_messages": 0,
+             "lag_s": 0.0},
+        )  # fmt: skip
+        totals["origin_head"] += lag.origin_head
+        totals["head"] += lag.received
+        totals["applied"] += lag.applied
+        totals["applied_count"] += count
+        totals["lag_messages"] += lag.lag_messages
+        if totals["lag_s"] is not None:
+            totals["lag_s"] = None if lag.lag_s is None else max(totals["lag_s"], lag.lag_s)
     processor = asdict(stats.processor)
     processor.pop("streams")
     return {
@@ -53,3 +56,7 @@ def statistics_json(stats: SiteStatistics) -> dict[str, Any]:
         "processor": processor,
         "links": [asdict(link) for link in stats.links],
     }
+
+
+def _stream(lag: StreamLag) -> StreamId:
+    return StreamId(lag.origin, lag.partition)

@@ -9,6 +9,7 @@ import click
 from multiactive import __version__
 from multiactive.cli.demo import demo
 from multiactive.cli.site import site
+from multiactive.cli.wan import wan
 from multiactive.errors import MultiactiveError
 
 
@@ -20,6 +21,7 @@ def cli() -> None:
 
 cli.add_command(site)
 cli.add_command(demo)
+cli.add_command(wan)
 
 
 def main() -> None:

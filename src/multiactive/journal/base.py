@@ -130,6 +130,10 @@ class Journal(abc.ABC):
         one (when there is one) and about `max_bytes` in all."""
 
     @abc.abstractmethod
+    async def created_at(self, stream: StreamId, seq: int) -> int | None:
+        """Origin wall-clock time (ms) of the batch holding `seq`, if it is stored here."""
+
+    @abc.abstractmethod
     async def lookup(self, ids: Sequence[str]) -> dict[str, Position]:
         """Positions of locally accepted messages by request id (ids not found are absent)."""
 

@@ -64,6 +64,13 @@ class MemoryJournal(Journal):
             size += batch.size
         return out
 
+    async def created_at(self, stream: StreamId, seq: int) -> int | None:
+        stored = self._batches.get(stream, [])
+        index = bisect.bisect_left(self._last_seqs.get(stream, []), seq)
+        if index < len(stored) and stored[index].first_seq <= seq:
+            return stored[index].created_ms
+        return None
+
     async def lookup(self, ids: Sequence[str]) -> dict[str, Position]:
         return {i: self._ids[i] for i in ids if i in self._ids}
 

@@ -264,6 +264,23 @@ class SqliteJournal(Journal):
             size += len(data)
         return out
 
+    async def created_at(self, stream: StreamId, seq: int) -> int | None:
+        stream_id = self._stream_ids.get(stream)
+        if stream_id is None:
+            return None
+        row = await self._read(
+            lambda: (
+                self._reading()
+                .execute(
+                    "SELECT first_seq, created_ms FROM batches WHERE stream = ? AND last_seq >= ? "
+                    "ORDER BY last_seq LIMIT 1",
+                    (stream_id, seq),
+                )
+                .fetchone()
+            )
+        )
+        return int(row[1]) if row is not None and row[0] <= seq else None
+
     async def lookup(self, ids: Sequence[str]) -> dict[str, Position]:
         return await self._read(lambda: self._known_ids(self._reading(), list(ids)))
 

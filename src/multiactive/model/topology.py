@@ -9,7 +9,8 @@
     max_payload_bytes = 10240
 
     [replication]                # every key optional; defaults below
-    window_bytes = 8388608
+    window_bytes = 67108864      # cap of what one link keeps in flight; adapts below it
+    stall_after_s = 5.0          # a link owing messages with no progress this long: stalled
 
     [[sites]]
     name = "bj-unicom"
@@ -53,7 +54,9 @@ DEFAULT_MAX_BATCH_BYTES = 1024 * 1024
 DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024
 DEFAULT_LINGER_MS = 1.0
 DEFAULT_MAX_PENDING_MESSAGES = 100_000
-DEFAULT_WINDOW_BYTES = 16 * 1024 * 1024
+DEFAULT_WINDOW_BYTES = 64 * 1024 * 1024  # the cap; the window adapts below it
+DEFAULT_WINDOW_FLOOR_BYTES = 4 * 1024 * 1024
+DEFAULT_STALL_AFTER_S = 5.0
 DEFAULT_READ_BYTES = 1024 * 1024
 DEFAULT_HEARTBEAT_INTERVAL_S = 1.0
 DEFAULT_PEER_TIMEOUT_S = 10.0
@@ -88,6 +91,7 @@ class ReplicationSettings:
     read_bytes: int = DEFAULT_READ_BYTES
     heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
     peer_timeout_s: float = DEFAULT_PEER_TIMEOUT_S
+    stall_after_s: float = DEFAULT_STALL_AFTER_S
     reconnect_min_s: float = DEFAULT_RECONNECT_MIN_S
     reconnect_max_s: float = DEFAULT_RECONNECT_MAX_S
     apply_max_attempts: int = DEFAULT_APPLY_MAX_ATTEMPTS
@@ -302,6 +306,7 @@ def _check_settings(reader: _Reader, limits: Limits, replication: ReplicationSet
         "must be > 0 and fit in limits.max_frame_bytes",
     )
     need(replication.heartbeat_interval_s > 0, "replication.heartbeat_interval_s", "must be > 0")
+    need(replication.stall_after_s > 0, "replication.stall_after_s", "must be > 0")
     need(
         replication.peer_timeout_s > 2 * replication.heartbeat_interval_s,
         "replication.peer_timeout_s",

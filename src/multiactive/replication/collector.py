@@ -19,7 +19,14 @@ from multiactive.model.topology import ReplicationSettings
 from multiactive.replication.links import LinkMonitor
 from multiactive.wire.connection import FrameConnection
 from multiactive.wire.frames import FrameType
-from multiactive.wire.protocol import Ack, decode_error, encode_ack, encode_heartbeat
+from multiactive.wire.protocol import (
+    Ack,
+    Heartbeat,
+    decode_error,
+    decode_heartbeat,
+    encode_ack,
+    encode_heartbeat,
+)
 
 
 class Collector:
@@ -44,6 +51,8 @@ class Collector:
 
     async def run(self) -> None:
         self._monitor.connected()
+        for stream, head in self._journal.heads(self._origin).items():
+            self._monitor.receiver_heads[stream.partition] = head
         await run_together(self._receive(), self._store(), self._heartbeat())
 
     async def _receive(self) -> None:
@@ -57,13 +66,22 @@ class Collector:
             if frame.type == FrameType.BATCHES:
                 self._queue.extend(self._check(frame.body))
                 self._queued.fire()
+            elif frame.type == FrameType.HEARTBEAT:
+                self._on_heartbeat(decode_heartbeat(frame))
             elif frame.type == FrameType.ERROR:
                 error = decode_error(frame)
                 raise ProtocolError(
                     f"{self._origin} closed the link: {error.code}: {error.message}"
                 )
-            elif frame.type != FrameType.HEARTBEAT:
+            else:
                 raise ProtocolError(f"unexpected {frame.type.name} frame on a receiving link")
+
+    def _on_heartbeat(self, beat: Heartbeat) -> None:
+        monitor = self._monitor
+        if not monitor.backlog:
+            monitor.progressed()  # owing starts now, not when the link went idle
+        monitor.origin_heads.update(beat.heads)
+        monitor.oldest_unreceived_ms = beat.oldest_ms
 
     def _check(self, body: bytes | memoryview) -> list[RecordBatch]:
         try:
@@ -88,11 +106,14 @@ class Collector:
             self._monitor.counted(
                 result.stored, sum(b.count for b in batches), sum(b.size for b in batches)
             )
+            if result.stored:
+                self._monitor.progressed()
             heads = {b.partition: self._journal.head(b.stream) for b in batches}
+            self._monitor.receiver_heads.update(heads)
             gaps = tuple(s.partition for s in result.gaps)
             self._conn.send(encode_ack(Ack(heads, gaps)))
 
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self._settings.heartbeat_interval_s)
-            self._conn.send(encode_heartbeat(wall_ms()))
+            self._conn.send(encode_heartbeat(Heartbeat(wall_ms())))

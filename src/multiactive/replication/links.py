@@ -5,11 +5,20 @@ in `push` mode, the receiver in `pull` mode), the first frames are the same: the
 HELLO, the dialed end checks it against the topology and answers HELLO(reply). The receiver's
 journal heads for the origin's streams travel in the receiver's HELLO, and they are the only
 cursor: the sender streams from head + 1.
+
+Link states, as both ends report them:
+
+    connecting  no session yet, or the first attempt is under way
+    streaming   a session is up and the receiver is keeping up (or nothing is owed)
+    stalled     a session is up, the origin has more for the receiver, and nothing has been
+                acknowledged (sender) or stored (receiver) for `stall_after_s` (L3)
+    cut         the session was lost or a connection attempt failed; retrying
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -17,8 +26,9 @@ from multiactive.errors import ProtocolError, UnknownSiteError
 from multiactive.model.topology import LinkConfig, Topology
 from multiactive.wire.protocol import Hello
 
-LinkState = Literal["connecting", "streaming", "disconnected"]
+LinkState = Literal["connecting", "streaming", "stalled", "cut"]
 Side = Literal["sender", "receiver"]
+RATE_WINDOW_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,14 +39,45 @@ class LinkStatistics:
     mode: str
     side: Side
     state: LinkState
-    peer_heads: dict[int, int]  # sender side: what the receiver acknowledged
+    origin_heads: dict[int, int]  # what the origin holds, per partition
+    receiver_heads: dict[int, int]  # what the receiver holds durably, per partition
+    backlog_messages: int  # origin heads minus receiver heads
+    oldest_unreceived_age_s: float | None  # age of the oldest message the receiver lacks
     in_flight_bytes: int
+    window_bytes: int
+    rtt_ms: float | None
+    messages_per_s: float
+    bytes_per_s: float
     batches: int
     messages: int
     bytes: int
     connects: int
+    since_progress_s: float | None
     last_frame_age_s: float | None
     last_error: str
+
+
+class RateMeter:
+    """Events per second over the last few seconds, from one-second buckets."""
+
+    __slots__ = ("_buckets",)
+
+    def __init__(self) -> None:
+        self._buckets: deque[list[float]] = deque()  # [second, count]
+
+    def add(self, count: float, now: float) -> None:
+        second = float(int(now))
+        if self._buckets and self._buckets[-1][0] == second:
+            self._buckets[-1][1] += count
+        else:
+            self._buckets.append([second, count])
+        while self._buckets and now - self._buckets[0][0] > RATE_WINDOW_S + 1:
+            self._buckets.popleft()
+
+    def rate(self, now: float) -> float:
+        start = now - RATE_WINDOW_S
+        total = sum(count for second, count in self._buckets if second >= start)
+        return total / RATE_WINDOW_S
 
 
 @dataclass(slots=True)
@@ -45,52 +86,95 @@ class LinkMonitor:
 
     link: LinkConfig
     side: Side
-    state: LinkState = "disconnected"
-    peer_heads: dict[int, int] = field(default_factory=dict)
+    stall_after_s: float = 5.0
+    session: bool = False
+    failed: bool = False
+    origin_heads: dict[int, int] = field(default_factory=dict)
+    receiver_heads: dict[int, int] = field(default_factory=dict)
+    oldest_unreceived_ms: int | None = None
     in_flight_bytes: int = 0
+    window_bytes: int = 0
+    rtt_ms: float | None = None
     batches: int = 0
     messages: int = 0
     bytes: int = 0
     connects: int = 0
     last_frame_s: float = 0.0
+    last_progress_s: float = 0.0
     last_error: str = ""
+    _messages_rate: RateMeter = field(default_factory=RateMeter)
+    _bytes_rate: RateMeter = field(default_factory=RateMeter)
 
     def connected(self) -> None:
-        self.state = "streaming"
+        self.session = True
+        self.failed = False
         self.connects += 1
         self.in_flight_bytes = 0
-        self.touch()
+        now = time.monotonic()
+        self.last_frame_s = self.last_progress_s = now
 
     def disconnected(self, reason: str) -> None:
-        self.state = "disconnected"
+        self.session = False
+        self.failed = True
         self.last_error = reason
         self.in_flight_bytes = 0
 
     def touch(self) -> None:
         self.last_frame_s = time.monotonic()
 
+    def progressed(self) -> None:
+        self.last_progress_s = time.monotonic()
+
     def counted(self, batches: int, messages: int, size: int) -> None:
+        now = time.monotonic()
         self.batches += batches
         self.messages += messages
         self.bytes += size
+        self._messages_rate.add(messages, now)
+        self._bytes_rate.add(size, now)
+
+    @property
+    def backlog(self) -> int:
+        return sum(
+            max(0, head - self.receiver_heads.get(p, 0)) for p, head in self.origin_heads.items()
+        )
+
+    @property
+    def state(self) -> LinkState:
+        if not self.session:
+            return "cut" if self.failed else "connecting"
+        stale = time.monotonic() - self.last_progress_s > self.stall_after_s
+        return "stalled" if self.backlog and stale else "streaming"
 
     def snapshot(self) -> LinkStatistics:
-        age = time.monotonic() - self.last_frame_s if self.last_frame_s else None
+        now = time.monotonic()
+        backlog = self.backlog
+        oldest = None
+        if backlog and self.oldest_unreceived_ms is not None:
+            oldest = max(0.0, time.time() - self.oldest_unreceived_ms / 1000)
         return LinkStatistics(
-            self.link.name,
-            self.link.origin,
-            self.link.receiver,
-            self.link.mode,
-            self.side,
-            self.state,
-            dict(self.peer_heads),
-            self.in_flight_bytes,
-            self.batches,
-            self.messages,
-            self.bytes,
-            self.connects,
-            age,
-            self.last_error,
+            name=self.link.name,
+            origin=self.link.origin,
+            receiver=self.link.receiver,
+            mode=self.link.mode,
+            side=self.side,
+            state=self.state,
+            origin_heads=dict(self.origin_heads),
+            receiver_heads=dict(self.receiver_heads),
+            backlog_messages=backlog,
+            oldest_unreceived_age_s=oldest,
+            in_flight_bytes=self.in_flight_bytes,
+            window_bytes=self.window_bytes,
+            rtt_ms=self.rtt_ms,
+            messages_per_s=round(self._messages_rate.rate(now), 1),
+            bytes_per_s=round(self._bytes_rate.rate(now), 1),
+            batches=self.batches,
+            messages=self.messages,
+            bytes=self.bytes,
+            connects=self.connects,
+            since_progress_s=now - self.last_progress_s if self.session else None,
+            last_frame_age_s=now - self.last_frame_s if self.last_frame_s else None,
+            last_error=self.last_error,
         )
 
 

@@ -94,7 +94,9 @@ class Processor:
         for stream, mark in (await self._state.watermarks()).items():
             self._applied[stream] = mark.applied
             self._counts[stream] = mark.count
-        self._restarted = set(self._applied)
+        # A stream journaled before this start may have had a handler run before a crash,
+        # even if no commit (so no watermark) of it was made: its first delivery is a retry.
+        self._restarted = set(self._applied) | set(self._journal.heads())
 
     async def run(self) -> None:
         while True:

@@ -210,7 +210,6 @@ class Connections:
         address = node.topology.dial_address(link)
         monitor = node.monitors[link.name]
         while True:
-            monitor.state = "connecting"
             started = asyncio.get_running_loop().time()
             try:
                 conn = await FrameConnection.connect(address, node.topology.limits.max_frame_bytes)

@@ -34,6 +34,19 @@ log = get_logger("site")
 
 
 @dataclass(frozen=True, slots=True)
+class StreamLag:
+    """How far this site is behind on one stream (origin, partition)."""
+
+    origin: str
+    partition: int
+    origin_head: int  # what the origin holds (as its last heartbeat said, for remote streams)
+    received: int  # journal head here
+    applied: int  # applied watermark here
+    lag_messages: int  # origin_head - applied
+    lag_s: float | None  # age of the oldest message the origin has and this site has not applied
+
+
+@dataclass(frozen=True, slots=True)
 class SiteStatistics:
     site: str
     cluster: str
@@ -62,8 +75,11 @@ class SiteNode:
         self.processor = Processor(
             site, self.journal, self.state, self.registry, topology.replication
         )
+        stall_after_s = topology.replication.stall_after_s
         self.monitors = {
-            link.name: LinkMonitor(link, "sender" if link.origin == site else "receiver")
+            link.name: LinkMonitor(
+                link, "sender" if link.origin == site else "receiver", stall_after_s
+            )
             for link in topology.links
             if site in (link.origin, link.receiver)
         }
@@ -146,6 +162,39 @@ class SiteNode:
             else:
                 floors[stream] = self.processor.applied(stream)
         return floors
+
+    async def lag(self) -> list[StreamLag]:
+        """Per stream: what the origin holds, what is here, what is applied, and how old the
+        oldest missing message is."""
+        now_ms = wall_ms()
+        lags = []
+        for stream in sorted(set(self.journal.heads()) | set(self._remote_origin_heads())):
+            received = self.journal.head(stream)
+            applied = self.processor.applied(stream)
+            origin_head = max(received, self._remote_origin_heads().get(stream, 0))
+            oldest: int | None = None
+            if applied < received:
+                oldest = await self.journal.created_at(stream, applied + 1)
+            elif origin_head > received:
+                oldest = self.monitors[f"{stream.origin}->{self.name}"].oldest_unreceived_ms
+            lag_s = 0.0 if origin_head == applied else None
+            if oldest is not None:
+                lag_s = max(0.0, (now_ms - oldest) / 1000)
+            lags.append(
+                StreamLag(
+                    stream.origin, stream.partition, origin_head, received, applied,
+                    origin_head - applied, lag_s,
+                )
+            )  # fmt: skip
+        return lags
+
+    def _remote_origin_heads(self) -> dict[StreamId, int]:
+        heads: dict[StreamId, int] = {}
+        for monitor in self.monitors.values():
+            if monitor.side == "receiver":
+                origin = monitor.link.origin
+                heads.update({StreamId(origin, p): h for p, h in monitor.origin_heads.items()})
+        return heads
 
     def statistics(self) -> SiteStatistics:
         return SiteStatistics(

@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from multiactive.model.topology import Address
+from multiactive.wan.shape import LinkShape
 
 DEFAULT_SITES = ("bj-unicom", "bj-telecom", "gz")
 READY_TIMEOUT_S = 30.0
@@ -103,7 +104,9 @@ class LocalCluster:
     name: str = "local"
     log_level: str = "INFO"
     extra_pythonpath: Sequence[str] = ()
+    wan: Mapping[tuple[str, str], LinkShape] | None = None  # every link through the emulator
     processes: dict[str, SiteProcess] = field(init=False, default_factory=dict)
+    emulator: SiteProcess | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -124,7 +127,38 @@ class LocalCluster:
             self.processes[site] = SiteProcess(
                 site, listen, admin, self.root / site, self.root / f"{site}.log", command, env
             )
+        if self.wan is not None:
+            self._plan_emulator(env)
         self.write_topology()
+
+    def _plan_emulator(self, env: dict[str, str]) -> None:
+        """Route every link through one `multiactive wan run` process."""
+        assert self.wan is not None
+        control = Address("127.0.0.1", free_port())
+        specs = []
+        addresses = dict(self.link_addresses)
+        for origin in self.sites:
+            for receiver in self.sites:
+                if origin == receiver:
+                    continue
+                mode = self.modes.get((origin, receiver), self.default_mode)
+                target = self.processes[receiver if mode == "push" else origin].listen
+                listen = Address("127.0.0.1", free_port())
+                shape = self.wan.get((origin, receiver), LinkShape())
+                specs.append(
+                    f"{wan_link_name(origin, receiver)}={listen}>{target},"
+                    f"delay_ms={shape.delay_ms},jitter_ms={shape.jitter_ms},"
+                    f"bandwidth_mbps={shape.bandwidth_mbps}"
+                )
+                addresses[(origin, receiver)] = listen
+        self.link_addresses = addresses
+        command = [
+            sys.executable, "-m", "multiactive", "wan", "run", "--control", str(control),
+            "--log-level", self.log_level, *(arg for spec in specs for arg in ("--link", spec)),
+        ]  # fmt: skip
+        self.emulator = SiteProcess(
+            "wan", control, control, self.root, self.root / "wan.log", command, env
+        )
 
     # -- configuration -------------------------------------------------------------------
 
@@ -162,6 +196,9 @@ class LocalCluster:
     # -- processes -----------------------------------------------------------------------
 
     def start(self, sites: Iterable[str] | None = None, *, wait: bool = True) -> None:
+        if self.emulator is not None and not self.emulator.alive:
+            self.emulator.start()
+            self._wait_emulator()
         chosen = list(sites or self.sites)
         for site in chosen:
             self.processes[site].start()
@@ -204,10 +241,54 @@ class LocalCluster:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        for proc in self.processes.values():
+        extra = [self.emulator] if self.emulator is not None else []
+        for proc in [*self.processes.values(), *extra]:
             proc.signal(signal.SIGKILL)
             if proc.process is not None:
                 proc.process.wait(STOP_TIMEOUT_S)
+
+    # -- WAN emulator ----------------------------------------------------------------------
+
+    def _wait_emulator(self) -> None:
+        assert self.emulator is not None
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not self.emulator.alive:
+                raise ClusterError(f"the WAN emulator exited:\n{self.emulator.log_tail()}")
+            try:
+                self.wan_control("GET", "/links")
+                return
+            except (OSError, urllib.error.URLError):
+                time.sleep(0.05)
+        raise ClusterError(f"the WAN emulator is not ready:\n{self.emulator.log_tail()}")
+
+    def wan_control(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        if self.emulator is None:
+            raise ClusterError("this cluster runs without a WAN emulator (wan=None)")
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"http://{self.emulator.admin}{path}", data=data, method=method
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+    def links_of(self, site: str) -> list[tuple[str, str]]:
+        return [(o, r) for o in self.sites for r in self.sites if o != r and site in (o, r)]
+
+    def cut(self, origin: str, receiver: str, mode: str = "reset") -> None:
+        self.wan_control("POST", f"/links/{wan_link_name(origin, receiver)}/cut", {"mode": mode})
+
+    def heal(self, origin: str, receiver: str) -> None:
+        self.wan_control("POST", f"/links/{wan_link_name(origin, receiver)}/heal", {})
+
+    def isolate(self, site: str, mode: str = "reset") -> None:
+        """Cut every link to and from a site (a site whose long-haul lines failed)."""
+        for origin, receiver in self.links_of(site):
+            self.cut(origin, receiver, mode)
+
+    def rejoin(self, site: str) -> None:
+        for origin, receiver in self.links_of(site):
+            self.heal(origin, receiver)
 
     # -- admin API -----------------------------------------------------------------------
 
@@ -262,6 +343,10 @@ class LocalCluster:
             time.sleep(0.05)
         report = {site: self.status(site)["origins"] for site in chosen}
         raise ClusterError(f"not converged within {timeout_s} s: {json.dumps(report)}")
+
+
+def wan_link_name(origin: str, receiver: str) -> str:
+    return f"{origin}-to-{receiver}"
 
 
 def _stream_heads(status: Mapping[str, Any], only_origin: str) -> dict[tuple[str, int], int]:

@@ -122,8 +122,35 @@ def decode_ack(frame: Frame) -> Ack:
     return Ack(heads, tuple(gaps))
 
 
-def encode_heartbeat(now_ms: int) -> bytes:
-    return encode_frame(FrameType.HEARTBEAT, _pack({"t": now_ms}))
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Sent every `heartbeat_interval_s` both ways. A sender adds what the origin holds
+    (`heads`) and the creation time of the oldest message the receiver has not acknowledged
+    (`oldest_ms`), so the receiver can report its lag in messages and in seconds."""
+
+    now_ms: int
+    heads: dict[int, int] = field(default_factory=dict)
+    oldest_ms: int | None = None
+
+
+def encode_heartbeat(beat: Heartbeat) -> bytes:
+    body = {"t": beat.now_ms, "heads": beat.heads, "oldest": beat.oldest_ms}
+    return encode_frame(FrameType.HEARTBEAT, _pack(body))
+
+
+def decode_heartbeat(frame: Frame) -> Heartbeat:
+    body = _unpack(frame)
+    if not isinstance(body, dict) or not isinstance(body.get("t"), int):
+        raise ProtocolError("HEARTBEAT body must be a map with 't' (int)")
+    heads = body.get("heads", {})
+    oldest = body.get("oldest")
+    if not isinstance(heads, dict) or not all(
+        isinstance(k, int) and isinstance(v, int) for k, v in heads.items()
+    ):
+        raise ProtocolError("HEARTBEAT heads must map partition numbers to seqs")
+    if oldest is not None and not isinstance(oldest, int):
+        raise ProtocolError("HEARTBEAT oldest must be an int or nil")
+    return Heartbeat(body["t"], heads, oldest)
 
 
 @dataclass(frozen=True, slots=True)

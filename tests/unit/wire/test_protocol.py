@@ -15,9 +15,11 @@ from multiactive.wire.protocol import (
     RESULT_OK,
     RESULT_REFUSED,
     Ack,
+    Heartbeat,
     Hello,
     decode_ack,
     decode_error,
+    decode_heartbeat,
     decode_hello,
     decode_publish,
     decode_published,
@@ -196,8 +198,27 @@ def test_batches_frame_carries_stored_bytes_unchanged() -> None:
     assert split_batches(frame.body) == batches
 
 
-def test_heartbeat_carries_the_sender_clock() -> None:
-    """A HEARTBEAT frame holds the sender's clock reading."""
-    frame = one_frame(encode_heartbeat(123456))
+def test_heartbeat_carries_the_sender_clock_and_origin_heads() -> None:
+    """A HEARTBEAT frame holds the sender's clock, the origin's heads and the oldest
+    unacknowledged message time, and decodes back to the same values."""
+    beat = Heartbeat(123456, {0: 7, 3: 9}, 1000)
+    frame = one_frame(encode_heartbeat(beat))
     assert frame.type == FrameType.HEARTBEAT
-    assert msgpack.unpackb(frame.body) == {"t": 123456}
+    assert msgpack.unpackb(frame.body, strict_map_key=False) == {
+        "t": 123456,
+        "heads": {0: 7, 3: 9},
+        "oldest": 1000,
+    }
+    assert decode_heartbeat(frame) == beat
+    assert decode_heartbeat(one_frame(encode_heartbeat(Heartbeat(5)))) == Heartbeat(5)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [[1], {"t": "x"}, {"t": 1, "heads": {"0": 1}}, {"t": 1, "heads": [1]}, {"t": 1, "oldest": "x"}],
+)
+def test_heartbeat_refuses_malformed_bodies(body: object) -> None:
+    """A HEARTBEAT body of the wrong shape raises ProtocolError."""
+    frame = Frame(FrameType.HEARTBEAT, msgpack.packb(body))
+    with pytest.raises(ProtocolError, match="HEARTBEAT"):
+        decode_heartbeat(frame)
