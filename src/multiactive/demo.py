@@ -1,11 +1,16 @@
-"""The demo scenario: three sites on this machine, writes everywhere, then proof of convergence.
+"""The demo scenario: three sites on this machine, writes everywhere, a cut, proof of convergence.
 
 Sites `bj-unicom`, `bj-telecom` and `gz` run as separate processes on loopback with embedded
-backends in a temporary folder. The Beijing sites push their writes to the other two sites;
-`gz`'s writes travel in `pull` mode (the Beijing sites read them from `gz`: "local write,
-remote read"), so both link modes are exercised. A paced
-workload writes to a shared key space at all three sites at once; when it ends the demo waits
-until every site has applied every origin's whole journal and compares state digests.
+backends in a temporary folder. Every link goes through the WAN emulator: the two Beijing sites
+are 1 ms apart (round trip), either of them and `gz` 40 ms, as in the seed documents. The
+Beijing sites push their writes; `gz`'s writes travel in `pull` mode (the Beijing sites read
+them from `gz`: "local write, remote read"), so both link modes are exercised.
+
+A paced workload writes to a shared key space at all three sites at once. A third of the way
+in, every link of `gz` is cut (its long-haul lines fail); all sites keep accepting writes. Two
+thirds of the way in the links heal, and the demo measures how long the sites take to catch up
+with what was written while they were apart. When the writes end it waits until every site has
+applied every origin's whole journal and compares state digests.
 """
 
 from __future__ import annotations
@@ -22,9 +27,13 @@ import aiohttp
 
 from multiactive.testing.cluster import DEFAULT_SITES, LocalCluster
 from multiactive.testing.workload import Workload
+from multiactive.wan.shape import LinkShape
 
 PROGRESS_INTERVAL_S = 0.5
 CONVERGE_TIMEOUT_S = 120.0
+NEAR = LinkShape(delay_ms=0.5)  # bj-unicom <-> bj-telecom: 1 ms round trip
+FAR = LinkShape(delay_ms=20.0, jitter_ms=1.0)  # Beijing <-> Guangzhou: 40 ms round trip
+CUT_SITE = "gz"
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,8 @@ class DemoOptions:
     keys: int = 500
     backend: str = "sqlite"
     data_dir: Path | None = None
+    wan: bool = True
+    cut: bool = True
 
 
 @dataclass
@@ -54,6 +65,7 @@ class DemoResult:
     write_s: float
     catch_up_s: float
     data_dir: str
+    cut: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -65,15 +77,24 @@ class DemoResult:
             "failed": self.failed,
             "write_s": round(self.write_s, 3),
             "catch_up_s": round(self.catch_up_s, 3),
+            "cut": self.cut,
             "data_dir": self.data_dir,
             "problems": self.problems,
         }
 
 
-def demo_cluster(root: Path, backend: str) -> LocalCluster:
+def demo_cluster(root: Path, backend: str, wan: bool) -> LocalCluster:
     """The demo topology: Beijing sites push; gz's own writes are pulled by its receivers."""
     modes = {("gz", "bj-unicom"): "pull", ("gz", "bj-telecom"): "pull"}
-    return LocalCluster(root, DEFAULT_SITES, modes=modes, backend=backend, name="demo")
+    shapes = None
+    if wan:
+        shapes = {
+            (a, b): NEAR if {a, b} == {"bj-unicom", "bj-telecom"} else FAR
+            for a in DEFAULT_SITES
+            for b in DEFAULT_SITES
+            if a != b
+        }
+    return LocalCluster(root, DEFAULT_SITES, modes=modes, backend=backend, name="demo", wan=shapes)
 
 
 async def run_demo(options: DemoOptions, show: Callable[[Snapshot], None]) -> DemoResult:
@@ -84,7 +105,7 @@ async def run_demo(options: DemoOptions, show: Callable[[Snapshot], None]) -> De
 
 
 async def _run(options: DemoOptions, root: Path, show: Callable[[Snapshot], None]) -> DemoResult:
-    with demo_cluster(root, options.backend) as cluster:
+    with demo_cluster(root, options.backend, options.wan) as cluster:
         await asyncio.to_thread(cluster.start)
         workload = Workload(
             {site: cluster.client_address(site) for site in cluster.sites},
@@ -94,7 +115,11 @@ async def _run(options: DemoOptions, root: Path, show: Callable[[Snapshot], None
         async with aiohttp.ClientSession() as http:
             watch = _Watcher(cluster, http, workload, show)
             started = time.monotonic()
-            await watch.during("writing", workload.run(options.duration_s))
+            writing = asyncio.ensure_future(workload.run(options.duration_s))
+            cut: dict[str, Any] = {}
+            if options.cut and options.wan:
+                cut = await _cut_and_heal(cluster, watch, writing, options.duration_s)
+            await watch.during("writing", writing)
             wrote = time.monotonic()
             converged = await watch.during("catching up", _converge(cluster))
             caught_up = time.monotonic()
@@ -114,8 +139,63 @@ async def _run(options: DemoOptions, root: Path, show: Callable[[Snapshot], None
         write_s=wrote - started,
         catch_up_s=caught_up - wrote,
         data_dir=str(root),
+        cut=cut,
         problems=problems,
     )
+
+
+async def _cut_and_heal(
+    cluster: LocalCluster, watch: _Watcher, writing: asyncio.Future[None], duration_s: float
+) -> dict[str, Any]:
+    """Cut every link of gz for the middle third of the run; time the catch-up after healing."""
+    await watch.during("writing", asyncio.sleep(duration_s / 3))
+    await asyncio.to_thread(cluster.isolate, CUT_SITE)
+    cut_at = time.monotonic()
+    await watch.during(f"writing, {CUT_SITE} cut off", asyncio.sleep(duration_s / 3))
+    owed = await watch.poll(f"writing, {CUT_SITE} cut off")
+    heads = {site: _own_heads(status, site) for site, status in owed.items()}
+    await asyncio.to_thread(cluster.rejoin, CUT_SITE)
+    healed_at = time.monotonic()
+    backlog = sum(_backlog(owed, heads).values())
+    await watch.during(f"{CUT_SITE} rejoined, catching up", _received_all(watch, heads))
+    return {
+        "site": CUT_SITE,
+        "cut_for_s": round(healed_at - cut_at, 2),
+        "backlog_at_heal": backlog,
+        "catch_up_after_heal_s": round(time.monotonic() - healed_at, 2),
+    }
+
+
+def _own_heads(status: dict[str, Any], site: str) -> dict[tuple[str, int], int]:
+    return {
+        (s["origin"], s["partition"]): s["head"]
+        for s in status.get("streams", [])
+        if s["origin"] == site
+    }
+
+
+def _backlog(
+    statuses: dict[str, dict[str, Any]], heads: dict[str, dict[tuple[str, int], int]]
+) -> dict[str, int]:
+    """Per site: messages the other sites hold that it has not received."""
+    owed = {}
+    for site, status in statuses.items():
+        have = {(s["origin"], s["partition"]): s["head"] for s in status.get("streams", [])}
+        owed[site] = sum(
+            max(0, head - have.get(stream, 0))
+            for origin, origin_heads in heads.items()
+            if origin != site
+            for stream, head in origin_heads.items()
+        )
+    return owed
+
+
+async def _received_all(watch: _Watcher, heads: dict[str, dict[tuple[str, int], int]]) -> None:
+    while True:
+        statuses = await watch.poll(f"{CUT_SITE} rejoined, catching up")
+        if all(statuses.values()) and not any(_backlog(statuses, heads).values()):
+            return
+        await asyncio.sleep(0.1)
 
 
 async def _converge(cluster: LocalCluster) -> bool:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from multiactive import aio
 from multiactive.demo import DemoOptions, DemoResult, Snapshot, run_demo
@@ -80,44 +83,67 @@ def _phase_line(console: Console, snap: Snapshot) -> None:
 
 
 def _progress(snap: Snapshot) -> Group:
-    table = Table(title=f"{snap.phase} — {snap.elapsed_s:.1f} s", title_justify="left")
-    table.add_column("site")
-    table.add_column("acked here", justify="right")
+    table = Table(
+        title=f"{snap.phase} — {snap.elapsed_s:.1f} s", title_justify="left", box=box.SIMPLE_HEAD
+    )
+    table.add_column("site", no_wrap=True)
+    table.add_column("acked", justify="right", no_wrap=True)
     sites = list(snap.statuses)
     for origin in sites:
-        table.add_column(f"from {origin}\nrecv / applied", justify="right")
-    table.add_column("apply p50/p99 ms", justify="right")
+        table.add_column(origin, justify="right", no_wrap=True)
+    table.add_column("p50/p99", justify="right", no_wrap=True)
+    table.caption = "per origin: received/applied here; apply latency in ms"
     for site, status in snap.statuses.items():
         counts = snap.workload.counts.get(site)
         origins = status.get("origins", {})
-        cells = [
-            f"{origins[o]['head']:,} / {origins[o]['applied']:,}" if o in origins else "-"
-            for o in sites
-        ]
+        cells = [_pair(origins.get(o)) for o in sites]
         proc = status.get("processor", {})
-        latency = f"{proc.get('latency_ms_p50') or 0:.0f} / {proc.get('latency_ms_p99') or 0:.0f}"
+        latency = f"{proc.get('latency_ms_p50') or 0:.0f}/{proc.get('latency_ms_p99') or 0:.0f}"
         table.add_row(site, f"{counts.acked:,}" if counts else "-", *cells, latency)
-    return Group(table)
+    return Group(table, _links_line(snap.statuses))
+
+
+def _pair(totals: dict[str, int] | None) -> str:
+    return "-" if totals is None else f"{totals['head']:,}/{totals['applied']:,}"
+
+
+def _links_line(statuses: dict[str, dict[str, Any]]) -> Text:
+    states: dict[str, str] = {}
+    for status in statuses.values():
+        for link in status.get("links", []):
+            if link["side"] == "receiver":
+                states[link["name"]] = link["state"]
+    line = Text("links: ")
+    colour = {"streaming": "green", "connecting": "yellow"}
+    for name, state in sorted(states.items()):
+        line.append(f"{name} {state}  ", style=colour.get(state, "red"))
+    return line
 
 
 def _report(console: Console, result: DemoResult) -> None:
-    table = Table(title="convergence report", title_justify="left")
-    table.add_column("site")
+    console.print()
+    table = Table(title="convergence report", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("site", no_wrap=True)
     for origin in result.sites:
-        table.add_column(f"from {origin}\nreceived / applied", justify="right")
-    table.add_column("state digest")
+        table.add_column(origin, justify="right", no_wrap=True)
+    table.add_column("state digest", no_wrap=True)
+    table.caption = "per origin: messages received/applied at each site"
     for site, origins in result.sites.items():
-        cells = [
-            f"{origins[o]['head']:,} / {origins[o]['applied']:,}" if o in origins else "-"
-            for o in result.sites
-        ]
-        table.add_row(site, *cells, result.digests.get(site, "?")[:16])
+        cells = [_pair(origins.get(o)) for o in result.sites]
+        table.add_row(site, *cells, result.digests.get(site, "?")[:12])
     console.print(table)
     acked = sum(result.acked.values())
     console.print(
         f"acknowledged writes: {acked:,} in {result.write_s:.1f} s; "
-        f"every site caught up {result.catch_up_s:.1f} s after the last write"
+        f"every site applied everything {result.catch_up_s:.1f} s after the last write"
     )
+    if result.cut:
+        cut = result.cut
+        console.print(
+            f"{cut['site']} was cut off for {cut['cut_for_s']:.1f} s while every site "
+            f"kept writing; {cut['backlog_at_heal']:,} messages were owed at the heal, "
+            f"received everywhere {cut['catch_up_after_heal_s']:.1f} s later"
+        )
     if result.converged:
         console.print("[bold green]converged[/]: every site applied every write; digests are equal")
     else:

@@ -8,6 +8,7 @@ import click
 
 from multiactive import __version__
 from multiactive.cli.demo import demo
+from multiactive.cli.inspect import lag, status
 from multiactive.cli.site import site
 from multiactive.cli.wan import wan
 from multiactive.errors import MultiactiveError
@@ -22,6 +23,8 @@ def cli() -> None:
 cli.add_command(site)
 cli.add_command(demo)
 cli.add_command(wan)
+cli.add_command(status)
+cli.add_command(lag)
 
 
 def main() -> None:

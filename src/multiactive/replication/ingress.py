@@ -27,7 +27,8 @@ from multiactive.wire.protocol import RESULT_OK, RESULT_REFUSED
 MAX_TYPE_LENGTH = 128
 MAX_KEY_BYTES = 1024
 MAX_HEADER_BYTES = 4096
-ROW_OVERHEAD_BYTES = 48
+ROW_OVERHEAD_BYTES = 48  # msgpack framing of a row and its fixed-size fields, at most
+HEADER_OVERHEAD_BYTES = 6  # msgpack framing of one header name and value, at most
 
 Result = list[Any]  # [0, partition, seq, duplicate] or [1, code, text]
 
@@ -121,7 +122,7 @@ class Ingress:
                 (id_, type_, key, version, created_ms, headers, payload)
             )
             self._refs.setdefault(partition, []).append((request, index))
-            self._pending_bytes += len(payload) + len(key) + ROW_OVERHEAD_BYTES
+            self._pending_bytes += _row_size(id_, type_, key, headers, payload)
             version += 1
         self._pending += valid
         self._arrived.fire()
@@ -211,7 +212,7 @@ class Ingress:
         for partition, part_rows in rows.items():
             start, size = 0, 0
             for i, row in enumerate(part_rows):
-                row_size = len(row[6]) + len(row[2]) + ROW_OVERHEAD_BYTES
+                row_size = _row_size(row[0], row[1], row[2], row[5], row[6])
                 if size + row_size > limit and i > start:
                     groups.append(LocalGroup(partition, part_rows[start:i], created_ms))
                     start, size = i, 0
@@ -238,6 +239,15 @@ def payload_too_large(size: int, limits: Limits) -> str:
         f"payload is {format_bytes(size)}; the limit is {format_bytes(limits.max_payload_bytes)} "
         "(set max_payload_bytes in [limits])"
     )
+
+
+def _row_size(id_: str, type_: str, key: str, headers: dict[str, str], payload: bytes) -> int:
+    """An upper bound of the bytes a checked row takes in a batch body (every field counts:
+    headers, ids and types can outweigh small payloads, and a batch must fit in a frame)."""
+    size = len(payload) + len(id_) + len(type_.encode()) + len(key.encode()) + ROW_OVERHEAD_BYTES
+    for name, value in headers.items():
+        size += len(name.encode()) + len(value.encode()) + HEADER_OVERHEAD_BYTES
+    return size
 
 
 def _headers_ok(headers: Any) -> bool:

@@ -1,0 +1,139 @@
+"""`multiactive status` and `multiactive lag`: a running topology, from every site's admin API."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from multiactive.errors import ConfigError
+from multiactive.model.topology import SiteConfig, Topology, load_topology
+
+topology_option = click.option(
+    "--topology", "topology_path", required=True, type=click.Path(path_type=Path),
+    help="The topology file shared by all sites.",
+)  # fmt: skip
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def fetch_status(site: SiteConfig, timeout_s: float = 5.0) -> dict[str, Any] | None:
+    """A site's /status, or None when it does not answer."""
+    if site.admin is None:
+        raise ConfigError(f"site {site.name} has no admin address (sites[].admin)")
+    try:
+        with urllib.request.urlopen(f"http://{site.admin}/status", timeout=timeout_s) as resp:
+            result: dict[str, Any] = json.load(resp)
+            return result
+    except (OSError, urllib.error.URLError, ValueError):
+        return None
+
+
+def _statuses(topology: Topology) -> dict[str, dict[str, Any] | None]:
+    return {site.name: fetch_status(site) for site in topology.sites}
+
+
+_STATE_RANK = {"streaming": 0, "connecting": 1, "stalled": 2, "cut": 3}
+
+
+@click.command()
+@topology_option
+@json_option
+def status(topology_path: Path, as_json: bool) -> None:
+    """Every link: state at both ends, backlog, lag, window, round trip and rate."""
+    topology = load_topology(topology_path)
+    statuses = _statuses(topology)
+    if as_json:
+        click.echo(json.dumps(statuses, indent=2))
+        return
+    ends = _link_ends(statuses)
+    table = Table(box=box.SIMPLE_HEAD, title=f"cluster {topology.name}", title_justify="left")
+    for column in ("link", "mode", "state", "backlog", "lag s", "window", "rtt ms", "msg/s",
+                   "conn"):  # fmt: skip
+        table.add_column(
+            column, justify="left" if column in ("link", "mode", "state") else "right", no_wrap=True
+        )
+    errors = []
+    for link in topology.links:
+        sender, receiver = ends.get((link.name, "sender")), ends.get((link.name, "receiver"))
+        seen = [end for end in (sender, receiver) if end is not None]
+        if not seen:
+            table.add_row(link.name, link.mode, "[red]unknown[/]", *[""] * 6)
+            continue
+        state = max((end["state"] for end in seen), key=lambda x: _STATE_RANK.get(x, 9))
+        info = receiver or sender
+        flow = sender or receiver
+        assert info is not None
+        assert flow is not None
+        table.add_row(
+            link.name, link.mode, _state(state), f"{info['backlog_messages']:,}",
+            _num(info["oldest_unreceived_age_s"], 1), _mib(flow["window_bytes"]),
+            _num(flow["rtt_ms"], 1), f"{flow['messages_per_s']:,.0f}",
+            str(max(end["connects"] for end in seen)),
+        )  # fmt: skip
+        if state != "streaming":
+            errors += [
+                f"{link.name} ({e['side']}): {e['last_error']}" for e in seen if e["last_error"]
+            ]
+    console = Console()
+    console.print(table)
+    unreachable = [name for name, site_status in statuses.items() if site_status is None]
+    if unreachable:
+        console.print(f"[red]unreachable sites[/]: {', '.join(unreachable)}")
+    for error in errors:
+        console.print(f"[dim]last error {error}[/]")
+
+
+def _link_ends(statuses: dict[str, dict[str, Any] | None]) -> dict[tuple[str, str], Any]:
+    ends = {}
+    for site_status in statuses.values():
+        for link in (site_status or {}).get("links", []):
+            ends[(link["name"], link["side"])] = link
+    return ends
+
+
+@click.command()
+@topology_option
+@json_option
+def lag(topology_path: Path, as_json: bool) -> None:
+    """Per site and origin: what the origin holds, what arrived, what is applied, how far behind."""
+    topology = load_topology(topology_path)
+    statuses = _statuses(topology)
+    if as_json:
+        lags = {n: (s or {}).get("streams") for n, s in statuses.items()}
+        click.echo(json.dumps(lags, indent=2))
+        return
+    table = Table(box=box.SIMPLE_HEAD, title=f"cluster {topology.name}", title_justify="left")
+    for column in ("site", "origin", "origin head", "received", "applied", "lag msgs", "lag s"):
+        table.add_column(
+            column, justify="left" if column in ("site", "origin") else "right", no_wrap=True
+        )
+    for name, site_status in statuses.items():
+        if site_status is None:
+            table.add_row(name, "[red]unreachable[/]", *[""] * 5)
+            continue
+        for origin, totals in site_status["origins"].items():
+            table.add_row(
+                name, origin, f"{totals['origin_head']:,}", f"{totals['head']:,}",
+                f"{totals['applied']:,}", f"{totals['lag_messages']:,}", _num(totals["lag_s"], 2),
+            )  # fmt: skip
+    Console().print(table)
+
+
+def _state(state: str) -> str:
+    colour = {"streaming": "green", "connecting": "yellow", "stalled": "red", "cut": "red"}
+    return f"[{colour.get(state, 'white')}]{state}[/]"
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _mib(value: int) -> str:
+    return f"{value / (1 << 20):.1f}M"
