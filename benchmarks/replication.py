@@ -31,6 +31,7 @@ from typing import Any
 from multiactive.client import Client
 from multiactive.model.topology import Address
 from multiactive.testing.cluster import LocalCluster
+from multiactive.wan.shape import LinkShape
 
 PAYLOAD_BYTES = 1024
 CONCURRENCY = 4000
@@ -100,11 +101,22 @@ def catch_up(cluster: LocalCluster, total: int) -> tuple[float, float]:
 
 
 def run(
-    messages: int, rate: float, duration_s: float, root: Path, fsync: bool = True
+    messages: int,
+    rate: float,
+    duration_s: float,
+    root: Path,
+    fsync: bool = True,
+    rtt_ms: float | None = None,
 ) -> dict[str, Any]:
+    """One full measurement; with `rtt_ms` both link directions go through the WAN emulator
+    with half of it as one-way delay."""
     settings = {"replication": {"fsync": fsync}}
+    wan = None
+    if rtt_ms is not None:
+        shape = LinkShape(delay_ms=rtt_ms / 2)
+        wan = {("a", "b"): shape, ("b", "a"): shape}
     with LocalCluster(
-        root, ("a", "b"), partitions=8, log_level="WARNING", settings=settings
+        root, ("a", "b"), partitions=8, log_level="WARNING", settings=settings, wan=wan
     ) as cluster:
         cluster.start(["a"])
         ingress_s = asyncio.run(ingress(cluster.client_address("a"), messages))
@@ -124,6 +136,7 @@ def run(
         "latency_messages": sent,
         "latency_p50_ms": processor["latency_ms_p50"],
         "latency_p99_ms": processor["latency_ms_p99"],
+        "rtt_ms": rtt_ms,
         "durability": (
             "SQLite WAL, synchronous=FULL (fsync per group commit) at both ends"
             if fsync
@@ -167,9 +180,14 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="latency phase seconds")
     parser.add_argument("--json", type=Path, help="also write the JSON result here")
     parser.add_argument("--no-fsync", action="store_true", help="journals without fsync")
+    parser.add_argument(
+        "--rtt-ms", type=float, default=None, help="route the link through the WAN emulator"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="multiactive-bench-") as tmp:
-        result = run(args.messages, args.rate, args.duration, Path(tmp), not args.no_fsync)
+        result = run(
+            args.messages, args.rate, args.duration, Path(tmp), not args.no_fsync, args.rtt_ms
+        )
     print(table(result))
     print(json.dumps(result, indent=2))
     if args.json:

@@ -45,7 +45,11 @@ async def measure(seconds: float, delay_ms: float) -> dict[str, float]:
     await asyncio.sleep(delay_ms / 1000 + 0.5)
     await link.close()
     server.close()
-    return {"delay_ms": delay_ms, "seconds": round(sent_s, 2), "mb_per_s": round(received / sent_s / 1e6)}
+    return {
+        "delay_ms": delay_ms,
+        "seconds": round(sent_s, 2),
+        "mb_per_s": round(received / sent_s / 1e6),
+    }
 
 
 def main() -> None:
@@ -58,7 +62,8 @@ def main() -> None:
 
     result = aio.run(measure(args.seconds, args.delay_ms))
     print(f"{'figure':<40}  value")
-    print(f"{'through one emulated link, ' + str(args.delay_ms) + ' ms':<40}  {result['mb_per_s']} MB/s")
+    label = f"through one emulated link, {args.delay_ms} ms"
+    print(f"{label:<40}  {result['mb_per_s']} MB/s")
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

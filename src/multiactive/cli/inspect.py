@@ -98,6 +98,44 @@ def _link_ends(statuses: dict[str, dict[str, Any] | None]) -> dict[tuple[str, st
     return ends
 
 
+def cluster_lags(statuses: dict[str, dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """Per (site, origin): the cluster's best knowledge of how far the site is behind.
+
+    A site alone knows an origin's heads only from that origin's heartbeats, which stop when
+    the link is cut. Here the origin's own heads and its sender-side view of the link (oldest
+    unacknowledged message) are used whenever the origin answers.
+    """
+    own = {name: _heads_of(st, name) for name, st in statuses.items() if st is not None}
+    senders = {
+        (link["origin"], link["receiver"]): link
+        for st in statuses.values()
+        for link in (st or {}).get("links", [])
+        if link["side"] == "sender"
+    }
+    rows = []
+    for site, site_status in statuses.items():
+        if site_status is None:
+            continue
+        for origin, totals in site_status["origins"].items():
+            origin_head = max(totals["origin_head"], sum(own.get(origin, {}).values()))
+            lag_s = totals["lag_s"]
+            sender = senders.get((origin, site))
+            if sender is not None and sender["oldest_unreceived_age_s"] is not None:
+                lag_s = max(lag_s or 0.0, sender["oldest_unreceived_age_s"])
+            rows.append(
+                {
+                    "site": site, "origin": origin, "origin_head": origin_head,
+                    "received": totals["head"], "applied": totals["applied"],
+                    "lag_messages": origin_head - totals["applied"], "lag_s": lag_s,
+                }
+            )  # fmt: skip
+    return rows
+
+
+def _heads_of(status: dict[str, Any], origin: str) -> dict[int, int]:
+    return {s["partition"]: s["head"] for s in status["streams"] if s["origin"] == origin}
+
+
 @click.command()
 @topology_option
 @json_option
@@ -105,25 +143,25 @@ def lag(topology_path: Path, as_json: bool) -> None:
     """Per site and origin: what the origin holds, what arrived, what is applied, how far behind."""
     topology = load_topology(topology_path)
     statuses = _statuses(topology)
+    rows = cluster_lags(statuses)
     if as_json:
-        lags = {n: (s or {}).get("streams") for n, s in statuses.items()}
-        click.echo(json.dumps(lags, indent=2))
+        click.echo(json.dumps(rows, indent=2))
         return
     table = Table(box=box.SIMPLE_HEAD, title=f"cluster {topology.name}", title_justify="left")
     for column in ("site", "origin", "origin head", "received", "applied", "lag msgs", "lag s"):
         table.add_column(
             column, justify="left" if column in ("site", "origin") else "right", no_wrap=True
         )
-    for name, site_status in statuses.items():
-        if site_status is None:
-            table.add_row(name, "[red]unreachable[/]", *[""] * 5)
-            continue
-        for origin, totals in site_status["origins"].items():
-            table.add_row(
-                name, origin, f"{totals['origin_head']:,}", f"{totals['head']:,}",
-                f"{totals['applied']:,}", f"{totals['lag_messages']:,}", _num(totals["lag_s"], 2),
-            )  # fmt: skip
-    Console().print(table)
+    for row in rows:
+        table.add_row(
+            row["site"], row["origin"], f"{row['origin_head']:,}", f"{row['received']:,}",
+            f"{row['applied']:,}", f"{row['lag_messages']:,}", _num(row["lag_s"], 2),
+        )  # fmt: skip
+    console = Console()
+    console.print(table)
+    unreachable = [name for name, site_status in statuses.items() if site_status is None]
+    if unreachable:
+        console.print(f"[red]unreachable sites[/]: {', '.join(unreachable)}")
 
 
 def _state(state: str) -> str:

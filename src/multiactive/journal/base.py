@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from multiactive.aio import Pulse
 from multiactive.errors import JournalError
+from multiactive.journal.tail import TailCache
 from multiactive.model.batch import CODEC_NONE, RecordBatch, build_batch, slice_batch
 from multiactive.model.message import Position, Row, StreamId
 
@@ -66,6 +67,7 @@ class RemoteResult:
     stored: int
     duplicates: int
     gaps: dict[StreamId, int]
+    batches: tuple[RecordBatch, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,7 @@ class Journal(abc.ABC):
         self.site = site
         self.codec = codec
         self.appended = Pulse()
+        self._tail = TailCache()
         self.max_version = 0  # greatest message version stored: a restarted clock starts beyond
         self._heads: dict[StreamId, int] = {}
         self._counters = dict.fromkeys(
@@ -113,7 +116,8 @@ class Journal(abc.ABC):
 
     async def append_local(self, groups: Sequence[LocalGroup]) -> list[Accepted]:
         """Journal messages accepted here (J3): ids seen before map to their first position."""
-        results = await self._append_local(groups)
+        results, batches = await self._append_local(groups)
+        self._tail.add(batches)
         self.appended.fire()
         return results
 
@@ -121,13 +125,17 @@ class Journal(abc.ABC):
         """Store batches received from their origin, applying J2 to each."""
         result = await self._append_remote(batches)
         if result.stored:
+            self._tail.add(list(result.batches))
             self.appended.fire()
         return result
 
-    @abc.abstractmethod
     async def read(self, stream: StreamId, from_seq: int, max_bytes: int) -> list[RecordBatch]:
         """Stored batches of a stream whose seqs reach `from_seq` or beyond, in order, at least
-        one (when there is one) and about `max_bytes` in all."""
+        one (when there is one) and about `max_bytes` in all. Recent batches come from memory."""
+        cached = self._tail.read(stream, from_seq, max_bytes)
+        if cached is not None:
+            return cached
+        return await self._read(stream, from_seq, max_bytes)
 
     @abc.abstractmethod
     async def created_at(self, stream: StreamId, seq: int) -> int | None:
@@ -141,10 +149,17 @@ class Journal(abc.ABC):
     async def low_water(self, stream: StreamId) -> int:
         """The lowest seq still stored (head + 1 when the stream is empty or fully trimmed)."""
 
-    @abc.abstractmethod
     async def trim(self, floors: dict[StreamId, int], older_than_ms: int) -> int:
         """Drop batches entirely at or below `floors[stream]` and created before
         `older_than_ms`; return how many batches were dropped (J4)."""
+        dropped = await self._trim(floors, older_than_ms)
+        if dropped:
+            self._tail.forget(list(floors))
+        return dropped
+
+    @abc.abstractmethod
+    async def _trim(self, floors: dict[StreamId, int], older_than_ms: int) -> int:
+        """`trim` in storage."""
 
     @abc.abstractmethod
     async def save_peer_heads(self, peer: str, heads: dict[StreamId, int]) -> None:
@@ -170,10 +185,16 @@ class Journal(abc.ABC):
     # -- storage primitives --------------------------------------------------------------
 
     @abc.abstractmethod
-    async def _append_local(self, groups: Sequence[LocalGroup]) -> list[Accepted]: ...
+    async def _append_local(
+        self, groups: Sequence[LocalGroup]
+    ) -> tuple[list[Accepted], list[RecordBatch]]: ...
 
     @abc.abstractmethod
     async def _append_remote(self, batches: Sequence[RecordBatch]) -> RemoteResult: ...
+
+    @abc.abstractmethod
+    async def _read(self, stream: StreamId, from_seq: int, max_bytes: int) -> list[RecordBatch]:
+        """`read` from storage (the tail cache did not reach back far enough)."""
 
     # -- shared decisions (run wherever the backend runs its writes) ----------------------
 
@@ -248,5 +269,9 @@ class Journal(abc.ABC):
         self._counters["gaps"] += len(plan.gaps)
         touched = {b.stream for b in plan.batches} | set(plan.gaps)
         return RemoteResult(
-            {s: self.head(s) for s in touched}, len(plan.batches), plan.duplicates, plan.gaps
+            {s: self.head(s) for s in touched},
+            len(plan.batches),
+            plan.duplicates,
+            plan.gaps,
+            tuple(plan.batches),
         )

@@ -30,14 +30,16 @@ class MemoryJournal(Journal):
     async def close(self) -> None:
         self._closed = True
 
-    async def _append_local(self, groups: Sequence[LocalGroup]) -> list[Accepted]:
+    async def _append_local(
+        self, groups: Sequence[LocalGroup]
+    ) -> tuple[list[Accepted], list[RecordBatch]]:
         self._check_open()
         plan = self.plan_local(groups, lambda ids: {i: self._ids[i] for i in ids if i in self._ids})
         self._store(plan.batches)
         for id_, partition, seq in plan.index:
             self._ids[id_] = Position(self.site, partition, seq)
         self.commit_plan(plan.batches, deduplicated=sum(r.duplicate for r in plan.results))
-        return plan.results
+        return plan.results, plan.batches
 
     async def _append_remote(self, batches: Sequence[RecordBatch]) -> RemoteResult:
         self._check_open()
@@ -51,7 +53,7 @@ class MemoryJournal(Journal):
             self._batches.setdefault(batch.stream, []).append(batch)
             self._last_seqs.setdefault(batch.stream, []).append(batch.last_seq)
 
-    async def read(self, stream: StreamId, from_seq: int, max_bytes: int) -> list[RecordBatch]:
+    async def _read(self, stream: StreamId, from_seq: int, max_bytes: int) -> list[RecordBatch]:
         self._check_open()
         stored = self._batches.get(stream, [])
         start = bisect.bisect_left(self._last_seqs.get(stream, []), from_seq)
@@ -78,7 +80,7 @@ class MemoryJournal(Journal):
         stored = self._batches.get(stream)
         return stored[0].first_seq if stored else self.head(stream) + 1
 
-    async def trim(self, floors: dict[StreamId, int], older_than_ms: int) -> int:
+    async def _trim(self, floors: dict[StreamId, int], older_than_ms: int) -> int:
         dropped = 0
         for stream, floor in floors.items():
             stored = self._batches.get(stream, [])

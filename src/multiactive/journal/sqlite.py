@@ -78,8 +78,8 @@ class SqliteJournal(Journal):
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        await self._write(self._open_writer)
-        await self._read(self._open_reader)
+        await self._on_writer(self._open_writer)
+        await self._on_reader(self._open_reader)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -137,9 +137,9 @@ class SqliteJournal(Journal):
 
     async def close(self) -> None:
         if self._wconn is not None:
-            await self._write(self._close_writer)
+            await self._on_writer(self._close_writer)
         if self._rconn is not None:
-            await self._read(self._rconn.close)
+            await self._on_reader(self._rconn.close)
             self._rconn = None
         self._writer.shutdown(wait=True)
         self._reader.shutdown(wait=True)
@@ -152,10 +152,14 @@ class SqliteJournal(Journal):
 
     # -- appends (writer thread) -----------------------------------------------------------
 
-    async def _append_local(self, groups: Sequence[LocalGroup]) -> list[Accepted]:
-        return await self._write(lambda: self._append_local_sync(groups))
+    async def _append_local(
+        self, groups: Sequence[LocalGroup]
+    ) -> tuple[list[Accepted], list[RecordBatch]]:
+        return await self._on_writer(lambda: self._append_local_sync(groups))
 
-    def _append_local_sync(self, groups: Sequence[LocalGroup]) -> list[Accepted]:
+    def _append_local_sync(
+        self, groups: Sequence[LocalGroup]
+    ) -> tuple[list[Accepted], list[RecordBatch]]:
         conn = self._writing()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -167,7 +171,7 @@ class SqliteJournal(Journal):
             self._rollback(conn)
             raise
         self.commit_plan(plan.batches, deduplicated=sum(r.duplicate for r in plan.results))
-        return plan.results
+        return plan.results, plan.batches
 
     def _known_ids(self, conn: sqlite3.Connection, ids: list[str]) -> dict[str, Position]:
         found: dict[str, Position] = {}
@@ -181,7 +185,7 @@ class SqliteJournal(Journal):
         return found
 
     async def _append_remote(self, batches: Sequence[RecordBatch]) -> RemoteResult:
-        return await self._write(lambda: self._append_remote_sync(batches))
+        return await self._on_writer(lambda: self._append_remote_sync(batches))
 
     def _append_remote_sync(self, batches: Sequence[RecordBatch]) -> RemoteResult:
         plan = self.plan_remote(batches)
@@ -241,11 +245,13 @@ class SqliteJournal(Journal):
 
     # -- reads (reader thread) -------------------------------------------------------------
 
-    async def read(self, stream: StreamId, from_seq: int, max_bytes: int) -> list[RecordBatch]:
+    async def _read(self, stream: StreamId, from_seq: int, max_bytes: int) -> list[RecordBatch]:
         stream_id = self._stream_ids.get(stream)
         if stream_id is None or from_seq > self.head(stream):
             return []
-        return await self._read(lambda: self._read_sync(stream, stream_id, from_seq, max_bytes))
+        return await self._on_reader(
+            lambda: self._read_sync(stream, stream_id, from_seq, max_bytes)
+        )
 
     def _read_sync(
         self, stream: StreamId, stream_id: int, from_seq: int, max_bytes: int
@@ -268,7 +274,7 @@ class SqliteJournal(Journal):
         stream_id = self._stream_ids.get(stream)
         if stream_id is None:
             return None
-        row = await self._read(
+        row = await self._on_reader(
             lambda: (
                 self._reading()
                 .execute(
@@ -282,13 +288,13 @@ class SqliteJournal(Journal):
         return int(row[1]) if row is not None and row[0] <= seq else None
 
     async def lookup(self, ids: Sequence[str]) -> dict[str, Position]:
-        return await self._read(lambda: self._known_ids(self._reading(), list(ids)))
+        return await self._on_reader(lambda: self._known_ids(self._reading(), list(ids)))
 
     async def low_water(self, stream: StreamId) -> int:
         stream_id = self._stream_ids.get(stream)
         if stream_id is None:
             return 1
-        (low,) = await self._read(
+        (low,) = await self._on_reader(
             lambda: (
                 self._reading()
                 .execute("SELECT MIN(first_seq) FROM batches WHERE stream = ?", (stream_id,))
@@ -299,8 +305,8 @@ class SqliteJournal(Journal):
 
     # -- trimming and peer heads (writer thread) ----------------------------------------
 
-    async def trim(self, floors: dict[StreamId, int], older_than_ms: int) -> int:
-        return await self._write(lambda: self._trim_sync(floors, older_than_ms))
+    async def _trim(self, floors: dict[StreamId, int], older_than_ms: int) -> int:
+        return await self._on_writer(lambda: self._trim_sync(floors, older_than_ms))
 
     def _trim_sync(self, floors: dict[StreamId, int], older_than_ms: int) -> int:
         conn = self._writing()
@@ -338,7 +344,7 @@ class SqliteJournal(Journal):
         return cursor.rowcount
 
     async def save_peer_heads(self, peer: str, heads: dict[StreamId, int]) -> None:
-        await self._write(lambda: self._save_peer_heads_sync(peer, heads))
+        await self._on_writer(lambda: self._save_peer_heads_sync(peer, heads))
 
     def _save_peer_heads_sync(self, peer: str, heads: dict[StreamId, int]) -> None:
         conn = self._writing()
@@ -352,7 +358,7 @@ class SqliteJournal(Journal):
 
     async def peer_heads(self) -> dict[str, dict[StreamId, int]]:
         names = {stream_id: stream for stream, stream_id in self._stream_ids.items()}
-        rows = await self._read(
+        rows = await self._on_reader(
             lambda: self._reading().execute("SELECT peer, stream, head FROM peer_heads").fetchall()
         )
         out: dict[str, dict[StreamId, int]] = {}
@@ -373,8 +379,8 @@ class SqliteJournal(Journal):
             raise RuntimeError(f"journal {self.path} is not open")
         return self._rconn
 
-    async def _write(self, fn: Callable[[], T]) -> T:
+    async def _on_writer(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._writer, fn)
 
-    async def _read(self, fn: Callable[[], T]) -> T:
+    async def _on_reader(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn)

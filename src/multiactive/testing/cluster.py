@@ -14,6 +14,7 @@ data lives under one folder, every process is killed at the end.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -34,6 +35,7 @@ from multiactive.wan.shape import LinkShape
 
 DEFAULT_SITES = ("bj-unicom", "bj-telecom", "gz")
 READY_TIMEOUT_S = 30.0
+PR_SET_PDEATHSIG = 1
 STOP_TIMEOUT_S = 20.0
 
 
@@ -68,7 +70,11 @@ class SiteProcess:
             raise ClusterError(f"site {self.name} is already running")
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env
+            self.command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         self.starts += 1
@@ -343,6 +349,16 @@ class LocalCluster:
             time.sleep(0.05)
         report = {site: self.status(site)["origins"] for site in chosen}
         raise ClusterError(f"not converged within {timeout_s} s: {json.dumps(report)}")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGKILL when the parent dies (Linux), so a test or
+    benchmark killed mid-run leaves no site process behind."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
 
 
 def wan_link_name(origin: str, receiver: str) -> str:
