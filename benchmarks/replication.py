@@ -5,8 +5,9 @@
 Two real site processes (`a` -> `b`, one link, embedded SQLite journals with fsync on both
 ends) and one client process (this one):
 
-1. ingress: one client publishes N messages of 1 KiB to `a` as fast as acknowledgements come
-   back (acknowledged = durable in `a`'s journal).
+1. ingress: one client publishes N messages of 1 KiB to `a` with `Client.publish_batch`,
+   batches of 1 000, 8 batches in flight; a message counts once acknowledged (durable in `a`'s
+   journal).
 2. catch-up: `b` was down during (1); it is started and the time from its link streaming
    to its journal holding all N messages is the link's backlog catch-up (durable at both ends).
    The time until `b` has also applied them all is reported beside it.
@@ -34,19 +35,25 @@ from multiactive.testing.cluster import LocalCluster
 from multiactive.wan.shape import LinkShape
 
 PAYLOAD_BYTES = 1024
-CONCURRENCY = 4000
+BATCH = 1000
+BATCHES_IN_FLIGHT = 8
 
 
 async def ingress(address: Address, count: int) -> float:
-    """Publish `count` messages, keeping CONCURRENCY in flight; return seconds taken."""
+    """Publish `count` messages in batches of BATCH, BATCHES_IN_FLIGHT at a time; return the
+    seconds until the last is acknowledged (durable at the site)."""
     payload = b"x" * PAYLOAD_BYTES
+    drafts = [("", "kv.set", f"key{i}", {}, payload) for i in range(count)]
+    chunks = [drafts[i : i + BATCH] for i in range(0, count, BATCH)]
     async with Client(address) as client:
         started = time.perf_counter()
-        for start in range(0, count, CONCURRENCY):
-            size = min(CONCURRENCY, count - start)
-            await asyncio.gather(
-                *(client.publish("kv.set", f"key{start + i}", payload) for i in range(size))
-            )
+        next_chunk = iter(chunks)
+
+        async def publisher() -> None:
+            for chunk in next_chunk:
+                await client.publish_batch(chunk)
+
+        await asyncio.gather(*(publisher() for _ in range(BATCHES_IN_FLIGHT)))
         return time.perf_counter() - started
 
 

@@ -59,6 +59,37 @@ class Ack:
     duplicate: bool  # the id had been accepted before; this is that first acceptance
 
 
+class BatchRejected(RejectedError):
+    """Some drafts of a batch were refused; `outcomes` has an Ack or the refusal for each,
+    in order (the acknowledged ones are journaled)."""
+
+    def __init__(self, outcomes: list[Ack | RejectedError]) -> None:
+        refused = [o for o in outcomes if isinstance(o, RejectedError)]
+        super().__init__(f"{len(refused)} of {len(outcomes)} drafts refused; first: {refused[0]}")
+        self.outcomes = outcomes
+
+
+class _Request:
+    """One PUBLISH frame in flight: per-message futures, or one future for a batch."""
+
+    __slots__ = ("batch", "futures", "ids")
+
+    def __init__(
+        self,
+        ids: list[str],
+        futures: list[asyncio.Future[Ack]] | None,
+        batch: asyncio.Future[list[Ack]] | None,
+    ) -> None:
+        self.ids = ids
+        self.futures = futures
+        self.batch = batch
+
+
+def _refusal(result: list[Any]) -> RejectedError:
+    kind = PayloadTooLarge if result[1] == "payload_too_large" else RejectedError
+    return kind(str(result[2]))
+
+
 class Client:
     def __init__(self, address: str | Address, *, connect_timeout_s: float = 5.0) -> None:
         self.address = (
@@ -71,7 +102,7 @@ class Client:
         self._queue: list[tuple[Draft, asyncio.Future[Ack]]] = []
         self._queue_bytes = 0
         self._scheduled = False
-        self._in_flight: dict[int, list[tuple[str, asyncio.Future[Ack]]]] = {}
+        self._in_flight: dict[int, _Request] = {}
         self._next_request = 1
         self._lost: ConnectionLost | None = None
         self.site = ""
@@ -117,13 +148,36 @@ class Client:
         return await self._enqueue(draft)
 
     async def publish_many(self, drafts: Sequence[tuple[str, str, bytes]]) -> list[Ack]:
-        """Publish (type, key, payload) triples; raises the first refusal, if any."""
-        futures = [self._enqueue((self._ids.new(), t, k, {}, p)) for t, k, p in drafts]
-        return list(await asyncio.gather(*futures))
+        """Publish (type, key, payload) triples as one batch; see `publish_batch`."""
+        return await self.publish_batch([(self._ids.new(), t, k, {}, p) for t, k, p in drafts])
 
-    def _enqueue(self, draft: Draft) -> asyncio.Future[Ack]:
+    async def publish_batch(self, drafts: Sequence[Draft]) -> list[Ack]:
+        """Publish drafts `(id, type, key, headers, payload)` in as few frames as fit, with one
+        future per frame instead of one per message: the fast path for bulk writers. An empty
+        id gets a fresh one here. Returns one Ack per draft, in order; if the site refuses any
+        draft, raises `BatchRejected` carrying every outcome (the others were journaled)."""
+        self._check_connected()
+        new_id = self._ids.new
+        waits = []
+        for start in range(0, len(drafts), MAX_DRAFTS_PER_FRAME):
+            chunk = [
+                d if d[0] else (new_id(), d[1], d[2], d[3], d[4])
+                for d in drafts[start : start + MAX_DRAFTS_PER_FRAME]
+            ]
+            batch: asyncio.Future[list[Ack]] = asyncio.get_running_loop().create_future()
+            self._send(_Request([d[0] for d in chunk], None, batch), chunk)
+            waits.append(batch)
+        acks: list[Ack] = []
+        for part in await asyncio.gather(*waits):
+            acks.extend(part)
+        return acks
+
+    def _check_connected(self) -> None:
         if self._conn is None or self._lost is not None:
             raise self._lost or ConnectionLost("the client is not connected; call connect()")
+
+    def _enqueue(self, draft: Draft) -> asyncio.Future[Ack]:
+        self._check_connected()
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
         self._queue.append((draft, future))
         self._queue_bytes += len(draft[4]) + len(draft[2]) + 64
@@ -139,11 +193,16 @@ class Client:
         if not self._queue or self._conn is None:
             return
         queued, self._queue, self._queue_bytes = self._queue, [], 0
-        request = self._next_request
+        request = _Request([d[0] for d, _ in queued], [f for _, f in queued], None)
+        self._send(request, [draft for draft, _ in queued])
+
+    def _send(self, request: _Request, drafts: list[Draft]) -> None:
+        number = self._next_request
         self._next_request += 1
-        self._in_flight[request] = [(draft[0], future) for draft, future in queued]
+        self._in_flight[number] = request
         try:
-            self._conn.send(encode_publish(request, [draft for draft, _ in queued]))
+            assert self._conn is not None
+            self._conn.send(encode_publish(number, drafts))
         except ConnectionLost as exc:
             self._fail_all(exc)
 
@@ -162,23 +221,39 @@ class Client:
         except (ConnectionLost, ProtocolError) as exc:
             self._fail_all(ConnectionLost(f"{exc}; outcome of unanswered publishes is unknown"))
 
-    def _settle(self, request: int, results: list[Any]) -> None:
-        waiting = self._in_flight.pop(request, None)
-        if waiting is None or len(waiting) != len(results):
-            raise ProtocolError(f"answer to unknown request {request}")
-        for (id_, future), result in zip(waiting, results, strict=True):
+    def _settle(self, number: int, results: list[Any]) -> None:
+        request = self._in_flight.pop(number, None)
+        if request is None or len(request.ids) != len(results):
+            raise ProtocolError(f"answer to unknown request {number}")
+        site = self.site
+        outcomes: list[Ack | RejectedError] = [
+            Ack(id_, site, r[1], r[2], bool(r[3])) if r[0] == RESULT_OK else _refusal(r)
+            for id_, r in zip(request.ids, results, strict=True)
+        ]
+        if request.batch is not None:
+            if not request.batch.done():
+                refused = [o for o in outcomes if isinstance(o, RejectedError)]
+                if refused:
+                    request.batch.set_exception(BatchRejected(outcomes))
+                else:
+                    request.batch.set_result(outcomes)  # type: ignore[arg-type]
+            return
+        assert request.futures is not None
+        for future, outcome in zip(request.futures, outcomes, strict=True):
             if future.done():
                 continue
-            if result[0] == RESULT_OK:
-                future.set_result(Ack(id_, self.site, result[1], result[2], bool(result[3])))
+            if isinstance(outcome, RejectedError):
+                future.set_exception(outcome)
             else:
-                kind = PayloadTooLarge if result[1] == "payload_too_large" else RejectedError
-                future.set_exception(kind(result[2]))
+                future.set_result(outcome)
 
     def _fail_all(self, exc: ConnectionLost) -> None:
         self._lost = exc
-        pending = [f for waiting in self._in_flight.values() for _, f in waiting]
-        pending += [f for _, f in self._queue]
+        pending: list[asyncio.Future[Any]] = [f for _, f in self._queue]
+        for request in self._in_flight.values():
+            pending += request.futures or []
+            if request.batch is not None:
+                pending.append(request.batch)
         self._in_flight.clear()
         self._queue.clear()
         for future in pending:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from typing import overload
 
 from multiactive.aio import Pulse
 from multiactive.errors import JournalError
@@ -45,10 +47,56 @@ class Accepted:
     duplicate: bool
 
 
+class LocalAppend(Sequence[Accepted]):
+    """Where each message of one `append_local` call landed, in call order.
+
+    Kept as plain lists (no object per message on the ingress hot path); indexing or
+    iterating gives `Accepted` records, built on demand.
+    """
+
+    __slots__ = ("duplicates", "ids", "partitions", "seqs", "site")
+
+    def __init__(
+        self,
+        site: str,
+        ids: list[str],
+        partitions: list[int],
+        seqs: list[int],
+        duplicates: set[int],
+    ) -> None:
+        self.site = site
+        self.ids = ids
+        self.partitions = partitions
+        self.seqs = seqs
+        self.duplicates = duplicates  # indexes of messages whose id was journaled before
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, index: int) -> Accepted: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Accepted]: ...
+
+    def __getitem__(self, index: int | slice) -> Accepted | list[Accepted]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        position = Position(self.site, self.partitions[index], self.seqs[index])
+        return Accepted(self.ids[index], position, index in self.duplicates)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str | bytes):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 @dataclass(slots=True)
 class LocalPlan:
     batches: list[RecordBatch]
-    results: list[Accepted]
+    result: LocalAppend
     index: list[tuple[str, int, int]]  # (id, partition, seq) of new messages
 
 
@@ -114,7 +162,7 @@ class Journal(abc.ABC):
     def heads(self, origin: str | None = None) -> dict[StreamId, int]:
         return {s: h for s, h in self._heads.items() if origin is None or s.origin == origin}
 
-    async def append_local(self, groups: Sequence[LocalGroup]) -> list[Accepted]:
+    async def append_local(self, groups: Sequence[LocalGroup]) -> LocalAppend:
         """Journal messages accepted here (J3): ids seen before map to their first position."""
         results, batches = await self._append_local(groups)
         self._tail.add(batches)
@@ -187,7 +235,7 @@ class Journal(abc.ABC):
     @abc.abstractmethod
     async def _append_local(
         self, groups: Sequence[LocalGroup]
-    ) -> tuple[list[Accepted], list[RecordBatch]]: ...
+    ) -> tuple[LocalAppend, list[RecordBatch]]: ...
 
     @abc.abstractmethod
     async def _append_remote(self, batches: Sequence[RecordBatch]) -> RemoteResult: ...
@@ -206,7 +254,34 @@ class Journal(abc.ABC):
         """Assign seqs to new messages, map repeated ids to where they already are."""
         ids = [row[0] for group in groups for row in group.rows]
         seen = known(ids)
-        plan = LocalPlan([], [], [])
+        if not seen and len(set(ids)) == len(ids):
+            return self._plan_fresh(groups, ids)
+        return self._plan_with_repeats(groups, ids, seen)
+
+    def _plan_fresh(self, groups: Sequence[LocalGroup], ids: list[str]) -> LocalPlan:
+        """Every id is new (the usual case): consecutive seqs per partition, list-at-a-time."""
+        plan = LocalPlan([], LocalAppend(self.site, ids, [], [], set()), [])
+        heads: dict[int, int] = {}
+        offset = 0
+        for group in groups:
+            partition, count = group.partition, len(group.rows)
+            first = heads.get(partition, self._heads.get(StreamId(self.site, partition), 0)) + 1
+            seqs = range(first, first + count)
+            plan.result.partitions.extend(repeat(partition, count))
+            plan.result.seqs.extend(seqs)
+            plan.index.extend(zip(ids[offset : offset + count], repeat(partition), seqs))
+            plan.batches.append(
+                build_batch(self.site, partition, first, group.rows, group.created_ms, self.codec)
+            )
+            heads[partition] = first + count - 1
+            offset += count
+        return plan
+
+    def _plan_with_repeats(
+        self, groups: Sequence[LocalGroup], ids: list[str], seen: dict[str, Position]
+    ) -> LocalPlan:
+        plan = LocalPlan([], LocalAppend(self.site, ids, [], [], set()), [])
+        result = plan.result
         heads: dict[int, int] = {}
         for group in groups:
             stream = StreamId(self.site, group.partition)
@@ -215,13 +290,16 @@ class Journal(abc.ABC):
             for row in group.rows:
                 where = seen.get(row[0])
                 if where is not None:
-                    plan.results.append(Accepted(row[0], where, True))
+                    result.duplicates.add(len(result.seqs))
+                    result.partitions.append(where.partition)
+                    result.seqs.append(where.seq)
                     continue
                 where = Position(self.site, group.partition, next_seq + len(fresh))
                 seen[row[0]] = where
                 fresh.append(row)
                 plan.index.append((row[0], group.partition, where.seq))
-                plan.results.append(Accepted(row[0], where, False))
+                result.partitions.append(group.partition)
+                result.seqs.append(where.seq)
             if fresh:
                 heads[group.partition] = next_seq + len(fresh) - 1
                 plan.batches.append(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 
-from multiactive.journal.base import Accepted, Journal, LocalGroup, RemoteResult
+from multiactive.journal.base import Journal, LocalAppend, LocalGroup, RemoteResult
 from multiactive.model.batch import CODEC_NONE, RecordBatch
 from multiactive.model.message import Position, StreamId
 
@@ -32,14 +32,14 @@ class MemoryJournal(Journal):
 
     async def _append_local(
         self, groups: Sequence[LocalGroup]
-    ) -> tuple[list[Accepted], list[RecordBatch]]:
+    ) -> tuple[LocalAppend, list[RecordBatch]]:
         self._check_open()
         plan = self.plan_local(groups, lambda ids: {i: self._ids[i] for i in ids if i in self._ids})
         self._store(plan.batches)
         for id_, partition, seq in plan.index:
             self._ids[id_] = Position(self.site, partition, seq)
-        self.commit_plan(plan.batches, deduplicated=sum(r.duplicate for r in plan.results))
-        return plan.results, plan.batches
+        self.commit_plan(plan.batches, deduplicated=len(plan.result.duplicates))
+        return plan.result, plan.batches
 
     async def _append_remote(self, batches: Sequence[RecordBatch]) -> RemoteResult:
         self._check_open()

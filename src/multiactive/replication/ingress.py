@@ -43,6 +43,18 @@ class IngressStatistics:
     journal_errors: int
 
 
+class _Pending:
+    """Drafts queued for one partition: rows, who asked for each, and their sizes."""
+
+    __slots__ = ("bytes", "refs", "rows", "sizes")
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+        self.refs: list[tuple[_Request, int]] = []
+        self.sizes: list[int] = []
+        self.bytes = 0
+
+
 class _Request:
     __slots__ = ("done", "remaining", "results")
 
@@ -75,8 +87,7 @@ class Ingress:
         self._partitions = partitions
         self._limits = limits
         self._ids = IdGenerator()
-        self._rows: dict[int, list[Row]] = {}
-        self._refs: dict[int, list[tuple[_Request, int]]] = {}
+        self._rows: dict[int, _Pending] = {}
         self._pending = 0
         self._pending_bytes = 0
         self._arrived = Pulse()
@@ -118,11 +129,15 @@ class Ingress:
                 continue
             id_, type_, key, headers, payload = outcome
             partition = partition_for(key, partitions)
-            self._rows.setdefault(partition, []).append(
-                (id_, type_, key, version, created_ms, headers, payload)
-            )
-            self._refs.setdefault(partition, []).append((request, index))
-            self._pending_bytes += _row_size(id_, type_, key, headers, payload)
+            pending = self._rows.get(partition)
+            if pending is None:
+                pending = self._rows[partition] = _Pending()
+            pending.rows.append((id_, type_, key, version, created_ms, headers, payload))
+            pending.refs.append((request, index))
+            size = _row_size(id_, type_, key, headers, payload)
+            pending.sizes.append(size)
+            pending.bytes += size
+            self._pending_bytes += size
             version += 1
         self._pending += valid
         self._arrived.fire()
@@ -179,46 +194,48 @@ class Ingress:
             self.room.fire()
 
     async def _flush_queued(self) -> None:
-        rows, refs = self._rows, self._refs
-        self._rows, self._refs = {}, {}
+        queued, self._rows = self._rows, {}
         self._pending = 0
         self._pending_bytes = 0
-        groups, order = self._groups(rows, refs)
+        groups, order = self._groups(queued)
         self._counts["flushes"] += 1
         try:
-            accepted = await self._journal.append_local(groups)
+            outcome = await self._journal.append_local(groups)
         except Exception as exc:
             self._counts["errors"] += 1
+            refusal = [RESULT_REFUSED, "unavailable", f"journal append failed: {exc}"]
             for request, index in order:
-                request.settle(
-                    index, [RESULT_REFUSED, "unavailable", f"journal append failed: {exc}"]
-                )
+                request.settle(index, refusal)
             raise
-        for (request, index), outcome in zip(order, accepted, strict=True):
-            self._counts["duplicates" if outcome.duplicate else "accepted"] += 1
-            request.settle(
-                index,
-                [RESULT_OK, outcome.position.partition, outcome.position.seq, outcome.duplicate],
-            )
+        duplicates = outcome.duplicates
+        self._counts["duplicates"] += len(duplicates)
+        self._counts["accepted"] += len(order) - len(duplicates)
+        for number, ((request, index), partition, seq) in enumerate(
+            zip(order, outcome.partitions, outcome.seqs, strict=True)
+        ):
+            request.settle(index, [RESULT_OK, partition, seq, number in duplicates])
 
     def _groups(
-        self, rows: dict[int, list[Row]], refs: dict[int, list[tuple[_Request, int]]]
+        self, queued: dict[int, _Pending]
     ) -> tuple[list[LocalGroup], list[tuple[_Request, int]]]:
         """Split each partition's rows into batches under max_batch_bytes, keeping order."""
         groups: list[LocalGroup] = []
         order: list[tuple[_Request, int]] = []
         created_ms = wall_ms()
         limit = self._limits.max_batch_bytes - 1024
-        for partition, part_rows in rows.items():
+        for partition, pending in queued.items():
+            order.extend(pending.refs)
+            rows = pending.rows
+            if pending.bytes <= limit:
+                groups.append(LocalGroup(partition, rows, created_ms))
+                continue
             start, size = 0, 0
-            for i, row in enumerate(part_rows):
-                row_size = _row_size(row[0], row[1], row[2], row[5], row[6])
+            for i, row_size in enumerate(pending.sizes):
                 if size + row_size > limit and i > start:
-                    groups.append(LocalGroup(partition, part_rows[start:i], created_ms))
+                    groups.append(LocalGroup(partition, rows[start:i], created_ms))
                     start, size = i, 0
                 size += row_size
-            groups.append(LocalGroup(partition, part_rows[start:], created_ms))
-            order.extend(refs[partition])
+            groups.append(LocalGroup(partition, rows[start:], created_ms))
         return groups, order
 
     async def drain(self) -> None:
@@ -244,10 +261,14 @@ def payload_too_large(size: int, limits: Limits) -> str:
 def _row_size(id_: str, type_: str, key: str, headers: dict[str, str], payload: bytes) -> int:
     """An upper bound of the bytes a checked row takes in a batch body (every field counts:
     headers, ids and types can outweigh small payloads, and a batch must fit in a frame)."""
-    size = len(payload) + len(id_) + len(type_.encode()) + len(key.encode()) + ROW_OVERHEAD_BYTES
+    size = len(payload) + len(id_) + _utf8_len(type_) + _utf8_len(key) + ROW_OVERHEAD_BYTES
     for name, value in headers.items():
-        size += len(name.encode()) + len(value.encode()) + HEADER_OVERHEAD_BYTES
+        size += _utf8_len(name) + _utf8_len(value) + HEADER_OVERHEAD_BYTES
     return size
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def _headers_ok(headers: Any) -> bool:

@@ -104,9 +104,9 @@ def test_j1_local_seqs_are_dense_from_one_across_appends(backend: Backend) -> No
             first = await journal.append_local([group(0, "a", "b", "c")])
             second = await journal.append_local([group(0, "d")])
             third = await journal.append_local([group(0, "e", "f")])
-            positions = [r.position for r in first + second + third]
+            positions = [r.position for r in [*first, *second, *third]]
             assert positions == [Position(SITE, 0, seq) for seq in range(1, 7)]
-            assert not any(r.duplicate for r in first + second + third)
+            assert not any(r.duplicate for r in [*first, *second, *third])
             stream = StreamId(SITE, 0)
             assert journal.head(stream) == 6
             assert await all_seqs(journal, stream) == [1, 2, 3, 4, 5, 6]

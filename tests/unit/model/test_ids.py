@@ -7,7 +7,14 @@ import time
 
 import pytest
 
-from multiactive.model.ids import ID_LENGTH, IdGenerator, id_time_ms, is_valid_id, looks_generated
+from multiactive.model.ids import (
+    ALPHABET,
+    ID_LENGTH,
+    IdGenerator,
+    id_time_ms,
+    is_valid_id,
+    looks_generated,
+)
 
 
 def test_ids_are_unique() -> None:
@@ -32,11 +39,13 @@ def test_two_generators_do_not_collide() -> None:
     assert len(ids) == 2000
 
 
-def test_id_shape_is_26_base32hex_characters() -> None:
-    """A generated id is 26 characters of the alphabet 0-9A-V, recognised by looks_generated."""
+def test_id_shape_is_22_characters_of_the_ascii_ordered_alphabet() -> None:
+    """A generated id is 22 characters of the ASCII-ordered base64 alphabet, recognised by
+    looks_generated; the alphabet is sorted, so string order is bit order."""
     request_id = IdGenerator().new()
-    assert len(request_id) == ID_LENGTH == 26
-    assert set(request_id) <= set("0123456789ABCDEFGHIJKLMNOPQRSTUV")
+    assert len(request_id) == ID_LENGTH == 22
+    assert set(request_id) <= set(ALPHABET)
+    assert list(ALPHABET) == sorted(ALPHABET)
     assert looks_generated(request_id)
 
 
