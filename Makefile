@@ -7,7 +7,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 	&& { echo $$p; break; }; done)
 
-.PHONY: demo test lint typecheck unit integration bench clean system-deps
+.PHONY: demo test lint typecheck unit integration bench bench-compare clean system-deps
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "multiactive needs Python 3.11 or newer (apt-get install python3 python3-venv)"; exit 1; }
@@ -43,6 +43,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/replication.py
+
+# Ours beside a NATS JetStream mirror and a RabbitMQ shovel (installs their Debian packages).
+bench-compare: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/compare.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -34,7 +34,7 @@ from typing import Any
 from multiactive.testing.cluster import _die_with_parent, free_port
 
 PAYLOAD_BYTES = 1024
-IN_FLIGHT = 4000  # as benchmarks/replication.py keeps in flight
+IN_FLIGHT = 4000  # unacknowledged publishes at most, as benchmarks/replication.py keeps
 READY_TIMEOUT_S = 60.0
 KILL_WAIT_S = 20.0
 _STAMP = struct.Struct("<d")
@@ -173,13 +173,23 @@ def start_link(procs: Processes, name: str, target_port: int, rtt_ms: float) -> 
 Publish = Callable[[bytes], Awaitable[object]]  # returns when the server acknowledged
 
 
-async def ingress(publish: Publish, count: int) -> float:
-    """Publish `count` 1 KiB messages, IN_FLIGHT at a time; seconds until all acknowledged."""
-    payload = b"x" * PAYLOAD_BYTES
-    started = time.perf_counter()
-    for start in range(0, count, IN_FLIGHT):
-        await asyncio.gather(*(publish(payload) for _ in range(min(IN_FLIGHT, count - start))))
-    return time.perf_counter() - started
+class Stopwatch:
+    """Wall-clock seconds, and this process's CPU seconds, from `start()` to `stop()` (or
+    over a `with` block)."""
+
+    def start(self) -> None:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def stop(self) -> None:
+        self.seconds = time.perf_counter() - self._wall
+        self.cpu_seconds = time.process_time() - self._cpu
+
+    def __enter__(self) -> Stopwatch:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 async def paced(publish: Publish, rate: float, duration_s: float) -> int:
@@ -238,7 +248,7 @@ class Measured:
     rtt_ms: float
     durability: str
     messages: int
-    ingress_s: float
+    ingress: Stopwatch
     catch_up_messages: int
     catch_up_s: float
     rate: float
@@ -253,7 +263,8 @@ class Measured:
             "rtt_ms": self.rtt_ms,
             "messages": self.messages,
             "payload_bytes": PAYLOAD_BYTES,
-            "ingress_msgs_per_s": round(self.messages / self.ingress_s),
+            "ingress_msgs_per_s": round(self.messages / self.ingress.seconds),
+            "ingress_client_cpu_pct": round(100 * self.ingress.cpu_seconds / self.ingress.seconds),
             "catch_up_msgs_per_s": round(self.catch_up_messages / self.catch_up_s),
             "catch_up_mib_per_s": round(mib / self.catch_up_s, 1),
             "latency_rate_msgs_per_s": self.rate,

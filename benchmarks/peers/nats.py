@@ -7,7 +7,8 @@ Both streams use file storage with one replica. The leaf's leafnode remote is th
 link in front of the origin's leafnode port, so every byte between the servers crosses it.
 
 1. ingress: one client publishes N messages of 1 KiB to ORIGIN, IN_FLIGHT unacknowledged at
-   most (`publish_async`); a message counts when its JetStream ack came back.
+   most (`publish_async`, a sliding window); a message counts when its JetStream ack came
+   back.
 2. catch-up: MIRROR is created after (1); the clock starts when it exists and stops when its
    stream info (polled every 20 ms) counts N messages.
 3. latency: time-stamped messages at a fixed rate to ORIGIN, received from MIRROR by an
@@ -35,6 +36,7 @@ from multiactive.testing.cluster import free_port
 
 from .common import (
     IN_FLIGHT,
+    PAYLOAD_BYTES,
     READY_TIMEOUT_S,
     EmulatedLink,
     Latencies,
@@ -42,8 +44,8 @@ from .common import (
     PeerError,
     Processes,
     Publish,
+    Stopwatch,
     guarded,
-    ingress,
     paced,
     port_open,
     start_link,
@@ -83,10 +85,10 @@ def _measure(rtt_ms: float, messages: int, rate: float, duration_s: float) -> di
         raise PeerError("nats-server is not installed (apt-get install nats-server)")
     with workspace("nats") as procs:
         servers = _start_servers(procs, binary, rtt_ms)
-        ingress_s, catch_up_s, latencies = asyncio.run(_load(servers, messages, rate, duration_s))
+        ingress, catch_up_s, latencies = asyncio.run(_load(servers, messages, rate, duration_s))
         link_bytes = servers.link.bytes_carried()
     return Measured(
-        SYSTEM, _version(binary), rtt_ms, DURABILITY, messages, ingress_s,
+        SYSTEM, _version(binary), rtt_ms, DURABILITY, messages, ingress,
         messages, catch_up_s, rate, latencies, link_bytes,
     ).result()  # fmt: skip
 
@@ -139,8 +141,8 @@ def _version(binary: str) -> str:
 
 async def _load(
     servers: Servers, messages: int, rate: float, duration_s: float
-) -> tuple[float, float, Latencies]:
-    """Ingress, catch-up and latency, in that order; seconds, seconds, latencies."""
+) -> tuple[Stopwatch, float, Latencies]:
+    """Ingress, catch-up (seconds) and latency, in that order."""
     origin_nc = await nats.connect(f"nats://127.0.0.1:{servers.origin_port}")
     leaf_nc = await nats.connect(f"nats://127.0.0.1:{servers.leaf_port}")
     try:
@@ -153,13 +155,22 @@ async def _load(
         async def publish(payload: bytes) -> object:
             return await (await origin.publish_async(SUBJECT, payload))
 
-        ingress_s = await ingress(publish, messages)
+        with Stopwatch() as ingress:
+            await _ingress(origin, messages)
         catch_up_s = await _catch_up(leaf, messages)
         latencies = await _latency(leaf, publish, rate, duration_s)
     finally:
         await origin_nc.close()
         await leaf_nc.close()
-    return ingress_s, catch_up_s, latencies
+    return ingress, catch_up_s, latencies
+
+
+async def _ingress(origin: JetStreamContext, count: int) -> None:
+    """Publish `count` 1 KiB messages; `publish_async` keeps IN_FLIGHT unacknowledged at most
+    (a sliding window), and all acks are awaited."""
+    payload = b"x" * PAYLOAD_BYTES
+    acks = [await origin.publish_async(SUBJECT, payload) for _ in range(count)]
+    await asyncio.gather(*acks)
 
 
 async def _catch_up(leaf: JetStreamContext, total: int) -> float:

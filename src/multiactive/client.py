@@ -57,6 +57,7 @@ class Ack:
     partition: int
     seq: int
     duplicate: bool  # the id had been accepted before; this is that first acceptance
+    version: int | None = None  # the write's hybrid-logical-clock version (None if duplicate)
 
 
 class BatchRejected(RejectedError):
@@ -227,7 +228,9 @@ class Client:
             raise ProtocolError(f"answer to unknown request {number}")
         site = self.site
         outcomes: list[Ack | RejectedError] = [
-            Ack(id_, site, r[1], r[2], bool(r[3])) if r[0] == RESULT_OK else _refusal(r)
+            Ack(id_, site, r[1], r[2], bool(r[3]), r[4] if len(r) > 4 else None)
+            if r[0] == RESULT_OK
+            else _refusal(r)
             for id_, r in zip(request.ids, results, strict=True)
         ]
         if request.batch is not None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
 from multiactive.client import Client
+from multiactive.errors import RejectedError
 from multiactive.model.topology import Address
 
 from .conftest import MODES, ClusterFactory, assert_applied_exactly_once, assert_same_digest
@@ -81,3 +83,41 @@ def test_concurrent_writes_to_one_key_converge_everywhere(make_cluster: ClusterF
     entries = {s: cluster.get(s, "/state/entries") for s in cluster.sites}
     assert entries["a"] == entries["b"] == entries["c"]
     assert len(entries["a"]) == 51
+
+
+def test_counters_and_capped_sets_converge_across_sites(make_cluster: ClusterFactory) -> None:
+    """counter.add totals are exact everywhere (each message counted once); zset.add/rem
+    converge to the same newest-N view in every site; payloads are checked at ingress."""
+    cluster = make_cluster(("a", "b", "c"), settings={"limits": {"zset_cap": 5}})
+    cluster.start()
+
+    async def write(site: str, offset: int) -> None:
+        async with Client(cluster.client_address(site)) as client:
+            await asyncio.gather(
+                *(client.publish("counter.add", "likes", str(n).encode()) for n in range(1, 101)),
+                *(client.publish("zset.add", "timeline", f"post-{offset + i}".encode())
+                  for i in range(10)),
+            )  # fmt: skip
+            await client.publish("zset.rem", "timeline", f"post-{offset + 9}".encode())
+
+    async def everywhere() -> None:
+        await asyncio.gather(*(write(s, 100 * n) for n, s in enumerate(cluster.sites)))
+
+    asyncio.run(everywhere())
+    cluster.wait_converged(30)
+    assert_same_digest(cluster)
+    for site in cluster.sites:
+        assert cluster.get(site, "/state/counter/likes")["value"] == 3 * 5050
+    views = [cluster.get(s, "/state/zset/timeline")["members"] for s in cluster.sites]
+    assert views[0] == views[1] == views[2]
+    assert len(views[0]) == 5
+    removed = {f"post-{100 * n + 9}" for n in range(3)}
+    shown = {base64.b64decode(m["member"]).decode() for m in views[0]}
+    assert not shown & removed
+
+    async def bad() -> None:
+        async with Client(cluster.client_address("a")) as client:
+            await client.publish("counter.add", "likes", b"ten")
+
+    with pytest.raises(RejectedError, match=r"counter\.add payload must be an ASCII integer"):
+        asyncio.run(bad())

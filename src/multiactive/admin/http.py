@@ -15,8 +15,15 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from multiactive.admin.render import entry_json, statistics_json
+from multiactive.admin.render import (
+    entry_json,
+    member_json,
+    message_json,
+    snapshot_json,
+    statistics_json,
+)
 from multiactive.errors import ConfigError
+from multiactive.model.message import StreamId
 
 if TYPE_CHECKING:
     from multiactive.site.node import SiteNode
@@ -39,6 +46,10 @@ class AdminServer:
                 web.get("/state/digest", self._digest),
                 web.get("/state/kv/{key}", self._kv),
                 web.get("/state/entries", self._entries),
+                web.get("/state/snapshot", self._snapshot),
+                web.get("/state/counter/{key}", self._counter),
+                web.get("/state/zset/{key}", self._zset),
+                web.get("/journal/messages", self._messages),
                 web.get("/deadletters", self._dead_letters),
             ]
         )
@@ -87,13 +98,45 @@ class AdminServer:
         entries = await self._node.state.entries()
         return web.json_response([entry_json(e) for e in entries[:limit]])
 
+    async def _snapshot(self, request: web.Request) -> web.Response:
+        return web.json_response(snapshot_json(await self._node.state.snapshot()))
+
+    async def _counter(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        return web.json_response({"key": key, "value": await self._node.state.counter(key)})
+
+    async def _zset(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        members = await self._node.state.zset(key)
+        return web.json_response({"key": key, "members": [member_json(m) for m in members]})
+
+    async def _messages(self, request: web.Request) -> web.Response:
+        origin = request.query.get("origin", "")
+        if origin not in self._node.topology.site_names:
+            raise web.HTTPBadRequest(text=f"origin must be one of {self._node.topology.site_names}")
+        stream = StreamId(origin, _int(request, "partition", 0))
+        start, limit = _int(request, "from_seq", 1), _int(request, "limit", 1000)
+        found: list[dict[str, object]] = []
+        while len(found) < limit:
+            batches = await self._node.journal.read(stream, start, 1 << 20)
+            if not batches:
+                break
+            for batch in batches:
+                found += [message_json(m) for m in batch.messages() if m.seq >= start]
+            start = batches[-1].last_seq + 1
+        return web.json_response(found[:limit])
+
     async def _dead_letters(self, request: web.Request) -> web.Response:
         letters = await self._node.state.dead_letters(_limit(request, 1000))
         return web.json_response([asdict(d) for d in letters])
 
 
 def _limit(request: web.Request, default: int) -> int:
-    text = request.query.get("limit", str(default))
+    return _int(request, "limit", default)
+
+
+def _int(request: web.Request, name: str, default: int) -> int:
+    text = request.query.get(name, str(default))
     if not text.isdigit():
-        raise web.HTTPBadRequest(text=f"limit must be a whole number, got {text!r}")
+        raise web.HTTPBadRequest(text=f"{name} must be a whole number, got {text!r}")
     return int(text)

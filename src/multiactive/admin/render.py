@@ -6,8 +6,8 @@ import base64
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from multiactive.model.message import StreamId
-from multiactive.state.base import Entry
+from multiactive.model.message import Message, StreamId
+from multiactive.state.base import Entry, Member, Snapshot
 
 if TYPE_CHECKING:
     from multiactive.site.node import SiteStatistics, StreamLag
@@ -20,6 +20,38 @@ def entry_json(entry: Entry) -> dict[str, Any]:
         "deleted": entry.deleted,
         "version": entry.version,
         "origin": entry.origin,
+    }
+
+
+def member_json(member: Member) -> dict[str, Any]:
+    return {
+        "member": base64.b64encode(member.member).decode(),
+        "version": member.version,
+        "origin": member.origin,
+        "present": member.present,
+    }
+
+
+def snapshot_json(snapshot: Snapshot) -> dict[str, Any]:
+    return {
+        "entries": [entry_json(e) for e in snapshot.entries],
+        "counters": dict(snapshot.counters),
+        "zsets": {key: [member_json(m) for m in members] for key, members in snapshot.zsets},
+    }
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "origin": message.origin,
+        "partition": message.partition,
+        "seq": message.seq,
+        "type": message.type,
+        "key": message.key,
+        "version": message.version,
+        "created_ms": message.created_ms,
+        "headers": message.headers,
+        "payload": base64.b64encode(message.payload).decode(),
     }
 
 

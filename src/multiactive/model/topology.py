@@ -54,6 +54,7 @@ DEFAULT_MAX_BATCH_BYTES = 1024 * 1024
 DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024
 DEFAULT_LINGER_MS = 1.0
 DEFAULT_MAX_PENDING_MESSAGES = 100_000
+DEFAULT_ZSET_CAP = 1000
 DEFAULT_WINDOW_BYTES = 64 * 1024 * 1024  # the cap; the window adapts below it
 DEFAULT_WINDOW_FLOOR_BYTES = 4 * 1024 * 1024
 DEFAULT_STALL_AFTER_S = 5.0
@@ -83,6 +84,7 @@ class Limits:
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     linger_ms: float = DEFAULT_LINGER_MS
     max_pending_messages: int = DEFAULT_MAX_PENDING_MESSAGES
+    zset_cap: int = DEFAULT_ZSET_CAP  # a set shows its newest zset_cap present members
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +297,7 @@ def _check_settings(reader: _Reader, limits: Limits, replication: ReplicationSet
     )
     need(0 <= limits.linger_ms <= 1000, "limits.linger_ms", "must be within 0..1000")
     need(limits.max_pending_messages > 0, "limits.max_pending_messages", "must be > 0")
+    need(limits.zset_cap > 0, "limits.zset_cap", "must be > 0")
     need(
         replication.window_bytes >= limits.max_frame_bytes,
         "replication.window_bytes",

@@ -22,6 +22,7 @@ from multiactive.model.ids import IdGenerator, is_valid_id
 from multiactive.model.message import Row
 from multiactive.model.partition import partition_for
 from multiactive.model.topology import Limits
+from multiactive.state.ops import BUILTIN_TYPES, check_payload
 from multiactive.wire.protocol import RESULT_OK, RESULT_REFUSED
 
 MAX_TYPE_LENGTH = 128
@@ -30,7 +31,7 @@ MAX_HEADER_BYTES = 4096
 ROW_OVERHEAD_BYTES = 48  # msgpack framing of a row and its fixed-size fields, at most
 HEADER_OVERHEAD_BYTES = 6  # msgpack framing of one header name and value, at most
 
-Result = list[Any]  # [0, partition, seq, duplicate] or [1, code, text]
+Result = list[Any]  # [0, partition, seq, duplicate, version] or [1, code, text]
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +168,8 @@ class Ingress:
                 "payload_too_large",
                 payload_too_large(len(payload), self._limits),
             ]
+        if type_ in BUILTIN_TYPES and (problem := check_payload(type_, payload)) is not None:
+            return [RESULT_REFUSED, "bad_payload", problem]
         if not _headers_ok(headers):
             return [
                 RESULT_REFUSED,
@@ -210,10 +213,14 @@ class Ingress:
         duplicates = outcome.duplicates
         self._counts["duplicates"] += len(duplicates)
         self._counts["accepted"] += len(order) - len(duplicates)
-        for number, ((request, index), partition, seq) in enumerate(
-            zip(order, outcome.partitions, outcome.seqs, strict=True)
+        versions = [row[3] for group in groups for row in group.rows]
+        for number, ((request, index), partition, seq, version) in enumerate(
+            zip(order, outcome.partitions, outcome.seqs, versions, strict=True)
         ):
-            request.settle(index, [RESULT_OK, partition, seq, number in duplicates])
+            if number in duplicates:
+                request.settle(index, [RESULT_OK, partition, seq, True, None])
+            else:
+                request.settle(index, [RESULT_OK, partition, seq, False, version])
 
     def _groups(
         self, queued: dict[int, _Pending]

@@ -70,7 +70,7 @@ class SiteNode:
         self.registry = registry or HandlerRegistry()
         self.clock = HybridClock()
         self.journal: Journal = open_journal(self.config, topology.replication)
-        self.state: StateBackend = open_state(self.config, topology.replication)
+        self.state: StateBackend = open_state(topology, site)
         self.ingress = Ingress(site, self.journal, self.clock, topology.partitions, topology.limits)
         self.processor = Processor(
             site, self.journal, self.state, self.registry, topology.replication

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from multiactive.model.topology import ReplicationSettings, SiteConfig
+from multiactive.model.topology import Topology
 from multiactive.state.base import (
     BUILTIN_TYPES,
     Commit,
     DeadLetter,
     Entry,
+    Member,
     Op,
     StateBackend,
     Watermark,
@@ -20,6 +21,7 @@ __all__ = [
     "Commit",
     "DeadLetter",
     "Entry",
+    "Member",
     "MemoryState",
     "Op",
     "SqliteState",
@@ -29,8 +31,10 @@ __all__ = [
 ]
 
 
-def open_state(site: SiteConfig, settings: ReplicationSettings) -> StateBackend:
+def open_state(topology: Topology, site_name: str) -> StateBackend:
     """The state backend a site's configuration names (not yet opened)."""
+    site = topology.site(site_name)
+    cap = topology.limits.zset_cap
     if site.state == "memory":
-        return MemoryState()
-    return SqliteState(site.name, site.data_dir / "state.sqlite3")
+        return MemoryState(cap)
+    return SqliteState(site.name, site.data_dir / "state.sqlite3", cap)

@@ -1,44 +1,61 @@
 """The state interface: a site's cache, built from every message in the same order everywhere.
 
 A state backend keeps
-- entries: key -> (value, version, origin), where value None is a tombstone (a deleted key
-  remembers its version so an older write arriving late cannot resurrect it);
+- the effects of built-in operations (`state/ops.py`): key-value registers with tombstones,
+  counters, and capped sets of member registers;
 - watermarks: per stream (origin, partition), the highest seq applied and how many messages
   were applied in all (the count makes "applied exactly once" checkable, not assumed);
 - dead letters: messages parked after bounded retries, with their error.
 
 `commit()` is the only way watermarks move, and it applies built-in effects, parks dead
-letters and moves the watermark in one atomic step (P3). Because effect and watermark move
-together, a state store may lose its newest commits in a crash without harm: the processor
-applies the same messages again from the durable journal, exactly once. So state backends
-need no fsync of their own; the journal is the durable record.
+letters and moves the watermark of each step in one atomic step (P3). Because effect and
+watermark move together, a state store may lose its newest commits in a crash without harm:
+the processor applies the same messages again from the durable journal, exactly once. So
+state backends need no fsync of their own; the journal is the durable record.
 """
 
 from __future__ import annotations
 
 import abc
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from multiactive.model.message import Message, StreamId
+from multiactive.state.ops import (
+    BUILTIN_TYPES,
+    COUNTER_ADD,
+    DEFAULT_ZSET_CAP,
+    KV_DEL,
+    KV_SET,
+    ZSET_ADD,
+    ZSET_REM,
+    Entry,
+    Member,
+    Snapshot,
+    digest,
+    sorted_snapshot,
+    zset_view,
+)
 
-KV_SET = "kv.set"
-KV_DEL = "kv.del"
-BUILTIN_TYPES = frozenset({KV_SET, KV_DEL})
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    key: str
-    value: bytes | None  # None: a tombstone
-    version: int
-    origin: str
-
-    @property
-    def deleted(self) -> bool:
-        return self.value is None
+__all__ = [
+    "BUILTIN_TYPES",
+    "COUNTER_ADD",
+    "DEFAULT_ZSET_CAP",
+    "KV_DEL",
+    "KV_SET",
+    "ZSET_ADD",
+    "ZSET_REM",
+    "Commit",
+    "DeadLetter",
+    "Entry",
+    "Member",
+    "Op",
+    "OpTuple",
+    "Snapshot",
+    "StateBackend",
+    "Watermark",
+]
 
 
 # A built-in message as the state backend needs it: (type, key, version, origin, payload).
@@ -90,11 +107,6 @@ class Commit:
     dead: Sequence[DeadLetter] = ()
 
 
-def newer(version: int, origin: str, entry: Entry | None) -> bool:
-    """Last-writer-wins: (version, origin) greater than what the entry holds."""
-    return entry is None or (version, origin) > (entry.version, entry.origin)
-
-
 def entry_for(op: OpTuple) -> Entry:
     """The entry a built-in operation would write."""
     type_, key, version, origin, payload = op
@@ -102,24 +114,15 @@ def entry_for(op: OpTuple) -> Entry:
 
 
 def digest_entries(entries: Iterable[Entry]) -> str:
-    """A digest of state, equal in two sites exactly when their entries are equal.
-
-    Entries must come in key order.
-    """
-    h = hashlib.sha256()
-    for e in entries:
-        value = b"\x00" if e.value is None else b"\x01" + e.value
-        h.update(
-            b"%d:%s%d:%s:%d:%s;"
-            % (len(e.key), e.key.encode(), len(value), value, e.version, e.origin.encode())
-        )
-    return h.hexdigest()
+    """The digest of a state holding only these key-value entries."""
+    return digest(sorted_snapshot(entries, (), ()))
 
 
 class StateBackend(abc.ABC):
     """A site's state. Methods are called from one event loop."""
 
     backend = "abstract"
+    zset_cap = DEFAULT_ZSET_CAP
 
     @abc.abstractmethod
     async def open(self) -> None: ...
@@ -146,11 +149,27 @@ class StateBackend(abc.ABC):
 
     @abc.abstractmethod
     async def entries(self) -> list[Entry]:
-        """Every entry, in key order (for digests, reports and tests; not a hot path)."""
+        """Every key-value entry, in key order (for reports and tests; not a hot path)."""
+
+    @abc.abstractmethod
+    async def counter(self, key: str) -> int:
+        """A counter's value (0 if never added to)."""
+
+    @abc.abstractmethod
+    async def members(self, key: str) -> list[Member]:
+        """Every member register of a set, present or not, in member order."""
+
+    async def zset(self, key: str) -> list[Member]:
+        """A set as readers see it: its `zset_cap` newest present members, newest first."""
+        return zset_view(await self.members(key), self.zset_cap)
+
+    @abc.abstractmethod
+    async def snapshot(self) -> Snapshot:
+        """Everything held, in canonical order (for digests and checkers; not a hot path)."""
 
     @abc.abstractmethod
     async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
         """Parked messages, oldest first."""
 
     async def digest(self) -> str:
-        return digest_entries(await self.entries())
+        return digest(await self.snapshot())

@@ -1,4 +1,4 @@
-"""In-memory state: the twin of the SQLite state for unit tests and the quick demo."""
+"""In-memory state: the twin of the SQLite and Redis states for unit tests and the quick demo."""
 
 from __future__ import annotations
 
@@ -6,23 +6,34 @@ from collections.abc import Iterable, Sequence
 
 from multiactive.model.message import StreamId
 from multiactive.state.base import (
+    COUNTER_ADD,
+    DEFAULT_ZSET_CAP,
+    KV_DEL,
+    KV_SET,
+    ZSET_ADD,
+    ZSET_REM,
     Commit,
     DeadLetter,
     Entry,
+    Member,
+    OpTuple,
+    Snapshot,
     StateBackend,
     Watermark,
-    entry_for,
-    newer,
 )
+from multiactive.state.ops import newer, sorted_snapshot
 
 
 class MemoryState(StateBackend):
     backend = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, zset_cap: int = DEFAULT_ZSET_CAP) -> None:
+        self.zset_cap = zset_cap
         self._entries: dict[str, Entry] = {}
+        self._counters: dict[str, int] = {}
+        self._zsets: dict[str, dict[bytes, Member]] = {}
         self._watermarks: dict[StreamId, Watermark] = {}
-        self._dead: list[DeadLetter] = []
+        self._dead: dict[tuple[str, int, int], DeadLetter] = {}
 
     async def open(self) -> None:
         return None
@@ -44,9 +55,25 @@ class MemoryState(StateBackend):
                 )
             marks[step.stream] = Watermark(step.through_seq, current.count + step.processed)
         for step in steps:
-            self._put(entry_for(m) for m in step.builtin)
-            self._dead.extend(step.dead)
+            for op in step.builtin:
+                self._apply(op)
+            for letter in step.dead:
+                self._dead[(letter.origin, letter.partition, letter.seq)] = letter
         self._watermarks = marks
+
+    def _apply(self, op: OpTuple) -> None:
+        type_, key, version, origin, payload = op
+        if type_ in (KV_SET, KV_DEL):
+            self._put([Entry(key, payload if type_ == KV_SET else None, version, origin)])
+        elif type_ == COUNTER_ADD:
+            self._counters[key] = self._counters.get(key, 0) + int(payload)
+        elif type_ in (ZSET_ADD, ZSET_REM):
+            members = self._zsets.setdefault(key, {})
+            held = members.get(payload)
+            if held is None or newer(version, origin, held.version, held.origin):
+                members[payload] = Member(payload, version, origin, type_ == ZSET_ADD)
+        else:
+            raise ValueError(f"{type_!r} is not a built-in operation")
 
     async def get(self, key: str) -> Entry | None:
         return self._entries.get(key)
@@ -57,7 +84,8 @@ class MemoryState(StateBackend):
     def _put(self, entries: Iterable[Entry]) -> int:
         won = 0
         for entry in entries:
-            if newer(entry.version, entry.origin, self._entries.get(entry.key)):
+            held = self._entries.get(entry.key)
+            if held is None or newer(entry.version, entry.origin, held.version, held.origin):
                 self._entries[entry.key] = entry
                 won += 1
         return won
@@ -65,5 +93,22 @@ class MemoryState(StateBackend):
     async def entries(self) -> list[Entry]:
         return [self._entries[key] for key in sorted(self._entries)]
 
+    async def counter(self, key: str) -> int:
+        return self._counters.get(key, 0)
+
+    async def members(self, key: str) -> list[Member]:
+        members = self._zsets.get(key, {})
+        return [members[m] for m in sorted(members)]
+
+    async def snapshot(self) -> Snapshot:
+        return sorted_snapshot(
+            self._entries.values(),
+            self._counters.items(),
+            ((key, list(members.values())) for key, members in self._zsets.items()),
+        )
+
     async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
-        return self._dead[:limit]
+        ordered = sorted(
+            self._dead.values(), key=lambda d: (d.parked_ms, d.origin, d.partition, d.seq)
+        )
+        return ordered[:limit]

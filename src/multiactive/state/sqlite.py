@@ -4,6 +4,8 @@ Layout (schema version 1):
 
     meta(key PRIMARY KEY, value)                        site name, schema version
     kv(key PRIMARY KEY, value NULL = tombstone, version, origin)
+    counters(key PRIMARY KEY, value)
+    members(key, member, version, origin, present)      PRIMARY KEY(key, member)
     watermarks(origin, partition, applied, count)       PRIMARY KEY(origin, partition)
     dead_letters(origin, partition, seq, id, type, key, error, attempts, parked_ms)
 
@@ -24,7 +26,23 @@ from typing import TypeVar
 
 from multiactive.errors import ConfigError
 from multiactive.model.message import StreamId
-from multiactive.state.base import Commit, DeadLetter, Entry, StateBackend, Watermark
+from multiactive.state.base import (
+    COUNTER_ADD,
+    DEFAULT_ZSET_CAP,
+    KV_DEL,
+    KV_SET,
+    ZSET_ADD,
+    ZSET_REM,
+    Commit,
+    DeadLetter,
+    Entry,
+    Member,
+    OpTuple,
+    Snapshot,
+    StateBackend,
+    Watermark,
+)
+from multiactive.state.ops import sorted_snapshot
 
 SCHEMA_VERSION = "1"
 T = TypeVar("T")
@@ -33,6 +51,10 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS kv(
     key TEXT PRIMARY KEY, value BLOB, version INTEGER NOT NULL, origin TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counters(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS members(
+    key TEXT NOT NULL, member BLOB NOT NULL, version INTEGER NOT NULL, origin TEXT NOT NULL,
+    present INTEGER NOT NULL, PRIMARY KEY(key, member)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS watermarks(
     origin TEXT NOT NULL, partition INTEGER NOT NULL, applied INTEGER NOT NULL,
     count INTEGER NOT NULL, PRIMARY KEY(origin, partition));
@@ -49,17 +71,31 @@ WHERE (excluded.version, excluded.origin) > (kv.version, kv.origin)
 """
 _UPSERT = "INSERT INTO kv(key, value, version, origin) VALUES (?, ?, ?, ?)" + _LWW
 # Built-in ops bind as they come, (type, key, version, origin, payload): no Python per row.
-_APPLY_OP = (
-    "INSERT INTO kv(key, value, version, origin) "
-    "VALUES (?2, CASE WHEN ?1 = 'kv.del' THEN NULL ELSE ?5 END, ?3, ?4)" + _LWW
-)
+_APPLY_OP = {
+    "kv": (
+        "INSERT INTO kv(key, value, version, origin) "
+        "VALUES (?2, CASE WHEN ?1 = 'kv.del' THEN NULL ELSE ?5 END, ?3, ?4)" + _LWW
+    ),
+    "counter": (
+        "INSERT INTO counters(key, value) VALUES (?2, CAST(CAST(?5 AS TEXT) AS INTEGER)) "
+        "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value"
+    ),
+    "zset": (
+        "INSERT INTO members(key, member, version, origin, present) "
+        "VALUES (?2, ?5, ?3, ?4, ?1 = 'zset.add') "
+        "ON CONFLICT(key, member) DO UPDATE SET version = excluded.version, "
+        "origin = excluded.origin, present = excluded.present "
+        "WHERE (excluded.version, excluded.origin) > (members.version, members.origin)"
+    ),
+}
 
 
 class SqliteState(StateBackend):
     backend = "sqlite"
 
-    def __init__(self, site: str, path: str | Path) -> None:
+    def __init__(self, site: str, path: str | Path, zset_cap: int = DEFAULT_ZSET_CAP) -> None:
         self.site = site
+        self.zset_cap = zset_cap
         self.path = Path(path)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"state-{site}")
         self._conn: sqlite3.Connection | None = None
@@ -110,7 +146,8 @@ class SqliteState(StateBackend):
         try:
             for step in steps:
                 self._move_watermark(conn, step)
-                conn.executemany(_APPLY_OP, step.builtin)
+                for family, ops in _by_family(step.builtin).items():
+                    conn.executemany(_APPLY_OP[family], ops)
                 conn.executemany(
                     "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [_dead_row(d) for d in step.dead],
@@ -171,6 +208,50 @@ class SqliteState(StateBackend):
         )
         return [Entry(*row) for row in rows]
 
+    async def counter(self, key: str) -> int:
+        row = await self._run(
+            lambda: (
+                self._db().execute("SELECT value FROM counters WHERE key = ?", (key,)).fetchone()
+            )
+        )
+        return 0 if row is None else int(row[0])
+
+    async def members(self, key: str) -> list[Member]:
+        rows = await self._run(
+            lambda: (
+                self._db()
+                .execute(
+                    "SELECT member, version, origin, present FROM members WHERE key = ? "
+                    "ORDER BY member",
+                    (key,),
+                )
+                .fetchall()
+            )
+        )
+        return [Member(bytes(m), v, o, bool(p)) for m, v, o, p in rows]
+
+    async def snapshot(self) -> Snapshot:
+        return await self._run(self._snapshot_sync)
+
+    def _snapshot_sync(self) -> Snapshot:
+        conn = self._db()
+        conn.execute("BEGIN")  # one consistent read of all three tables
+        try:
+            entries = [
+                Entry(*row) for row in conn.execute("SELECT key, value, version, origin FROM kv")
+            ]
+            counters = conn.execute("SELECT key, value FROM counters").fetchall()
+            zsets: dict[str, list[Member]] = {}
+            for key, member, version, origin, present in conn.execute(
+                "SELECT key, member, version, origin, present FROM members"
+            ):
+                zsets.setdefault(key, []).append(
+                    Member(bytes(member), version, origin, bool(present))
+                )
+        finally:
+            conn.execute("COMMIT")
+        return sorted_snapshot(entries, counters, zsets.items())
+
     async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
         rows = await self._run(
             lambda: (
@@ -191,6 +272,24 @@ class SqliteState(StateBackend):
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+
+
+def _by_family(ops: Sequence[OpTuple]) -> dict[str, list[OpTuple]]:
+    """Ops grouped by the table they change, order kept within each (the common case, a
+    batch of one family, costs one pass)."""
+    families: dict[str, list[OpTuple]] = {}
+    for op in ops:
+        families.setdefault(_FAMILY[op[0]], []).append(op)
+    return families
+
+
+_FAMILY = {
+    KV_SET: "kv",
+    KV_DEL: "kv",
+    COUNTER_ADD: "counter",
+    ZSET_ADD: "zset",
+    ZSET_REM: "zset",
+}
 
 
 def _row(entry: Entry) -> tuple[str, bytes | None, int, str]:

@@ -173,8 +173,8 @@ def decode_error(frame: Frame) -> ErrorBody:
 # A draft is what a client submits: [id, type, key, headers, payload].
 Draft = tuple[str, str, str, dict[str, str], bytes]
 
-# A result per draft: [0, partition, seq, duplicate] when journaled (or already journaled),
-# [1, code, text] when refused.
+# A result per draft: [0, partition, seq, duplicate, version] when journaled (version is nil
+# for a duplicate: the first acceptance's version is not kept), [1, code, text] when refused.
 RESULT_OK = 0
 RESULT_REFUSED = 1
 

@@ -104,7 +104,8 @@ async def submitted(ingress: Ingress, *requests: list[Any]) -> list[list[Result]
 
 def test_drafts_of_one_turn_are_journaled_in_one_append() -> None:
     """Group commit: requests submitted in one loop turn become one append_local call; each
-    draft gets [0, partition_for(key, P), seq, False] in draft order, seqs dense per partition."""
+    draft gets [0, partition_for(key, P), seq, False, version] in draft order, seqs dense per
+    partition, versions strictly increasing in draft order."""
 
     async def main() -> None:
         journal = await opened()
@@ -124,7 +125,7 @@ def test_drafts_of_one_turn_are_journaled_in_one_append() -> None:
             for (id_, _, key, _, _), result in zip(request, request_results, strict=True):
                 partition = partition_for(key, PARTITIONS)
                 next_seq[partition] = next_seq.get(partition, 0) + 1
-                assert result == [0, partition, next_seq[partition], False]
+                assert result[:4] == [0, partition, next_seq[partition], False]
                 assert messages[(partition, next_seq[partition])].id == id_
         assert len(set(next_seq)) > 1  # the drafts really spread over several partitions
         stats = ingress.statistics()
@@ -164,10 +165,11 @@ def test_repeated_id_returns_the_first_position_as_a_duplicate() -> None:
             )
             (later,) = await submitted(ingress, [draft("a", key="ka"), draft("c", key="ka")])
         position_a = [partition_for("ka", PARTITIONS), 1]
-        assert first[0] == [0, *position_a, False]
-        assert first[2] == [0, *position_a, True]
-        assert later[0] == [0, *position_a, True]
-        assert later[1] == [0, *position_a[:1], 2, False]
+        assert first[0][:4] == [0, *position_a, False]
+        assert isinstance(first[0][4], int)
+        assert first[2] == [0, *position_a, True, None]
+        assert later[0] == [0, *position_a, True, None]
+        assert later[1][:4] == [0, *position_a[:1], 2, False]
         assert sorted(m.id for m in (await stored(journal)).values()) == ["a", "b", "c"]
         assert journal.statistics().messages_appended == 3
         stats = ingress.statistics()
@@ -192,7 +194,7 @@ def test_repeated_id_after_a_journal_reopen_is_a_duplicate(tmp_path: Path) -> No
             ingress = new_ingress(journal)
             async with flushing(ingress):
                 (again,) = await submitted(ingress, [draft("a", key="ka")])
-            assert again == [[0, *first[0][1:3], True]]
+            assert again == [[0, *first[0][1:3], True, None]]
             assert journal.statistics().messages_appended == 0
         finally:
             await journal.close()
@@ -379,7 +381,7 @@ def test_partition_over_max_batch_bytes_is_split_into_consecutive_batches() -> N
         async with flushing(ingress):
             (results,) = await submitted(ingress, drafts)
         partition = partition_for("one-key", PARTITIONS)
-        assert results == [[0, partition, seq, False] for seq in range(1, 21)]
+        assert [r[:4] for r in results] == [[0, partition, seq, False] for seq in range(1, 21)]
         assert len(journal.calls) == 1
         batches = await journal.read(StreamId(SITE, partition), 1, 1 << 30)
         assert len(batches) > 1
