@@ -11,10 +11,14 @@ GET /deadletters        parked messages (?limit=N, default 1000)
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING
+from importlib import resources
+from typing import TYPE_CHECKING, Any
 
+import aiohttp
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from multiactive.admin.metrics import Scrape, render_metrics
 from multiactive.admin.render import (
     entry_json,
     member_json,
@@ -23,26 +27,34 @@ from multiactive.admin.render import (
     statistics_json,
 )
 from multiactive.errors import ConfigError
-from multiactive.model.message import StreamId
+from multiactive.model.message import Position, StreamId
+from multiactive.model.topology import Address
 
 if TYPE_CHECKING:
     from multiactive.site.node import SiteNode
 
 NODE = web.AppKey("node", object)
+PEER_TIMEOUT_S = 2.0
+DEAD_LETTER_COUNT_LIMIT = 100_000
 
 
 class AdminServer:
     def __init__(self, node: SiteNode) -> None:
         self._node = node
         self._runner: web.AppRunner | None = None
+        self._http: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
         app = web.Application()
         app[NODE] = self._node
         app.add_routes(
             [
+                web.get("/", self._to_dashboard),
+                web.get("/dashboard", self._dashboard),
+                web.get("/cluster/status", self._cluster_status),
                 web.get("/health", self._health),
                 web.get("/status", self._status),
+                web.get("/metrics", self._metrics),
                 web.get("/state/digest", self._digest),
                 web.get("/state/kv/{key}", self._kv),
                 web.get("/state/entries", self._entries),
@@ -51,6 +63,8 @@ class AdminServer:
                 web.get("/state/zset/{key}", self._zset),
                 web.get("/journal/messages", self._messages),
                 web.get("/deadletters", self._dead_letters),
+                web.get("/trace/position", self._trace_position),
+                web.get("/trace/{id}", self._trace),
             ]
         )
         return app
@@ -72,13 +86,68 @@ class AdminServer:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._http is not None:
+            await self._http.close()
+
+    async def _to_dashboard(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound("/dashboard")
+
+    async def _dashboard(self, request: web.Request) -> web.Response:
+        page = resources.files("multiactive.admin").joinpath("dashboard.html").read_text()
+        return web.Response(text=page, content_type="text/html")
+
+    async def _cluster_status(self, request: web.Request) -> web.Response:
+        topology = self._node.topology
+        sites: dict[str, Any] = {}
+        for site in topology.sites:
+            if site.name == self._node.name:
+                sites[site.name] = await self._site_status()
+            else:
+                sites[site.name] = await self._peer_status(site.admin)
+        return web.json_response(
+            {
+                "cluster": topology.name,
+                "site_names": list(topology.site_names),
+                "links": [
+                    {"name": x.name, "origin": x.origin, "receiver": x.receiver, "mode": x.mode}
+                    for x in topology.links
+                ],
+                "sites": sites,
+            }
+        )
+
+    async def _peer_status(self, address: Address | None) -> Any:
+        if address is None:
+            return None
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S))
+        try:
+            async with self._http.get(f"http://{address}/status") as response:
+                return await response.json() if response.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+
+    async def _site_status(self) -> dict[str, Any]:
+        node = self._node
+        status = statistics_json(node.statistics(), await node.lag())
+        status["dead_letters"] = len(await node.state.dead_letters(limit=DEAD_LETTER_COUNT_LIMIT))
+        return status
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"site": self._node.name, "status": "ok"})
 
     async def _status(self, request: web.Request) -> web.Response:
-        stats = self._node.statistics()
-        return web.json_response(statistics_json(stats, await self._node.lag()))
+        return web.json_response(await self._site_status())
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        node = self._node
+        dead = await node.state.dead_letters(limit=1_000_000)
+        scrape = Scrape(node.statistics(), await node.lag(), len(dead), {})
+        response = web.Response(body=render_metrics(scrape))
+        response.content_type = "text/plain"
+        response.charset = "utf-8"
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
 
     async def _digest(self, request: web.Request) -> web.Response:
         entries = await self._node.state.entries()
@@ -125,6 +194,31 @@ class AdminServer:
                 found += [message_json(m) for m in batch.messages() if m.seq >= start]
             start = batches[-1].last_seq + 1
         return web.json_response(found[:limit])
+
+    async def _trace(self, request: web.Request) -> web.Response:
+        request_id = request.match_info["id"]
+        found = await self._node.journal.lookup([request_id])
+        if request_id not in found:
+            return web.json_response({"site": self._node.name, "id": request_id, "found": False})
+        position = found[request_id]
+        message = await self._node.find_message(position)
+        return web.json_response(
+            {
+                "site": self._node.name,
+                "id": request_id,
+                "found": True,
+                "position": list(position),
+                "message": None if message is None else message_json(message),
+                "here": await self._node.trace_position(position),
+            }
+        )
+
+    async def _trace_position(self, request: web.Request) -> web.Response:
+        origin = request.query.get("origin", "")
+        if origin not in self._node.topology.site_names:
+            raise web.HTTPBadRequest(text=f"origin must be one of {self._node.topology.site_names}")
+        position = Position(origin, _int(request, "partition", 0), _int(request, "seq", 1))
+        return web.json_response(await self._node.trace_position(position))
 
     async def _dead_letters(self, request: web.Request) -> web.Response:
         letters = await self._node.state.dead_letters(_limit(request, 1000))

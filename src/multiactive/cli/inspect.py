@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -175,3 +176,66 @@ def _num(value: float | None, digits: int) -> str:
 
 def _mib(value: int) -> str:
     return f"{value / (1 << 20):.1f}M"
+
+
+def _get_json(site: SiteConfig, path: str, timeout_s: float = 5.0) -> Any:
+    if site.admin is None:
+        return None
+    try:
+        with urllib.request.urlopen(f"http://{site.admin}{path}", timeout=timeout_s) as resp:
+            return json.load(resp)
+    except (OSError, urllib.error.URLError, ValueError):
+        return None
+
+
+def trace_request(topology: Topology, request_id: str) -> dict[str, Any]:
+    """Find a request id at its origin, then ask every site where that message stands."""
+    origin = None
+    for site in topology.sites:
+        answer = _get_json(site, f"/trace/{urllib.parse.quote(request_id, safe='')}")
+        if answer is not None and answer.get("found"):
+            origin = answer
+            break
+    if origin is None:
+        return {"id": request_id, "found": False, "sites": {}}
+    site_name, partition, seq = origin["position"]
+    query = f"/trace/position?origin={site_name}&partition={partition}&seq={seq}"
+    sites = {site.name: _get_json(site, query) for site in topology.sites}
+    return {"id": request_id, "found": True, "origin": site_name, "message": origin["message"],
+            "sites": sites}  # fmt: skip
+
+
+@click.command()
+@click.argument("request_id")
+@topology_option
+@json_option
+def trace(request_id: str, topology_path: Path, as_json: bool) -> None:
+    """Where the write with REQUEST_ID is in every site: received, applied, or why not."""
+    topology = load_topology(topology_path)
+    result = trace_request(topology, request_id)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    console = Console()
+    if not result["found"]:
+        console.print(f"[red]{request_id}[/]: no site knows this request id (ids are indexed "
+                      "at their origin; is the origin up, or was the id trimmed?)")  # fmt: skip
+        raise SystemExit(1)
+    m = result["message"]
+    where = f"partition {m['partition']}, seq {m['seq']}, version {m['version']}"
+    console.print(
+        f"{request_id}: {m['type']} {m['key']!r} accepted at {result['origin']} ({where})"
+    )
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("site", "received", "applied", "detail"):
+        table.add_column(column, no_wrap=column != "detail")
+    for name, here in result["sites"].items():
+        if here is None:
+            table.add_row(name, "?", "?", "[red]site unreachable[/]")
+            continue
+        table.add_row(name, _yes(here["received"]), _yes(here["applied"]), here["why"])
+    console.print(table)
+
+
+def _yes(flag: bool) -> str:
+    return "[green]yes[/]" if flag else "[red]no[/]"

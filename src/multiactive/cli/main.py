@@ -8,7 +8,7 @@ import click
 
 from multiactive import __version__
 from multiactive.cli.demo import demo
-from multiactive.cli.inspect import lag, status
+from multiactive.cli.inspect import lag, status, trace
 from multiactive.cli.site import site
 from multiactive.cli.wan import wan
 from multiactive.errors import MultiactiveError
@@ -25,6 +25,7 @@ cli.add_command(demo)
 cli.add_command(wan)
 cli.add_command(status)
 cli.add_command(lag)
+cli.add_command(trace)
 
 
 def main() -> None:

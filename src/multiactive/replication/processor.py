@@ -47,6 +47,16 @@ class ProcessorStatistics:
     latency_ms_p99: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class RetryState:
+    """A stream waiting to retry a failed handler."""
+
+    seq: int
+    attempts: int
+    retry_in_s: float
+    error: str
+
+
 @dataclass(slots=True)
 class _Step:
     """A run of messages waiting to be committed together."""
@@ -80,6 +90,7 @@ class Processor:
         self._counts: dict[StreamId, int] = {}
         self._created: dict[StreamId, int] = {}
         self._retry_at: dict[StreamId, float] = {}
+        self._failing: dict[StreamId, tuple[int, int, str]] = {}  # seq, attempts, error
         self._attempts: dict[tuple[StreamId, int], int] = {}
         self._restarted: set[StreamId] = set()
         self._steps: dict[StreamId, _Step] = {}
@@ -192,12 +203,14 @@ class Processor:
                 self._attempts[key] = attempt
                 backoff_s = self._settings.apply_retry_backoff_ms / 1000 * 2 ** (attempt - 1)
                 self._retry_at[stream] = time.monotonic() + backoff_s
+                self._failing[stream] = (message.seq, attempt, f"{type(exc).__name__}: {exc}")
                 raise _RetryLater from exc
             self._step(stream).dead.append(
                 self._dead(message, f"{type(exc).__name__}: {exc}", attempt)
             )
         self._attempts.pop(key, None)
         self._retry_at.pop(stream, None)
+        self._failing.pop(stream, None)
 
     def _dead(self, message: Message, error: str, attempts: int) -> DeadLetter:
         return DeadLetter(
@@ -227,6 +240,15 @@ class Processor:
             self._totals["applied"] += s.processed - len(s.dead)
             self._totals["parked"] += len(s.dead)
         self.progress.fire()
+
+    def retry_state(self, stream: StreamId) -> RetryState | None:
+        """Why a stream is waiting, if a handler failed and will be retried."""
+        failing = self._failing.get(stream)
+        if failing is None:
+            return None
+        seq, attempts, error = failing
+        wait = max(0.0, self._retry_at.get(stream, 0.0) - time.monotonic())
+        return RetryState(seq, attempts, round(wait, 3), error)
 
     def statistics(self) -> ProcessorStatistics:
         heads = self._journal.heads()

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from multiactive.journal import Journal, open_journal
 from multiactive.logs import get_logger
 from multiactive.model.clock import HybridClock, wall_ms
-from multiactive.model.message import StreamId
+from multiactive.model.message import Message, Position, StreamId
 from multiactive.model.topology import SiteConfig, Topology
 from multiactive.replication.handlers import HandlerRegistry
 from multiactive.replication.ingress import Ingress, IngressStatistics
@@ -188,6 +189,63 @@ class SiteNode:
             )  # fmt: skip
         return lags
 
+    async def find_message(self, position: Position) -> Message | None:
+        """The journaled message at a position, if this site holds it."""
+        stream = StreamId(position.origin, position.partition)
+        for batch in await self.journal.read(stream, position.seq, 1):
+            if batch.first_seq <= position.seq <= batch.last_seq:
+                for message in batch.messages():
+                    if message.seq == position.seq:
+                        return message
+        return None
+
+    async def trace_position(self, position: Position) -> dict[str, Any]:
+        """Where one message stands here: received, applied, parked, retrying, and why not."""
+        stream = StreamId(position.origin, position.partition)
+        head, applied = self.journal.head(stream), self.processor.applied(stream)
+        parked = [
+            asdict(d)
+            for d in await self.state.dead_letters(limit=100_000)
+            if (d.origin, d.partition, d.seq) == tuple(position)
+        ]
+        retry = self.processor.retry_state(stream)
+        retrying = asdict(retry) if retry is not None and retry.seq == position.seq else None
+        trace: dict[str, Any] = {
+            "site": self.name,
+            "received": head >= position.seq,
+            "head": head,
+            "applied": applied >= position.seq and not parked,
+            "watermark": applied,
+            "dead_letter": parked[0] if parked else None,
+            "retrying": retrying,
+        }
+        trace["why"] = self._why_not(position, trace, retry)
+        return trace
+
+    def _why_not(self, position: Position, trace: dict[str, Any], retry: Any) -> str:
+        if trace["dead_letter"] is not None:
+            letter = trace["dead_letter"]
+            return f"parked after {letter['attempts']} attempts: {letter['error']}"
+        if trace["applied"]:
+            return ""
+        if trace["retrying"] is not None:
+            r = trace["retrying"]
+            return (
+                f"handler failed {r['attempts']} times ({r['error']}); retry in {r['retry_in_s']} s"
+            )
+        if trace["received"]:
+            if retry is not None:
+                return f"waiting behind seq {retry.seq}, whose handler is failing: {retry.error}"
+            return "received; the processor has not reached it yet"
+        link = self.monitors.get(f"{position.origin}->{self.name}")
+        if link is None:
+            return "not received: no link from its origin to this site"
+        snap = link.snapshot()
+        detail = f"; last error: {snap.last_error}" if snap.last_error else ""
+        return (
+            f"not received: link {snap.name} is {snap.state}, {snap.backlog_messages} owed{detail}"
+        )
+
     def _remote_origin_heads(self) -> dict[StreamId, int]:
         heads: dict[StreamId, int] = {}
         for monitor in self.monitors.values():
@@ -197,6 +255,10 @@ class SiteNode:
         return heads
 
     def statistics(self) -> SiteStatistics:
+        own = {s.partition: h for s, h in self.journal.heads(self.name).items()}
+        for monitor in self.monitors.values():
+            if monitor.side == "sender":
+                monitor.origin_heads.update(own)  # current even while the link is down
         return SiteStatistics(
             self.name,
             self.topology.name,

@@ -1,0 +1,149 @@
+"""Prometheus metrics, read from the site's statistics records at scrape time.
+
+Nothing is counted twice: the components keep their `statistics()` records and this module
+only renders them in the Prometheus text format (names `multiactive_*`, labels `site`,
+`origin`, `partition`, `link`, `side`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from multiactive.replication.links import LinkState
+
+if TYPE_CHECKING:
+    from multiactive.site.node import SiteStatistics, StreamLag
+
+LINK_STATES: tuple[LinkState, ...] = ("connecting", "streaming", "stalled", "cut")
+_STREAM_GAUGES = (  # (StreamLag field, metric name, help)
+    ("origin_head", "origin_head", "Highest seq the origin holds."),
+    ("received", "received_head", "Highest seq journaled here."),
+    ("applied", "applied_watermark", "Highest seq applied here."),
+    ("lag_messages", "lag_messages", "Messages the origin has and this site has not applied."),
+    ("lag_s", "lag_seconds", "Age of the oldest message not applied here."),
+)
+_LINK_GAUGES = (  # (LinkStatistics field, metric name, help)
+    ("backlog_messages", "link_backlog_messages", "Messages owed on the link."),
+    ("in_flight_bytes", "link_in_flight_bytes", "Bytes sent and not acknowledged."),
+    ("window_bytes", "link_window_bytes", "Current send window."),
+    ("messages_per_s", "link_messages_per_second", "Recent message rate."),
+)
+_LINK_COUNTERS = (
+    ("messages", "link_messages", "Messages sent or received."),
+    ("bytes", "link_bytes", "Bytes sent or received."),
+    ("connects", "link_connects", "Sessions established."),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Scrape:
+    """Everything one scrape renders (the async parts are gathered before rendering)."""
+
+    stats: SiteStatistics
+    lags: list[StreamLag]
+    dead_letters: int
+    reconcile: dict[str, float]
+
+
+def render_metrics(scrape: Scrape) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_SiteCollector(scrape))
+    return generate_latest(registry)
+
+
+class _SiteCollector(Collector):
+    def __init__(self, scrape: Scrape) -> None:
+        self._scrape = scrape
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._ingress()
+        yield from self._streams()
+        yield from self._links()
+        yield from self._processor()
+
+    def _gauge(self, name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
+        return GaugeMetricFamily(f"multiactive_{name}", doc, labels=["site", *labels])
+
+    def _counter(self, name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
+        return CounterMetricFamily(f"multiactive_{name}", doc, labels=["site", *labels])
+
+    def _ingress(self) -> Iterator[Metric]:
+        site, ingress = self._scrape.stats.site, self._scrape.stats.ingress
+        for name, value, doc in (
+            ("ingress_accepted", ingress.accepted, "Messages journaled at this site."),
+            ("ingress_duplicates", ingress.duplicates, "Publishes of an id already journaled."),
+            ("ingress_refused", ingress.refused, "Drafts refused at ingress."),
+            ("ingress_flushes", ingress.flushes, "Group commits (journal appends)."),
+            ("ingress_journal_errors", ingress.journal_errors, "Failed journal appends."),
+        ):
+            family = self._counter(name, doc, [])
+            family.add_metric([site], value)
+            yield family
+        pending = self._gauge("ingress_pending", "Drafts waiting for a group commit.", [])
+        pending.add_metric([site], ingress.pending)
+        yield pending
+
+    def _streams(self) -> Iterator[Metric]:
+        site = self._scrape.stats.site
+        labels = ["origin", "partition"]
+        families = {field: self._gauge(name, doc, labels) for field, name, doc in _STREAM_GAUGES}
+        for lag in self._scrape.lags:
+            values = [site, lag.origin, str(lag.partition)]
+            for field, family in families.items():
+                value = getattr(lag, field)
+                if value is not None:
+                    family.add_metric(values, value)
+        yield from families.values()
+
+    def _links(self) -> Iterator[Metric]:
+        site = self._scrape.stats.site
+        labels = ["link", "side"]
+        state = self._gauge("link_state", "1 for the link's current state.", [*labels, "state"])
+        rtt = self._gauge("link_rtt_seconds", "Minimum recent round trip.", labels)
+        gauges = {field: self._gauge(name, doc, labels) for field, name, doc in _LINK_GAUGES}
+        counters = {field: self._counter(name, doc, labels) for field, name, doc in _LINK_COUNTERS}
+        for link in self._scrape.stats.links:
+            values = [site, link.name, link.side]
+            for candidate in LINK_STATES:
+                state.add_metric([*values, candidate], float(link.state == candidate))
+            for field, gauge in gauges.items():
+                gauge.add_metric(values, getattr(link, field))
+            for field, counter in counters.items():
+                counter.add_metric(values, getattr(link, field))
+            if link.rtt_ms is not None:
+                rtt.add_metric(values, link.rtt_ms / 1000)
+        yield state
+        yield rtt
+        yield from gauges.values()
+        yield from counters.values()
+
+    def _processor(self) -> Iterator[Metric]:
+        site, proc = self._scrape.stats.site, self._scrape.stats.processor
+        for name, count, doc in (
+            ("applied_messages", proc.applied_messages, "Messages applied here."),
+            ("parked_messages", proc.parked_messages, "Messages parked as dead letters."),
+            ("apply_errors", proc.handler_failures, "Handler failures (each attempt)."),
+        ):
+            total = self._counter(name, doc, [])
+            total.add_metric([site], count)
+            yield total
+        latency = self._gauge(
+            "apply_latency_seconds", "Acceptance at origin to applied here.", ["quantile"]
+        )
+        for quantile, value in (("0.5", proc.latency_ms_p50), ("0.99", proc.latency_ms_p99)):
+            if value is not None:
+                latency.add_metric([site, quantile], value / 1000)
+        yield latency
+        dead = self._gauge("dead_letters", "Dead letters held here.", [])
+        dead.add_metric([site], self._scrape.dead_letters)
+        yield dead
+        for name, figure in self._scrape.reconcile.items():
+            gauge = self._gauge(f"reconcile_{name}", f"Last reconcile run: {name}.", [])
+            gauge.add_metric([site], figure)
+            yield gauge
