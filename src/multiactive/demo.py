@@ -94,7 +94,11 @@ def demo_cluster(root: Path, backend: str, wan: bool) -> LocalCluster:
             for b in DEFAULT_SITES
             if a != b
         }
-    return LocalCluster(root, DEFAULT_SITES, modes=modes, backend=backend, name="demo", wan=shapes)
+    settings = {"replication": {"canary_interval_s": 2.0}}
+    return LocalCluster(
+        root, DEFAULT_SITES, modes=modes, backend=backend, name="demo", wan=shapes,
+        settings=settings,
+    )  # fmt: skip
 
 
 async def run_demo(options: DemoOptions, show: Callable[[Snapshot], None]) -> DemoResult:

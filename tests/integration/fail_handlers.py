@@ -1,6 +1,6 @@
 """Handlers for trace and dead-letter tests, loaded with `--handlers fail_handlers`.
 
-- `test.flaky` fails while the file $MULTIACTIVE_TEST_OUT/broken exists, then succeeds;
+- `test.flaky` fails while $MULTIACTIVE_TEST_OUT/broken or .../broken-<site> exists;
 - `test.broken` fails every time unless $MULTIACTIVE_TEST_OUT/fixed exists;
 each success writes the message key to the site's cache under `done:<key>`.
 """
@@ -24,7 +24,7 @@ async def _done(delivery: Delivery) -> None:
 
 
 async def flaky(delivery: Delivery) -> None:
-    if _flag("broken"):
+    if _flag("broken") or _flag(f"broken-{delivery.site}"):
         raise RuntimeError(f"downstream unavailable for {delivery.message.key}")
     await _done(delivery)
 

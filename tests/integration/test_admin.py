@@ -113,10 +113,16 @@ def test_trace_shows_a_write_applied_everywhere(handler_cluster: LocalCluster) -
 def test_trace_explains_a_write_that_has_not_arrived(handler_cluster: LocalCluster) -> None:
     """With the link from the origin cut, trace says the write is not received there and why."""
     cluster = handler_cluster
+    _publish_one(cluster, "a", "kv.set", "warm-up")
+    cluster.wait_converged(30)  # every link has had a session
     cluster.cut("a", "c", "reset")
     ack = _publish_one(cluster, "a", "kv.set", "stuck")
     cluster.wait_converged(30, sites=["a", "b"])
-    wait_for(lambda: "cut" in _trace(cluster, ack.id)["sites"]["c"]["why"], 15, "a cut reason")
+    wait_for(
+        lambda: "cut" in _trace(cluster, ack.id)["sites"]["c"]["why"],
+        15,
+        f"a cut reason (last: {_trace(cluster, ack.id)})",
+    )
     here = _trace(cluster, ack.id)["sites"]["c"]
     assert not here["received"]
     assert here["why"].startswith("not received: link a->c is cut")

@@ -63,6 +63,10 @@ class AdminServer:
                 web.get("/state/zset/{key}", self._zset),
                 web.get("/journal/messages", self._messages),
                 web.get("/deadletters", self._dead_letters),
+                web.post("/deadletters/replay", self._replay),
+                web.get("/journal/batches", self._batches),
+                web.get("/reconcile", self._last_reconcile),
+                web.post("/reconcile", self._reconcile_now),
                 web.get("/trace/position", self._trace_position),
                 web.get("/trace/{id}", self._trace),
             ]
@@ -131,6 +135,13 @@ class AdminServer:
         node = self._node
         status = statistics_json(node.statistics(), await node.lag())
         status["dead_letters"] = len(await node.state.dead_letters(limit=DEAD_LETTER_COUNT_LIMIT))
+        report = node.reconciler.last
+        status["reconcile"] = None if report is None else {
+            "started_ms": report.started_ms,
+            "duration_ms": report.duration_ms,
+            "problems": list(report.problems),
+        }  # fmt: skip
+        status["canaries"] = node.processor.canaries()
         return status
 
     async def _health(self, request: web.Request) -> web.Response:
@@ -142,7 +153,10 @@ class AdminServer:
     async def _metrics(self, request: web.Request) -> web.Response:
         node = self._node
         dead = await node.state.dead_letters(limit=1_000_000)
-        scrape = Scrape(node.statistics(), await node.lag(), len(dead), {})
+        report = node.reconciler.last
+        figures = {} if report is None else report.figures()
+        scrape = Scrape(node.statistics(), await node.lag(), len(dead), figures)
+        scrape.canaries.update(node.processor.canaries())
         response = web.Response(body=render_metrics(scrape))
         response.content_type = "text/plain"
         response.charset = "utf-8"
@@ -194,6 +208,46 @@ class AdminServer:
                 found += [message_json(m) for m in batch.messages() if m.seq >= start]
             start = batches[-1].last_seq + 1
         return web.json_response(found[:limit])
+
+    async def _batches(self, request: web.Request) -> web.Response:
+        origin = request.query.get("origin", "")
+        if origin not in self._node.topology.site_names:
+            raise web.HTTPBadRequest(text=f"origin must be one of {self._node.topology.site_names}")
+        stream = StreamId(origin, _int(request, "partition", 0))
+        start, last = _int(request, "from_seq", 1), _int(request, "to_seq", 0)
+        chunks: list[bytes] = []
+        while start <= last:
+            batches = await self._node.journal.read(stream, start, 4 << 20)
+            batches = [b for b in batches if b.first_seq <= last]
+            if not batches:
+                break
+            chunks += [bytes(b.data) for b in batches]
+            start = batches[-1].last_seq + 1
+        return web.Response(body=b"".join(chunks), content_type="application/octet-stream")
+
+    async def _last_reconcile(self, request: web.Request) -> web.Response:
+        report = self._node.reconciler.last
+        return web.json_response(None if report is None else report.to_json())
+
+    async def _reconcile_now(self, request: web.Request) -> web.Response:
+        report = await self._node.reconciler.reconcile()
+        return web.json_response(report.to_json())
+
+    async def _replay(self, request: web.Request) -> web.Response:
+        body = await request.json() if request.can_read_body else {}
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(text="body must be a JSON object")
+        ids = set(body.get("ids") or [])
+        kind = body.get("type")
+        since, until = body.get("since_ms", 0), body.get("until_ms", 2**62)
+        letters = [
+            d
+            for d in await self._node.state.dead_letters(limit=DEAD_LETTER_COUNT_LIMIT)
+            if (not ids or d.id in ids)
+            and (kind is None or d.type == kind)
+            and since <= d.parked_ms <= until
+        ]
+        return web.json_response(await self._node.reconciler.replay(letters))
 
     async def _trace(self, request: web.Request) -> web.Response:
         request_id = request.match_info["id"]

@@ -8,7 +8,7 @@ only renders them in the Prometheus text format (names `multiactive_*`, labels `
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -49,6 +49,7 @@ class Scrape:
     lags: list[StreamLag]
     dead_letters: int
     reconcile: dict[str, float]
+    canaries: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def render_metrics(scrape: Scrape) -> bytes:
@@ -92,11 +93,11 @@ class _SiteCollector(Collector):
     def _streams(self) -> Iterator[Metric]:
         site = self._scrape.stats.site
         labels = ["origin", "partition"]
-        families = {field: self._gauge(name, doc, labels) for field, name, doc in _STREAM_GAUGES}
+        families = {attr: self._gauge(name, doc, labels) for attr, name, doc in _STREAM_GAUGES}
         for lag in self._scrape.lags:
             values = [site, lag.origin, str(lag.partition)]
-            for field, family in families.items():
-                value = getattr(lag, field)
+            for attr, family in families.items():
+                value = getattr(lag, attr)
                 if value is not None:
                     family.add_metric(values, value)
         yield from families.values()
@@ -106,16 +107,16 @@ class _SiteCollector(Collector):
         labels = ["link", "side"]
         state = self._gauge("link_state", "1 for the link's current state.", [*labels, "state"])
         rtt = self._gauge("link_rtt_seconds", "Minimum recent round trip.", labels)
-        gauges = {field: self._gauge(name, doc, labels) for field, name, doc in _LINK_GAUGES}
-        counters = {field: self._counter(name, doc, labels) for field, name, doc in _LINK_COUNTERS}
+        gauges = {attr: self._gauge(name, doc, labels) for attr, name, doc in _LINK_GAUGES}
+        counters = {attr: self._counter(name, doc, labels) for attr, name, doc in _LINK_COUNTERS}
         for link in self._scrape.stats.links:
             values = [site, link.name, link.side]
             for candidate in LINK_STATES:
                 state.add_metric([*values, candidate], float(link.state == candidate))
-            for field, gauge in gauges.items():
-                gauge.add_metric(values, getattr(link, field))
-            for field, counter in counters.items():
-                counter.add_metric(values, getattr(link, field))
+            for attr, gauge in gauges.items():
+                gauge.add_metric(values, getattr(link, attr))
+            for attr, counter in counters.items():
+                counter.add_metric(values, getattr(link, attr))
             if link.rtt_ms is not None:
                 rtt.add_metric(values, link.rtt_ms / 1000)
         yield state
@@ -143,6 +144,17 @@ class _SiteCollector(Collector):
         dead = self._gauge("dead_letters", "Dead letters held here.", [])
         dead.add_metric([site], self._scrape.dead_letters)
         yield dead
+        age = self._gauge(
+            "canary_age_seconds", "Age of the newest canary from an origin.", ["origin"]
+        )
+        took = self._gauge(
+            "canary_latency_seconds", "How long that canary took to apply here.", ["origin"]
+        )
+        for origin, canary in self._scrape.canaries.items():
+            age.add_metric([site, origin], canary["age_s"])
+            took.add_metric([site, origin], canary["latency_s"])
+        yield age
+        yield took
         for name, figure in self._scrape.reconcile.items():
             gauge = self._gauge(f"reconcile_{name}", f"Last reconcile run: {name}.", [])
             gauge.add_metric([site], figure)

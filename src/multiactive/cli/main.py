@@ -9,6 +9,7 @@ import click
 from multiactive import __version__
 from multiactive.cli.demo import demo
 from multiactive.cli.inspect import lag, status, trace
+from multiactive.cli.repair import deadletters, reconcile, replay
 from multiactive.cli.site import site
 from multiactive.cli.wan import wan
 from multiactive.errors import MultiactiveError
@@ -26,6 +27,9 @@ cli.add_command(wan)
 cli.add_command(status)
 cli.add_command(lag)
 cli.add_command(trace)
+cli.add_command(reconcile)
+cli.add_command(deadletters)
+cli.add_command(replay)
 
 
 def main() -> None:

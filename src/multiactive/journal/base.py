@@ -185,6 +185,47 @@ class Journal(abc.ABC):
             return cached
         return await self._read(stream, from_seq, max_bytes)
 
+    async def holes(self, stream: StreamId) -> list[tuple[int, int]]:
+        """Seq ranges missing between the lowest stored seq and the head (J1 says none; a
+        damaged or hand-edited journal may have some). The reconciler re-fetches them."""
+        missing: list[tuple[int, int]] = []
+        expected = await self.low_water(stream)
+        head = self.head(stream)
+        while expected <= head:
+            batches = await self._read(stream, expected, 64 << 20)
+            if not batches:
+                missing.append((expected, head))
+                break
+            for batch in batches:
+                if batch.first_seq > expected:
+                    missing.append((expected, batch.first_seq - 1))
+                expected = batch.last_seq + 1
+        return missing
+
+    async def repair(self, batches: Sequence[RecordBatch]) -> int:
+        """Store batches that fill holes below the head exactly; return how many were
+        stored. A batch that overlaps what is stored, or lies above the head, is refused
+        (J1 and J2 still hold: repairs never change stored messages)."""
+        stored = 0
+        for batch in batches:
+            if batch.stream.origin == self.site and batch.last_seq > self.head(batch.stream):
+                raise JournalError(
+                    f"repair batch {batch.stream}@{batch.first_seq} is above the head"
+                )
+            holes = await self.holes(batch.stream)
+            if not any(a <= batch.first_seq and batch.last_seq <= b for a, b in holes):
+                raise JournalError(
+                    f"repair batch {batch.stream}@{batch.first_seq}..{batch.last_seq} does not "
+                    f"fill a hole (holes: {holes or 'none'})"
+                )
+            await self._store_repair(batch)
+            stored += 1
+        return stored
+
+    @abc.abstractmethod
+    async def _store_repair(self, batch: RecordBatch) -> None:
+        """Store one batch below the head, inside a hole (checked by `repair`)."""
+
     @abc.abstractmethod
     async def created_at(self, stream: StreamId, seq: int) -> int | None:
         """Origin wall-clock time (ms) of the batch holding `seq`, if it is stored here."""

@@ -66,6 +66,12 @@ class MemoryJournal(Journal):
             size += batch.size
         return out
 
+    async def _store_repair(self, batch: RecordBatch) -> None:
+        last_seqs = self._last_seqs.setdefault(batch.stream, [])
+        index = bisect.bisect_left(last_seqs, batch.last_seq)
+        last_seqs.insert(index, batch.last_seq)
+        self._batches.setdefault(batch.stream, []).insert(index, batch)
+
     async def created_at(self, stream: StreamId, seq: int) -> int | None:
         stored = self._batches.get(stream, [])
         index = bisect.bisect_left(self._last_seqs.get(stream, []), seq)

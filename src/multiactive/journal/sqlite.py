@@ -270,6 +270,46 @@ class SqliteJournal(Journal):
             size += len(data)
         return out
 
+    async def holes(self, stream: StreamId) -> list[tuple[int, int]]:
+        """One indexed aggregate per stream when the stream is whole (the usual case)."""
+        stream_id = self._stream_ids.get(stream)
+        head = self.head(stream)
+        if stream_id is None or head == 0:
+            return []
+        stored, low = await self._on_reader(
+            lambda: (
+                self._reading()
+                .execute(
+                    "SELECT SUM(count), MIN(first_seq) FROM batches WHERE stream = ?", (stream_id,)
+                )
+                .fetchone()
+            )
+        )
+        if stored is None:
+            return [(1, head)] if head else []  # head recorded, every batch gone
+        if stored == head - low + 1:
+            return []
+        return await super().holes(stream)
+
+    async def _store_repair(self, batch: RecordBatch) -> None:
+        await self._on_writer(lambda: self._store_repair_sync(batch))
+
+    def _store_repair_sync(self, batch: RecordBatch) -> None:
+        conn = self._writing()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    self._stream_id(conn, batch.stream), batch.last_seq, batch.first_seq,
+                    batch.count, batch.created_ms, batch.max_version, batch.codec, batch.data,
+                ),
+            )  # fmt: skip
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback(conn)
+            raise
+
     async def created_at(self, stream: StreamId, seq: int) -> int | None:
         stream_id = self._stream_ids.get(stream)
         if stream_id is None:

@@ -4,9 +4,10 @@ An id is 128 bits: 48 bits of Unix milliseconds, then 80 bits that are random at
 of each millisecond and incremented for the next ones, so ids made by one generator sort in the
 order they were made. They are written as 22 characters of base64 over an alphabet in ASCII
 order (`.`, digits, upper case, `_`, lower case), so comparing ids as plain strings compares
-their bits. (Not `-`: ids of this era start with the first character of the alphabet, and an id
-starting with `-` reads as an option on a command line.) Encoding runs in C (binascii and bytes.translate): about 0.3 us per id, which
-matters to a client making 100 000 of them a second.
+their bits. (Not `-`: ids of this era start with the first character of the alphabet, and an
+id starting with `-` reads as an option on a command line.) Encoding runs in C (binascii and
+bytes.translate): about 0.3 us per id, which matters to a client making 100 000 of them a
+second.
 """
 
 from __future__ import annotations

@@ -66,6 +66,9 @@ DEFAULT_RECONNECT_MAX_S = 2.0
 DEFAULT_APPLY_MAX_ATTEMPTS = 5
 DEFAULT_APPLY_RETRY_BACKOFF_MS = 100.0
 DEFAULT_RETENTION_S = 24 * 3600.0
+DEFAULT_RECONCILE_INTERVAL_S = 60.0  # the seed's figure: a reconciliation job every minute
+DEFAULT_REDRIVE_MAX_ATTEMPTS = 10
+DEFAULT_CANARY_INTERVAL_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,9 @@ class ReplicationSettings:
     apply_max_attempts: int = DEFAULT_APPLY_MAX_ATTEMPTS
     apply_retry_backoff_ms: float = DEFAULT_APPLY_RETRY_BACKOFF_MS
     retention_s: float = DEFAULT_RETENTION_S
+    reconcile_interval_s: float = DEFAULT_RECONCILE_INTERVAL_S
+    redrive_max_attempts: int = DEFAULT_REDRIVE_MAX_ATTEMPTS
+    canary_interval_s: float = DEFAULT_CANARY_INTERVAL_S  # 0 turns canaries off
     compression: str = "none"
     fsync: bool = True
 
@@ -322,6 +328,9 @@ def _check_settings(reader: _Reader, limits: Limits, replication: ReplicationSet
     )
     need(replication.apply_max_attempts >= 1, "replication.apply_max_attempts", "must be >= 1")
     need(replication.retention_s >= 0, "replication.retention_s", "must be >= 0")
+    need(replication.reconcile_interval_s > 0, "replication.reconcile_interval_s", "must be > 0")
+    need(replication.redrive_max_attempts >= 0, "replication.redrive_max_attempts", "must be >= 0")
+    need(replication.canary_interval_s >= 0, "replication.canary_interval_s", "must be >= 0")
     need(
         replication.compression in ("none", "zstd"),
         "replication.compression",

@@ -26,6 +26,7 @@ from multiactive.state.ops import BUILTIN_TYPES, check_payload
 from multiactive.wire.protocol import RESULT_OK, RESULT_REFUSED
 
 MAX_TYPE_LENGTH = 128
+RESERVED_PREFIX = "ma."
 MAX_KEY_BYTES = 1024
 MAX_HEADER_BYTES = 4096
 ROW_OVERHEAD_BYTES = 48  # msgpack framing of a row and its fixed-size fields, at most
@@ -105,12 +106,15 @@ class Ingress:
     def full(self) -> bool:
         return self._pending >= self._limits.max_pending_messages
 
-    def submit(self, drafts: Sequence[Any]) -> asyncio.Future[list[Result]]:
-        """Queue drafts; the future resolves with one result per draft once durable."""
+    def submit(
+        self, drafts: Sequence[Any], *, internal: bool = False
+    ) -> asyncio.Future[list[Result]]:
+        """Queue drafts; the future resolves with one result per draft once durable.
+        Types starting with `ma.` are reserved for the site's own messages (`internal`)."""
         if self._closing:
             raise RejectedError(f"site {self.site} is shutting down; publish to another site")
         results: list[Result] = [[]] * len(drafts)
-        checked = [self._check(draft) for draft in drafts]
+        checked = [self._check(draft, internal) for draft in drafts]
         valid = sum(1 for c in checked if isinstance(c, tuple))
         request = _Request(results, valid)
         if valid:
@@ -143,7 +147,9 @@ class Ingress:
         self._pending += valid
         self._arrived.fire()
 
-    def _check(self, draft: Any) -> tuple[str, str, str, dict[str, str], bytes] | Result:
+    def _check(
+        self, draft: Any, internal: bool = False
+    ) -> tuple[str, str, str, dict[str, str], bytes] | Result:
         """A valid draft as a tuple, or the refusal result naming what is wrong."""
         if not isinstance(draft, list | tuple) or len(draft) != 5:
             return [RESULT_REFUSED, "malformed", "a draft is [id, type, key, headers, payload]"]
@@ -152,6 +158,8 @@ class Ingress:
             id_ = self._ids.new()
         elif not isinstance(id_, str) or not is_valid_id(id_):
             return [RESULT_REFUSED, "bad_id", f"request id {id_!r} is not 1..128 printable ASCII"]
+        if isinstance(type_, str) and type_.startswith(RESERVED_PREFIX) and not internal:
+            return [RESULT_REFUSED, "bad_type", f"types starting {RESERVED_PREFIX!r} are reserved"]
         if not isinstance(type_, str) or not 0 < len(type_) <= MAX_TYPE_LENGTH:
             return [RESULT_REFUSED, "bad_type", f"type must be 1..{MAX_TYPE_LENGTH} characters"]
         if not isinstance(key, str) or len(key.encode()) > MAX_KEY_BYTES:

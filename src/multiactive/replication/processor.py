@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from multiactive.aio import Pulse
@@ -24,6 +25,9 @@ from multiactive.replication.handlers import Delivery, Handler, HandlerRegistry
 from multiactive.state.base import BUILTIN_TYPES, Commit, DeadLetter, OpTuple, StateBackend
 
 READ_BYTES = 4 * 1024 * 1024
+CANARY_TYPE = "ma.canary"  # sent by every site on every partition; applied as a no-op
+CANARY_OVERDUE_INTERVALS = 3
+HOLE_RECHECK_S = 1.0
 LATENCY_SAMPLES = 4096
 LATENCY_PER_BATCH = 16  # samples taken from one batch, evenly spaced
 
@@ -94,6 +98,9 @@ class Processor:
         self._attempts: dict[tuple[StreamId, int], int] = {}
         self._restarted: set[StreamId] = set()
         self._steps: dict[StreamId, _Step] = {}
+        self._canaries: dict[str, tuple[int, int]] = {}  # origin -> (created, applied) ms
+        self._holes: dict[StreamId, int] = {}  # stream -> first seq after a journal hole
+        self._started_ms = wall_ms()
         self._latencies: deque[int] = deque(maxlen=LATENCY_SAMPLES)
         self._totals = {"applied": 0, "parked": 0, "failures": 0}
 
@@ -136,6 +143,14 @@ class Processor:
         batches = await self._journal.read(stream, self.applied(stream) + 1, READ_BYTES)
         try:
             for batch in batches:
+                if batch.first_seq > self._done_through(stream) + 1:
+                    # A hole in the journal (J1 broken by damage): never skip over it; the
+                    # reconciler refills it from another site, then this stream goes on.
+                    self._holes[stream] = batch.first_seq
+                    self._retry_at[stream] = time.monotonic() + HOLE_RECHECK_S
+                    return False
+                if self._holes.pop(stream, None) is not None:
+                    self._retry_at.pop(stream, None)  # refilled: no more re-checks
                 await self._apply_batch(stream, batch)
         except _RetryLater:
             pass
@@ -175,6 +190,9 @@ class Processor:
         self._latencies.extend(now - row[4] for row in tail[:: 1 + len(tail) // LATENCY_PER_BATCH])
 
     async def _user_message(self, stream: StreamId, message: Message) -> None:
+        if message.type == CANARY_TYPE:
+            self._canaries[message.origin] = (message.created_ms, wall_ms())
+            return
         handler = self._registry.get(message.type)
         if handler is None:
             error = f"no handler for type {message.type!r}"
@@ -240,6 +258,48 @@ class Processor:
             self._totals["applied"] += s.processed - len(s.dead)
             self._totals["parked"] += len(s.dead)
         self.progress.fire()
+
+    async def reapply(self, message: Message, attempt: int) -> str | None:
+        """Run a parked message's handler again (reconciler re-drive or operator replay);
+        return None on success, else the error. The caller drops or keeps the dead letter."""
+        handler = self._registry.get(message.type)
+        if handler is None:
+            return f"no handler for type {message.type!r}"
+        try:
+            await handler(Delivery(message, self.site, attempt, True, self._state))
+        except Exception as exc:
+            self._totals["failures"] += 1
+            return f"{type(exc).__name__}: {exc}"
+        self._totals["applied"] += 1
+        return None
+
+    def canaries(self) -> dict[str, dict[str, float]]:
+        """Per origin: age of its newest canary applied here, and how long it took to arrive."""
+        now = wall_ms()
+        return {
+            origin: {"age_s": (now - created) / 1000, "latency_s": (applied - created) / 1000}
+            for origin, (created, applied) in self._canaries.items()
+        }
+
+    def overdue_canaries(self, interval_s: float, sites: Sequence[str]) -> list[str]:
+        """Origins whose canaries stopped arriving here: a link that may look connected but
+        does not deliver."""
+        if interval_s <= 0:
+            return []
+        now, limit = wall_ms(), interval_s * CANARY_OVERDUE_INTERVALS * 1000
+        overdue = []
+        for origin in sites:
+            created, _ = self._canaries.get(origin, (self._started_ms, 0))
+            if origin != self.site and now - created > limit:
+                overdue.append(
+                    f"no canary from {origin} for {(now - created) / 1000:.0f} s "
+                    f"(sent every {interval_s:g} s): its messages are not arriving here"
+                )
+        return overdue
+
+    def holes(self) -> dict[StreamId, int]:
+        """Streams stopped at a journal hole, and the first seq after it."""
+        return dict(self._holes)
 
     def retry_state(self, stream: StreamId) -> RetryState | None:
         """Why a stream is waiting, if a handler failed and will be retried."""

@@ -12,19 +12,26 @@ instead of being logged and forgotten.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import aiohttp
+
+from multiactive.errors import ConfigError, ConnectionLost, DecodeError, RejectedError
 from multiactive.journal import Journal, open_journal
 from multiactive.logs import get_logger
+from multiactive.model.batch import RecordBatch, split_batches
 from multiactive.model.clock import HybridClock, wall_ms
 from multiactive.model.message import Message, Position, StreamId
+from multiactive.model.partition import partition_for
 from multiactive.model.topology import SiteConfig, Topology
 from multiactive.replication.handlers import HandlerRegistry
 from multiactive.replication.ingress import Ingress, IngressStatistics
 from multiactive.replication.links import LinkMonitor, LinkStatistics
-from multiactive.replication.processor import Processor, ProcessorStatistics
+from multiactive.replication.processor import CANARY_TYPE, Processor, ProcessorStatistics
+from multiactive.replication.reconciler import Reconciler
 from multiactive.site.connections import Connections
 from multiactive.state import StateBackend, open_state
 
@@ -32,6 +39,17 @@ TRIM_INTERVAL_S = 60.0
 DRAIN_TIMEOUT_S = 10.0
 
 log = get_logger("site")
+
+
+def canary_keys(site: str, partitions: int) -> list[str]:
+    """One key per partition, so that canaries travel every stream of a site."""
+    keys: dict[int, str] = {}
+    index = 0
+    while len(keys) < partitions:
+        key = f"ma:canary:{site}:{index}"
+        keys.setdefault(partition_for(key, partitions), key)
+        index += 1
+    return [keys[p] for p in range(partitions)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +103,8 @@ class SiteNode:
             if site in (link.origin, link.receiver)
         }
         self.connections = Connections(self)
+        self.reconciler = Reconciler(self, self._fetch_range)
+        self._http: aiohttp.ClientSession | None = None
         self._started_s = 0.0
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -112,6 +132,8 @@ class SiteNode:
                     group.create_task(self.ingress.run()),
                     group.create_task(self.processor.run()),
                     group.create_task(self._maintain()),
+                    group.create_task(self.reconciler.run()),
+                    group.create_task(self._send_canaries()),
                     *(group.create_task(d) for d in self.connections.dialers()),
                 ]
                 await stop.wait()
@@ -132,6 +154,8 @@ class SiteNode:
 
     async def _close(self) -> None:
         await self.connections.close()
+        if self._http is not None:
+            await self._http.close()
         await self.state.close()
         await self.journal.close()
         log.info("site_stopped", site=self.name)
@@ -145,6 +169,45 @@ class SiteNode:
             dropped = await self.journal.trim(floors, older_than)
             if dropped:
                 log.info("journal_trimmed", site=self.name, batches=dropped)
+
+    async def _send_canaries(self) -> None:
+        """Every `canary_interval_s`, one canary per partition of this site's streams: every
+        other site applies them, and notices when they stop arriving (`Reconciler`)."""
+        interval = self.topology.replication.canary_interval_s
+        if interval <= 0:
+            return
+        keys = canary_keys(self.name, self.topology.partitions)
+        while True:
+            drafts = [["", CANARY_TYPE, key, {}, b""] for key in keys]
+            with contextlib.suppress(RejectedError):
+                await self.ingress.submit(drafts, internal=True)
+            await asyncio.sleep(interval)
+
+    async def _fetch_range(
+        self, site: str, stream: StreamId, first: int, last: int
+    ) -> list[RecordBatch]:
+        """The stored batches of `stream` covering `first..last`, from another site's admin
+        API (used by the reconciler to refill journal holes)."""
+        address = self.topology.site(site).admin
+        if address is None:
+            raise ConfigError(f"site {site} has no admin address to fetch from (sites[].admin)")
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        url = (
+            f"http://{address}/journal/batches?origin={stream.origin}"
+            f"&partition={stream.partition}&from_seq={first}&to_seq={last}"
+        )
+        try:
+            async with self._http.get(url) as response:
+                if response.status != 200:
+                    raise ConnectionLost(f"{url}: HTTP {response.status}")
+                body = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ConnectionLost(f"cannot fetch {url}: {exc}") from exc
+        try:
+            return split_batches(body)
+        except DecodeError as exc:
+            raise ConnectionLost(f"{url}: bad batches: {exc}") from exc
 
     async def trim_floors(self) -> dict[StreamId, int]:
         """Per stream, the highest seq no one here or elsewhere still needs.

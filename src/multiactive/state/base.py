@@ -168,6 +168,11 @@ class StateBackend(abc.ABC):
         """Everything held, in canonical order (for digests and checkers; not a hot path)."""
 
     @abc.abstractmethod
+    async def forget_dead_letters(self, positions: Sequence[tuple[str, int, int]]) -> int:
+        """Drop dead letters at these (origin, partition, seq) once they were re-applied;
+        return how many were held."""
+
+    @abc.abstractmethod
     async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
         """Parked messages, oldest first."""
 

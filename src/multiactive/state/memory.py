@@ -107,6 +107,9 @@ class MemoryState(StateBackend):
             ((key, list(members.values())) for key, members in self._zsets.items()),
         )
 
+    async def forget_dead_letters(self, positions: Sequence[tuple[str, int, int]]) -> int:
+        return sum(self._dead.pop(tuple(p), None) is not None for p in positions)  # type: ignore[arg-type]
+
     async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
         ordered = sorted(
             self._dead.values(), key=lambda d: (d.parked_ms, d.origin, d.partition, d.seq)

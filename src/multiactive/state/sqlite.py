@@ -252,6 +252,20 @@ class SqliteState(StateBackend):
             conn.execute("COMMIT")
         return sorted_snapshot(entries, counters, zsets.items())
 
+    async def forget_dead_letters(self, positions: Sequence[tuple[str, int, int]]) -> int:
+        return await self._run(lambda: self._forget_sync(positions))
+
+    def _forget_sync(self, positions: Sequence[tuple[str, int, int]]) -> int:
+        conn = self._db()
+        before = conn.total_changes
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            "DELETE FROM dead_letters WHERE origin = ? AND partition = ? AND seq = ?",
+            [tuple(p) for p in positions],
+        )
+        conn.execute("COMMIT")
+        return conn.total_changes - before
+
     async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
         rows = await self._run(
             lambda: (

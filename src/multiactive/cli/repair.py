@@ -1,0 +1,137 @@
+"""`multiactive reconcile`, `deadletters` and `replay`: find what failed, and repair it."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from multiactive.cli.inspect import json_option, topology_option
+from multiactive.errors import ConfigError
+from multiactive.model.topology import SiteConfig, Topology, load_topology
+
+site_option = click.option("--site", "site_names", multiple=True,
+                           help="Only this site (repeatable); default: every site.")  # fmt: skip
+
+
+def _call(site: SiteConfig, method: str, path: str, body: Any = None) -> Any:
+    if site.admin is None:
+        raise ConfigError(f"site {site.name} has no admin address (sites[].admin)")
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://{site.admin}{path}", data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.load(response)
+    except (OSError, urllib.error.URLError, ValueError):
+        return None
+
+
+def _sites(topology: Topology, names: tuple[str, ...]) -> list[SiteConfig]:
+    return [topology.site(n) for n in names] if names else list(topology.sites)
+
+
+@click.command()
+@topology_option
+@site_option
+@click.option("--now", is_flag=True, help="Run a reconciliation now instead of showing the last.")
+@json_option
+def reconcile(topology_path: Path, site_names: tuple[str, ...], now: bool, as_json: bool) -> None:
+    """Each site's reconcile report: holes re-fetched, streams behind, dead letters re-driven."""
+    topology = load_topology(topology_path)
+    reports = {
+        site.name: _call(site, "POST" if now else "GET", "/reconcile")
+        for site in _sites(topology, site_names)
+    }
+    if as_json:
+        click.echo(json.dumps(reports, indent=2))
+        return
+    console = Console()
+    table = Table(box=box.SIMPLE_HEAD, title="reconcile", title_justify="left")
+    for column in ("site", "ran", "ms", "streams", "holes", "re-fetched", "behind",
+                   "dead letters", "re-driven", "fixed", "given up"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("site", "ran") else "right")
+    problems = []
+    for name, r in reports.items():
+        if r is None:
+            table.add_row(name, "[red]unreachable or never ran[/]")
+            continue
+        ran = datetime.fromtimestamp(r["started_ms"] / 1000).strftime("%H:%M:%S")
+        table.add_row(
+            name, ran, f"{r['duration_ms']:.1f}", str(r["streams"]), str(r["holes_found"]),
+            str(r["messages_refetched"]), str(len(r["behind"])), str(r["dead_letters"]),
+            str(r["redriven"]), str(r["redrive_succeeded"]), str(r["given_up"]),
+        )  # fmt: skip
+        problems += [f"{name}: {p}" for p in r["problems"]]
+    console.print(table)
+    for problem in problems:
+        console.print(f"[red]problem[/] {problem}")
+    if not problems:
+        console.print("[green]no problems[/]")
+
+
+@click.command()
+@topology_option
+@site_option
+@json_option
+def deadletters(topology_path: Path, site_names: tuple[str, ...], as_json: bool) -> None:
+    """Messages parked after their handler kept failing, per site, with their errors."""
+    topology = load_topology(topology_path)
+    letters = {s.name: _call(s, "GET", "/deadletters") for s in _sites(topology, site_names)}
+    if as_json:
+        click.echo(json.dumps(letters, indent=2))
+        return
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("site", "id", "type", "key", "origin/partition/seq", "attempts", "error"):
+        table.add_column(column, no_wrap=column != "error")
+    for name, held in letters.items():
+        for d in held or []:
+            where = f"{d['origin']}/{d['partition']}/{d['seq']}"
+            table.add_row(name, d["id"], d["type"], d["key"], where, str(d["attempts"]), d["error"])
+    Console().print(table)
+
+
+@click.command()
+@topology_option
+@site_option
+@click.option("--id", "ids", multiple=True, help="Replay the dead letter with this request id.")
+@click.option("--type", "type_", help="Replay dead letters of this message type.")
+@click.option("--since", type=click.DateTime(), help="Parked at or after (local time).")
+@click.option("--until", type=click.DateTime(), help="Parked at or before (local time).")
+@json_option
+def replay(topology_path: Path, site_names: tuple[str, ...], ids: tuple[str, ...],
+           type_: str | None, since: datetime | None, until: datetime | None,
+           as_json: bool) -> None:  # fmt: skip
+    """Re-apply dead letters (after their handler was fixed); the ones that succeed are dropped."""
+    topology = load_topology(topology_path)
+    body: dict[str, Any] = {"ids": list(ids)}
+    if type_:
+        body["type"] = type_
+    if since:
+        body["since_ms"] = int(since.timestamp() * 1000)
+    if until:
+        body["until_ms"] = int(until.timestamp() * 1000)
+    if not (ids or type_ or since or until):
+        raise click.UsageError("choose what to replay: --id, --type, --since or --until")
+    results = {
+        s.name: _call(s, "POST", "/deadletters/replay", body) for s in _sites(topology, site_names)
+    }
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    console = Console()
+    for name, result in results.items():
+        if result is None:
+            console.print(f"{name}: [red]unreachable[/]")
+            continue
+        console.print(f"{name}: replayed {result['replayed']}, succeeded {result['succeeded']}")
+        for failure in result["failed"]:
+            console.print(f"  [red]still failing[/] {failure['id']}: {failure['error']}")
