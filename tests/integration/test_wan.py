@@ -120,3 +120,30 @@ def test_lag_command_reports_what_a_cut_off_site_misses(make_cluster: ClusterFac
     healed = row()
     assert healed["lag_messages"] == 0
     assert healed["lag_s"] == 0.0
+
+
+def _catch_up_rate(make_cluster: ClusterFactory, rtt_ms: float, messages: int) -> float:
+    """Messages per second for b to journal a backlog of a's, through a link of `rtt_ms`."""
+    shape = LinkShape(delay_ms=rtt_ms / 2)
+    cluster = make_cluster(wan={("a", "b"): shape, ("b", "a"): shape})
+    cluster.start(["a"])
+    publish(cluster.client_address("a"), messages, lambda i: f"k{i}", PAYLOAD)
+    cluster.start(["b"])
+    wait_for(lambda: _link(cluster, "b", "a->b")["state"] == "streaming", 30, "the link")
+    started = time.monotonic()
+    wait_for(lambda: sum(stream_heads(cluster, "b", "a").values()) == messages, 120, "the catch-up")
+    rate = messages / (time.monotonic() - started)
+    cluster.__exit__(None, None, None)
+    return rate
+
+
+def test_a_40_ms_link_catches_up_nearly_as_fast_as_a_0_ms_link(
+    make_cluster: ClusterFactory,
+) -> None:
+    """L2: the window adapts to bandwidth x round trip, so a backlog crosses a 40 ms link at
+    >= 80 % of the rate it crosses a 0 ms link (same machine, same run: a ratio, not a time)."""
+    messages = 100_000
+    near = _catch_up_rate(make_cluster, 0.0, messages)
+    far = _catch_up_rate(make_cluster, 40.0, messages)
+    print(f"catch-up 40 ms: {far:,.0f} msg/s; 0 ms: {near:,.0f} msg/s ({far / near:.0%})")
+    assert far >= 0.8 * near, f"40 ms: {far:,.0f} msg/s; 0 ms: {near:,.0f} msg/s"

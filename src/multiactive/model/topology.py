@@ -56,7 +56,10 @@ DEFAULT_LINGER_MS = 1.0
 DEFAULT_MAX_PENDING_MESSAGES = 100_000
 DEFAULT_ZSET_CAP = 1000
 DEFAULT_WINDOW_BYTES = 64 * 1024 * 1024  # the cap; the window adapts below it
-DEFAULT_WINDOW_FLOOR_BYTES = 4 * 1024 * 1024
+# Twice the bandwidth-delay product of a 200 MB/s, 40 ms path: a session starts at full
+# speed on such a link, and a slow fsync at the receiver does not drain the pipe. The window
+# grows above this (up to window_bytes) on fatter or longer paths.
+DEFAULT_WINDOW_FLOOR_BYTES = 16 * 1024 * 1024
 DEFAULT_STALL_AFTER_S = 5.0
 DEFAULT_READ_BYTES = 1024 * 1024
 DEFAULT_HEARTBEAT_INTERVAL_S = 1.0
@@ -307,7 +310,7 @@ def _check_settings(reader: _Reader, limits: Limits, replication: ReplicationSet
     need(
         replication.window_bytes >= limits.max_frame_bytes,
         "replication.window_bytes",
-        "must be at least limits.max_frame_bytes",
+        "must be at least limits.max_frame_bytes (it caps what one link keeps in flight)",
     )
     need(
         0 < replication.read_bytes <= limits.max_frame_bytes - 1024,
