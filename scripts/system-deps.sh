@@ -3,8 +3,11 @@
 # otherwise prints the exact command to run and fails.
 set -euo pipefail
 
-# command -> Debian package. Empty while the suite needs no server beyond Python.
-declare -A NEEDED=()
+# command -> Debian package.
+declare -A NEEDED=(
+  [chromium]=chromium              # the dashboard test drives headless Chromium
+  [chromedriver]=chromium-driver
+)
 
 missing=()
 for cmd in "${!NEEDED[@]}"; do
