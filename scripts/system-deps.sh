@@ -9,9 +9,17 @@ declare -A NEEDED=(
   [chromedriver]=chromium-driver
 )
 
+# file pattern -> Debian package, for programs that are not on PATH.
+declare -A NEEDED_FILES=(
+  ["/usr/lib/postgresql/*/bin/initdb"]=postgresql   # the PostgreSQL audit store tests
+)
+
 missing=()
 for cmd in "${!NEEDED[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEEDED[$cmd]}")
+done
+for pattern in "${!NEEDED_FILES[@]}"; do
+  compgen -G "$pattern" >/dev/null || missing+=("${NEEDED_FILES[$pattern]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 

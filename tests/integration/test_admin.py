@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -216,3 +217,32 @@ def test_dashboard_shows_a_link_cut_within_seconds(
         browser.save_screenshot(str(DOCS / "dashboard.png"))
     finally:
         browser.quit()
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_trace_shows_when_each_site_received_and_applied_a_write(
+    make_cluster: ClusterFactory, store: str
+) -> None:
+    """With an audit store (per-site SQLite, or one shared PostgreSQL), trace gives the time
+    each stage happened at each site: accepted at the origin, received, applied."""
+    from multiactive.testing.postgres import PostgresServer
+
+    with contextlib.ExitStack() as stack:
+        audit: dict[str, str] = {"store": store}
+        if store == "postgresql":
+            audit["dsn"] = stack.enter_context(PostgresServer()).dsn
+        cluster = make_cluster(("a", "b", "c"), settings={"audit": audit})
+        cluster.start()
+        ack = _publish_one(cluster, "a", "kv.set", "audited")
+        cluster.wait_converged(30)
+
+        def stages(site: str) -> dict[str, int]:
+            here = _trace(cluster, ack.id)["sites"][site]
+            return {r["stage"]: r["at_ms"] for r in here.get("audit", [])}
+
+        wait_for(lambda: all("applied" in stages(s) for s in cluster.sites), 15, "audit records")
+        origin = stages("a")
+        assert origin["accepted"] <= origin["applied"]
+        for site in ("b", "c"):
+            seen = stages(site)
+            assert origin["accepted"] <= seen["received"] <= seen["applied"]

@@ -6,6 +6,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -233,8 +234,18 @@ def trace(request_id: str, topology_path: Path, as_json: bool) -> None:
         if here is None:
             table.add_row(name, "?", "?", "[red]site unreachable[/]")
             continue
-        table.add_row(name, _yes(here["received"]), _yes(here["applied"]), here["why"])
+        times = {r["stage"]: r["at_ms"] for r in here.get("audit", [])}
+        received = _yes(here["received"]) + _at(times.get("received") or times.get("accepted"))
+        applied = _yes(here["applied"]) + _at(times.get("applied"))
+        table.add_row(name, received, applied, here["why"])
     console.print(table)
+
+
+def _at(ms: int | None) -> str:
+    """` at 10:00:00.123` from the audit trail, when it has the stage."""
+    if ms is None:
+        return ""
+    return f" at {datetime.fromtimestamp(ms / 1000).strftime('%H:%M:%S.%f')[:-3]}"
 
 
 def _yes(flag: bool) -> str:

@@ -139,6 +139,8 @@ class Journal(abc.ABC):
         self.site = site
         self.codec = codec
         self.appended = Pulse()
+        # Called with (local, batches) once batches are durable: the audit trail listens.
+        self.observers: list[Callable[[bool, Sequence[RecordBatch]], None]] = []
         self._tail = TailCache()
         self.max_version = 0  # greatest message version stored: a restarted clock starts beyond
         self._heads: dict[StreamId, int] = {}
@@ -167,6 +169,8 @@ class Journal(abc.ABC):
         results, batches = await self._append_local(groups)
         self._tail.add(batches)
         self.appended.fire()
+        for observer in self.observers:
+            observer(True, batches)
         return results
 
     async def append_remote(self, batches: Sequence[RecordBatch]) -> RemoteResult:
@@ -175,6 +179,8 @@ class Journal(abc.ABC):
         if result.stored:
             self._tail.add(list(result.batches))
             self.appended.fire()
+            for observer in self.observers:
+                observer(False, result.batches)
         return result
 
     async def read(self, stream: StreamId, from_seq: int, max_bytes: int) -> list[RecordBatch]:

@@ -20,6 +20,10 @@
     journal = "sqlite"           # sqlite | memory
     state = "sqlite"             # sqlite | memory
 
+    [audit]                      # optional per-stage records of every write (see audit/)
+    store = "sqlite"             # none (default) | sqlite (per site) | postgresql (shared)
+    dsn = ""                     # postgresql://user@host:port/db for store = "postgresql"
+
     [[links]]                    # optional: override mode or address of one direction
     from = "bj-unicom"           # the origin whose messages travel on this link
     to = "gz"                    # the receiver
@@ -113,6 +117,12 @@ class ReplicationSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditSettings:
+    store: str = "none"  # none | sqlite (a file per site) | postgresql (shared, needs dsn)
+    dsn: str = ""  # postgresql://user@host:port/db, for store = "postgresql"
+
+
+@dataclass(frozen=True, slots=True)
 class SiteConfig:
     name: str
     listen: Address
@@ -143,6 +153,7 @@ class Topology:
     limits: Limits = field(default_factory=Limits)
     replication: ReplicationSettings = field(default_factory=ReplicationSettings)
     source: str = "<topology>"
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
     @property
     def site_names(self) -> tuple[str, ...]:
@@ -194,7 +205,7 @@ def parse_topology(
     raw: Mapping[str, Any], *, source: str = "<topology>", base_dir: Path | None = None
 ) -> Topology:
     reader = _Reader(source)
-    reader.known(raw, "", {"cluster", "limits", "replication", "sites", "links"})
+    reader.known(raw, "", {"cluster", "limits", "replication", "sites", "links", "audit"})
     cluster = reader.table(raw, "cluster")
     reader.known(cluster, "cluster", {"name", "partitions", "default_link_mode"})
     partitions = reader.integer(cluster, "cluster", "partitions", DEFAULT_PARTITIONS, 1, 4096)
@@ -205,7 +216,14 @@ def parse_topology(
     sites = _parse_sites(reader, raw, base_dir or Path.cwd())
     links = _parse_links(reader, raw, sites, default_mode)
     name = reader.string(cluster, "cluster", "name", "multiactive")
-    return Topology(name, partitions, sites, links, limits, replication, source)
+    audit = reader.settings(raw, "audit", AuditSettings)
+    if audit.store not in ("none", "sqlite", "postgresql"):
+        raise reader.fail(
+            "audit.store", f'expected "none", "sqlite" or "postgresql", got {audit.store!r}'
+        )
+    if audit.store == "postgresql" and not audit.dsn:
+        raise reader.fail("audit.dsn", 'is required when audit.store = "postgresql"')
+    return Topology(name, partitions, sites, links, limits, replication, source, audit)
 
 
 def parse_address(text: object, where: str) -> Address:

@@ -34,6 +34,7 @@ from multiactive.model.message import Position, StreamId
 from multiactive.state.base import DeadLetter
 
 if TYPE_CHECKING:
+    from multiactive.audit import Auditor
     from multiactive.site.node import SiteNode
 
 # (site to ask, stream, first seq, last seq) -> the stored batches covering that range
@@ -93,9 +94,10 @@ class _Tally:
 
 
 class Reconciler:
-    def __init__(self, node: SiteNode, fetch: Fetch) -> None:
+    def __init__(self, node: SiteNode, fetch: Fetch, auditor: Auditor | None = None) -> None:
         self._node = node
         self._fetch = fetch
+        self._auditor = auditor
         self._settings = node.topology.replication
         self._redrives: dict[tuple[str, int, int], _Redrive] = {}
         self._lock = asyncio.Lock()
@@ -206,9 +208,7 @@ class Reconciler:
                 fixed.append(key)
             tally.redriven += 1
         if fixed:
-            await self._node.state.forget_dead_letters(fixed)
-            for key in fixed:
-                self._redrives.pop(key, None)
+            await self._forget(fixed)
             tally.succeeded += len(fixed)
 
     async def _redrive_one(self, letter: DeadLetter, state: _Redrive, now: float) -> bool:
@@ -241,7 +241,14 @@ class Reconciler:
                 else:
                     failed.append({"id": letter.id, "error": error})
             if fixed:
-                await self._node.state.forget_dead_letters(fixed)
-                for key in fixed:
-                    self._redrives.pop(key, None)
+                await self._forget(fixed)
             return {"replayed": len(letters), "succeeded": len(fixed), "failed": failed}
+
+    async def _forget(self, fixed: list[tuple[str, int, int]]) -> None:
+        """Drop dead letters that were applied at last, and note it in the audit trail."""
+        await self._node.state.forget_dead_letters(fixed)
+        for key in fixed:
+            self._redrives.pop(key, None)
+            if self._auditor is not None:
+                origin, partition, seq = key
+                self._auditor.note(origin, partition, seq, seq, "reapplied")

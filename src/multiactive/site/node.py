@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import aiohttp
 
+from multiactive.audit import Auditor, SqliteAuditStore, Stage
 from multiactive.errors import ConfigError, ConnectionLost, DecodeError, RejectedError
 from multiactive.journal import Journal, open_journal
 from multiactive.logs import get_logger
@@ -33,12 +35,24 @@ from multiactive.replication.links import LinkMonitor, LinkStatistics
 from multiactive.replication.processor import CANARY_TYPE, Processor, ProcessorStatistics
 from multiactive.replication.reconciler import Reconciler
 from multiactive.site.connections import Connections
-from multiactive.state import StateBackend, open_state
+from multiactive.state import DeadLetter, StateBackend, open_state
 
 TRIM_INTERVAL_S = 60.0
 DRAIN_TIMEOUT_S = 10.0
 
 log = get_logger("site")
+
+
+def _auditor(topology: Topology, site: SiteConfig) -> Auditor | None:
+    """The audit trail the topology asks for, or None."""
+    settings = topology.audit
+    if settings.store == "none":
+        return None
+    if settings.store == "postgresql":
+        from multiactive.audit.postgres import PostgresAuditStore  # needs psycopg
+
+        return Auditor(site.name, PostgresAuditStore(settings.dsn))
+    return Auditor(site.name, SqliteAuditStore(site.data_dir / "audit.sqlite3"))
 
 
 def canary_keys(site: str, partitions: int) -> list[str]:
@@ -103,14 +117,37 @@ class SiteNode:
             if site in (link.origin, link.receiver)
         }
         self.connections = Connections(self)
-        self.reconciler = Reconciler(self, self._fetch_range)
+        self.auditor = _auditor(topology, self.config)
+        if self.auditor is not None:
+            self._observe(self.auditor)
+        self.reconciler = Reconciler(self, self._fetch_range, self.auditor)
         self._http: aiohttp.ClientSession | None = None
         self._started_s = 0.0
         self._tasks: list[asyncio.Task[None]] = []
 
+    def _observe(self, auditor: Auditor) -> None:
+        """Feed the audit trail from the journal (accepted, received) and the processor
+        (applied, parked)."""
+
+        def stored(local: bool, batches: Sequence[RecordBatch]) -> None:
+            for b in batches:
+                stage: Stage = "accepted" if local else "received"
+                auditor.note(b.origin, b.partition, b.first_seq, b.last_seq, stage)
+
+        def applied(stream: StreamId, first: int, last: int, dead: Sequence[DeadLetter]) -> None:
+            auditor.note(stream.origin, stream.partition, first, last, "applied")
+            for letter in dead:
+                auditor.note(letter.origin, letter.partition, letter.seq, letter.seq, "parked",
+                             letter.error)  # fmt: skip
+
+        self.journal.observers.append(stored)
+        self.processor.observers.append(applied)
+
     async def start(self) -> None:
         await self.journal.open()
         await self.state.open()
+        if self.auditor is not None:
+            await self.auditor.store.open()
         self.clock.observe(self.journal.max_version)
         await self.processor.load()
         await self.connections.listen()
@@ -134,6 +171,7 @@ class SiteNode:
                     group.create_task(self._maintain()),
                     group.create_task(self.reconciler.run()),
                     group.create_task(self._send_canaries()),
+                    *([group.create_task(self.auditor.run())] if self.auditor else []),
                     *(group.create_task(d) for d in self.connections.dialers()),
                 ]
                 await stop.wait()
@@ -158,6 +196,8 @@ class SiteNode:
             await self._http.close()
         await self.state.close()
         await self.journal.close()
+        if self.auditor is not None:
+            await self.auditor.store.close()
         log.info("site_stopped", site=self.name)
 
     async def _maintain(self) -> None:
@@ -283,6 +323,13 @@ class SiteNode:
             "retrying": retrying,
         }
         trace["why"] = self._why_not(position, trace, retry)
+        if self.auditor is not None:
+            records = await self.auditor.store.covering(*position)
+            trace["audit"] = [
+                {"stage": r.stage, "at_ms": r.at_ms, "detail": r.detail}
+                for r in records
+                if r.site == self.name
+            ]
         return trace
 
     def _why_not(self, position: Position, trace: dict[str, Any], retry: Any) -> str:
