@@ -58,6 +58,9 @@ def test_metrics_parse_with_the_prometheus_text_parser(make_cluster: ClusterFact
     lags = [s.value for s in families["multiactive_lag_messages"].samples]
     assert lags
     assert set(lags) == {0.0}
+    topology = cluster.get("b", "/topology")
+    assert [s["name"] for s in topology["sites"]] == ["a", "b"]
+    assert {x["name"] for x in topology["links"]} == {"a->b", "b->a"}
 
 
 def _trace(cluster: LocalCluster, request_id: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from multiactive.admin.render import (
     message_json,
     snapshot_json,
     statistics_json,
+    topology_json,
 )
 from multiactive.errors import ConfigError
 from multiactive.model.message import Position, StreamId
@@ -52,6 +53,7 @@ class AdminServer:
                 web.get("/", self._to_dashboard),
                 web.get("/dashboard", self._dashboard),
                 web.get("/cluster/status", self._cluster_status),
+                web.get("/topology", self._topology),
                 web.get("/health", self._health),
                 web.get("/status", self._status),
                 web.get("/metrics", self._metrics),
@@ -99,6 +101,9 @@ class AdminServer:
     async def _dashboard(self, request: web.Request) -> web.Response:
         page = resources.files("multiactive.admin").joinpath("dashboard.html").read_text()
         return web.Response(text=page, content_type="text/html")
+
+    async def _topology(self, request: web.Request) -> web.Response:
+        return web.json_response(topology_json(self._node.topology))
 
     async def _cluster_status(self, request: web.Request) -> web.Response:
         topology = self._node.topology

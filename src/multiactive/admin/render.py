@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from multiactive.model.message import Message, StreamId
+from multiactive.model.topology import Topology
 from multiactive.state.base import Entry, Member, Snapshot
 
 if TYPE_CHECKING:
@@ -20,6 +21,36 @@ def entry_json(entry: Entry) -> dict[str, Any]:
         "deleted": entry.deleted,
         "version": entry.version,
         "origin": entry.origin,
+    }
+
+
+def topology_json(topology: Topology) -> dict[str, Any]:
+    return {
+        "name": topology.name,
+        "partitions": topology.partitions,
+        "sites": [
+            {
+                "name": site.name,
+                "listen": str(site.listen),
+                "admin": None if site.admin is None else str(site.admin),
+                "journal": site.journal,
+                "state": site.state,
+            }
+            for site in topology.sites
+        ],
+        "links": [
+            {
+                "name": link.name,
+                "origin": link.origin,
+                "receiver": link.receiver,
+                "mode": link.mode,
+                "address": None if link.address is None else str(link.address),
+            }
+            for link in topology.links
+        ],
+        "limits": asdict(topology.limits),
+        "replication": asdict(topology.replication),
+        "audit": {"store": topology.audit.store},
     }
 
 
