@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -80,7 +81,7 @@ def run(
 
 
 def _measure(rtt_ms: float, messages: int, rate: float, duration_s: float) -> dict[str, Any]:
-    binary = shutil.which("nats-server")
+    binary = shutil.which("nats-server", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
     if binary is None:
         raise PeerError("nats-server is not installed (apt-get install nats-server)")
     with workspace("nats") as procs:
@@ -88,15 +89,26 @@ def _measure(rtt_ms: float, messages: int, rate: float, duration_s: float) -> di
         ingress, catch_up_s, latencies = asyncio.run(_load(servers, messages, rate, duration_s))
         link_bytes = servers.link.bytes_carried()
     return Measured(
-        SYSTEM, _version(binary), rtt_ms, DURABILITY, messages, ingress,
-        messages, catch_up_s, rate, latencies, link_bytes,
-    ).result()  # fmt: skip
+        system=SYSTEM,
+        version=_version(binary),
+        rtt_ms=rtt_ms,
+        durability=DURABILITY,
+        messages=messages,
+        ingress=ingress,
+        catch_up_messages=messages,
+        catch_up_s=catch_up_s,
+        rate=rate,
+        latencies=latencies,
+        link_bytes=link_bytes,
+    ).result()
 
 
 # -- servers -----------------------------------------------------------------------------
 
 
 def _start_servers(procs: Processes, binary: str, rtt_ms: float) -> Servers:
+    """The origin, the emulated link in front of its leafnode port, and the leaf connected
+    through it."""
     origin_port, leafnode_port, origin_http = free_port(), free_port(), free_port()
     origin = _config(procs.root, "origin", ORIGIN_DOMAIN, origin_port, origin_http)
     origin += f"leafnodes {{ listen: 127.0.0.1:{leafnode_port} }}\n"

@@ -39,7 +39,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from pika.channel import Channel
 from pika.frame import Method
 
-from multiactive.testing.cluster import free_port
+from multiactive.testing.cluster import _die_with_parent, free_port
 
 from .common import (
     IN_FLIGHT,
@@ -115,9 +115,18 @@ def _measure(rtt_ms: float, messages: int, rate: float, duration_s: float) -> di
         moved, catch_up_s, latencies = asyncio.run(_replicate(nodes, messages, rate, duration_s))
         link_bytes = nodes.link.bytes_carried()
     return Measured(
-        SYSTEM, version, rtt_ms, DURABILITY, messages, ingress,
-        moved, catch_up_s, rate, latencies, link_bytes,
-    ).result()  # fmt: skip
+        system=SYSTEM,
+        version=version,
+        rtt_ms=rtt_ms,
+        durability=DURABILITY,
+        messages=messages,
+        ingress=ingress,
+        catch_up_messages=moved,
+        catch_up_s=catch_up_s,
+        rate=rate,
+        latencies=latencies,
+        link_bytes=link_bytes,
+    ).result()
 
 
 # -- nodes -------------------------------------------------------------------------------
@@ -150,6 +159,9 @@ def _common_env(procs: Processes) -> dict[str, str]:
         **os.environ,
         "HOME": str(home),
         "ERL_EPMD_PORT": str(epmd_port),
+        # No Erlang VM (node or CLI) starts an epmd of its own that would outlive the run.
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-start_epmd false",
+        "RABBITMQ_CTL_ERL_ARGS": "-start_epmd false",
         "RABBITMQ_CONF_ENV_FILE": str(procs.root / "rabbitmq-env.conf"),
         "RABBITMQ_ENABLED_PLUGINS_FILE": str(procs.root / "enabled_plugins"),
     }
@@ -184,7 +196,13 @@ def _start_node(procs: Processes, common: dict[str, str], name: str) -> Node:
 def _ctl(nodes: Nodes, node: Node, *args: str) -> str:
     command = [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", node.name, *args]
     done = subprocess.run(
-        command, env=nodes.ctl_env, capture_output=True, text=True, timeout=120, check=False
+        command,
+        env=nodes.ctl_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        preexec_fn=_die_with_parent,
     )
     if done.returncode != 0:
         raise PeerError(f"{' '.join(args[:2])} on {node.name} failed: {done.stderr.strip()}")
@@ -284,8 +302,8 @@ class _ConfirmedPublisher:
 async def _replicate(
     nodes: Nodes, messages: int, rate: float, duration_s: float
 ) -> tuple[int, float, Latencies]:
-    """Catch-up (messages moved while the clock ran, seconds) and then latency, with A's
-    queue holding the messages of the ingress phase."""
+    """Create the shovel, then catch-up (messages moved while the clock ran, seconds) and
+    latency; A's queue holds the messages of the ingress phase."""
     conn_a = await aio_pika.connect(nodes.a.url)
     conn_b = await aio_pika.connect(nodes.b.url)
     try:
@@ -297,7 +315,7 @@ async def _replicate(
             message = aio_pika.Message(payload, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
             return await channel_a.default_exchange.publish(message, routing_key=QUEUE)
 
-        await asyncio.to_thread(_create_shovel, nodes)
+        _create_shovel(nodes)  # rabbitmqctl; blocks this loop briefly, nothing else runs yet
         moved, catch_up_s = await _catch_up(channel_b, messages)
         latencies = await _latency(channel_b, publish, rate, duration_s)
     finally:
