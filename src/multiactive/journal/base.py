@@ -25,8 +25,11 @@ from typing import overload
 from multiactive.aio import Pulse
 from multiactive.errors import JournalError
 from multiactive.journal.tail import TailCache
+from multiactive.logs import get_logger
 from multiactive.model.batch import CODEC_NONE, RecordBatch, build_batch, slice_batch
 from multiactive.model.message import Position, Row, StreamId
+
+log = get_logger("journal")
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,8 +172,7 @@ class Journal(abc.ABC):
         results, batches = await self._append_local(groups)
         self._tail.add(batches)
         self.appended.fire()
-        for observer in self.observers:
-            observer(True, batches)
+        self._tell(True, batches)
         return results
 
     async def append_remote(self, batches: Sequence[RecordBatch]) -> RemoteResult:
@@ -179,9 +181,16 @@ class Journal(abc.ABC):
         if result.stored:
             self._tail.add(list(result.batches))
             self.appended.fire()
-            for observer in self.observers:
-                observer(False, result.batches)
+            self._tell(False, result.batches)
         return result
+
+    def _tell(self, local: bool, batches: Sequence[RecordBatch]) -> None:
+        """Tell observers about durable batches; their failures never fail the append."""
+        for observer in list(self.observers):
+            try:
+                observer(local, batches)
+            except Exception as exc:
+                log.warning("journal_observer_failed", site=self.site, reason=exc)
 
     async def read(self, stream: StreamId, from_seq: int, max_bytes: int) -> list[RecordBatch]:
         """Stored batches of a stream whose seqs reach `from_seq` or beyond, in order, at least

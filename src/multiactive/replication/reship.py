@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from multiactive.aio import Pulse, run_together, wait_any
-from multiactive.errors import ProtocolError
+from multiactive.errors import ConnectionLost, ProtocolError
 from multiactive.journal.base import Journal
+from multiactive.model.batch import RecordBatch
 from multiactive.model.clock import wall_ms
 from multiactive.model.message import StreamId
 from multiactive.model.topology import DEFAULT_WINDOW_FLOOR_BYTES, ReplicationSettings
@@ -41,6 +43,14 @@ class _InFlight(NamedTuple):
     size: int
     sent_s: float
     created_ms: int  # of the frame's first batch
+
+
+def _runs(batches: Sequence[RecordBatch]) -> list[tuple[int, list[RecordBatch]]]:
+    """Batches grouped by partition, in order (one append holds at most a few per partition)."""
+    runs: dict[int, list[RecordBatch]] = {}
+    for batch in batches:
+        runs.setdefault(batch.partition, []).append(batch)
+    return list(runs.items())
 
 
 class Reship:
@@ -77,7 +87,27 @@ class Reship:
             self._monitor.receiver_heads[partition] = head
         self._monitor.connected()
         self._refresh_origin_heads()
-        await run_together(self._send(), self._receive(), self._heartbeat(), self._save_heads())
+        self._journal.observers.append(self._on_stored)
+        try:
+            await run_together(self._send(), self._receive(), self._heartbeat(), self._save_heads())
+        finally:
+            self._journal.observers.remove(self._on_stored)
+
+    def _on_stored(self, local: bool, batches: Sequence[RecordBatch]) -> None:
+        """Ship batches the moment they are durable, on the same loop turn (the `_send`
+        loop would get there a scheduling round later; it skips what was sent here)."""
+        if not local:
+            return
+        for partition, run in _runs(batches):
+            if (
+                run[0].first_seq != self._cursor.get(partition)
+                or self._monitor.in_flight_bytes >= self._window.window
+            ):
+                continue  # behind or window full: the `_send` loop ships it in order
+            try:
+                self._ship(partition, run)
+            except ConnectionLost:
+                return  # the session is ending; `_receive` reports why
 
     def _refresh_origin_heads(self) -> None:
         heads = self._monitor.origin_heads
@@ -115,6 +145,11 @@ class Reship:
         batches = await self._journal.read(stream, cursor, self._settings.read_bytes)
         if not batches or self._cursor[partition] != cursor:
             return False  # trimmed (reported by the reconciler) or rewound meanwhile
+        self._ship(partition, batches)
+        return True
+
+    def _ship(self, partition: int, batches: Sequence[RecordBatch]) -> None:
+        """Send consecutive batches of one partition, starting at its cursor."""
         frame = encode_batches(batches)
         now = time.monotonic()
         if not self._monitor.in_flight_bytes:
@@ -126,7 +161,6 @@ class Reship:
         self._in_flight[partition].append(_InFlight(last, len(frame), now, batches[0].created_ms))
         self._monitor.in_flight_bytes += len(frame)
         self._monitor.counted(len(batches), sum(b.count for b in batches), len(frame))
-        return True
 
     async def _receive(self) -> None:
         timeout = self._settings.peer_timeout_s
