@@ -7,7 +7,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 	&& { echo $$p; break; }; done)
 
-.PHONY: demo test lint typecheck unit integration bench bench-compare clean system-deps
+.PHONY: demo test lint typecheck unit integration chaos bench bench-redis bench-compare clean system-deps
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "multiactive needs Python 3.11 or newer (apt-get install python3 python3-venv)"; exit 1; }
@@ -30,11 +30,14 @@ test: $(STAMP) system-deps
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-unit: $(STAMP)
+unit: $(STAMP) system-deps
 	$(BIN)/pytest tests/unit
 
 integration: $(STAMP) system-deps
 	$(BIN)/pytest tests/integration
+
+chaos: $(STAMP)
+	$(BIN)/multiactive check --seeds 20 --duration 5
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -43,6 +46,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/replication.py
+
+bench-redis: $(STAMP) system-deps
+	$(BIN)/python benchmarks/apply_redis.py
 
 # Ours beside a NATS JetStream mirror and a RabbitMQ shovel (installs their Debian packages).
 bench-compare: $(STAMP)

@@ -7,6 +7,8 @@ set -euo pipefail
 declare -A NEEDED=(
   [chromium]=chromium              # the dashboard test drives headless Chromium
   [chromedriver]=chromium-driver
+  [redis-server]=redis-server      # the redis journal and state tests start their own servers
+  [redis-cli]=redis-tools
 )
 
 # file pattern -> Debian package, for programs that are not on PATH.

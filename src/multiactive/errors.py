@@ -7,6 +7,8 @@
     ├── RejectedError          a write was refused at ingress (the client may fix and retry)
     │   └── PayloadTooLarge    the payload is over `max_payload_bytes`
     ├── JournalError           a journal invariant would break (J1/J2)
+    ├── StoreError             a storage server (Redis) cannot be reached or holds data this
+    │                          process did not write (names the URL and the setting)
     ├── ConnectionLost         a connection closed before an answer arrived
     └── UnknownSiteError       a site name the topology does not know
 
@@ -42,6 +44,10 @@ class PayloadTooLarge(RejectedError):
 
 class JournalError(MultiactiveError):
     """An append would break a journal invariant."""
+
+
+class StoreError(MultiactiveError):
+    """A storage server is unreachable, or its data is not what this process left there."""
 
 
 class ConnectionLost(MultiactiveError):

@@ -16,6 +16,7 @@ from rich.text import Text
 
 from multiactive import aio
 from multiactive.demo import DemoOptions, DemoResult, Snapshot, run_demo
+from multiactive.testing.redis import redis_server_path
 
 
 @click.command()
@@ -40,8 +41,8 @@ from multiactive.demo import DemoOptions, DemoResult, Snapshot, run_demo
 @click.option(
     "--backend",
     default="sqlite",
-    type=click.Choice(["sqlite", "memory"]),
-    help="Journal and state backend of every site.",
+    type=click.Choice(["sqlite", "memory", "redis"]),
+    help="Journal and state backend of every site (redis: one redis-server per site).",
 )
 @click.option(
     "--data-dir",
@@ -57,6 +58,8 @@ def demo(
 
     Exits 0 only when every site applied every write and all state digests are equal.
     """
+    if backend == "redis":
+        redis_server_path()  # a clear error, naming the Debian package, before anything runs
     options = DemoOptions(duration, rate, keys, backend, data_dir)
     console = Console(stderr=as_json)
     if as_json:

@@ -7,6 +7,7 @@ import sys
 import click
 
 from multiactive import __version__
+from multiactive.cli.check import check
 from multiactive.cli.demo import demo
 from multiactive.cli.inspect import lag, status, trace
 from multiactive.cli.repair import deadletters, reconcile, replay
@@ -23,6 +24,7 @@ def cli() -> None:
 
 cli.add_command(site)
 cli.add_command(demo)
+cli.add_command(check)
 cli.add_command(wan)
 cli.add_command(status)
 cli.add_command(lag)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from multiactive.journal.base import Accepted, Journal, LocalGroup, RemoteResult
 from multiactive.journal.memory import MemoryJournal
+from multiactive.journal.redis import RedisJournal
 from multiactive.journal.sqlite import SqliteJournal
 from multiactive.model.batch import CODEC_NAMES
 from multiactive.model.topology import ReplicationSettings, SiteConfig
@@ -13,6 +14,7 @@ __all__ = [
     "Journal",
     "LocalGroup",
     "MemoryJournal",
+    "RedisJournal",
     "RemoteResult",
     "SqliteJournal",
     "open_journal",
@@ -24,6 +26,11 @@ def open_journal(site: SiteConfig, settings: ReplicationSettings) -> Journal:
     codec = CODEC_NAMES[settings.compression]
     if site.journal == "memory":
         return MemoryJournal(site.name, codec)
+    if site.journal == "redis":
+        assert site.redis_url is not None  # the topology requires it for redis
+        return RedisJournal(
+            site.name, site.redis_url, codec=codec, setting=f"redis_url of site {site.name!r}"
+        )
     return SqliteJournal(
         site.name, site.data_dir / "journal.sqlite3", fsync=settings.fsync, codec=codec
     )

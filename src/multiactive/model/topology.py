@@ -17,8 +17,9 @@
     listen = "127.0.0.1:7101"    # wire protocol: clients, links
     admin = "127.0.0.1:8101"     # HTTP admin API
     data_dir = "data/bj-unicom"  # relative to the topology file
-    journal = "sqlite"           # sqlite | memory
-    state = "sqlite"             # sqlite | memory
+    journal = "sqlite"           # sqlite | memory | redis
+    state = "sqlite"             # sqlite | memory | redis
+    redis_url = "redis://127.0.0.1:6379/0"   # required when journal or state is "redis"
 
     [audit]                      # optional per-stage records of every write (see audit/)
     store = "sqlite"             # none (default) | sqlite (per site) | postgresql (shared)
@@ -29,6 +30,12 @@
     to = "gz"                    # the receiver
     mode = "pull"
     address = "127.0.0.1:9001"   # dial this instead of the listening site's `listen`
+
+`redis_url` names the site's own Redis: `redis://host:port/db` (or `rediss://` for TLS) for a
+single server, `redis+cluster://host:port` (or `rediss+cluster://`) for a Redis Cluster reached
+through any of its nodes (a cluster has only database 0). The journal and the state of a site may
+share one Redis; two sites may not (the first to open it claims it). Durability: see
+`multiactive.journal.redis` (J3 needs `appendonly yes` and `appendfsync always`).
 
 Every ordered pair of sites has exactly one link (L1: a site's own messages only travel on its
 own links, so a full mesh is needed for every site to see every write). Errors name the field,
@@ -43,13 +50,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from multiactive.errors import ConfigError, UnknownSiteError
 
 LinkMode = Literal["push", "pull"]
 LINK_MODES: tuple[LinkMode, ...] = ("push", "pull")
-JOURNAL_BACKENDS = ("sqlite", "memory")
-STATE_BACKENDS = ("sqlite", "memory")
+JOURNAL_BACKENDS = ("sqlite", "memory", "redis")
+STATE_BACKENDS = ("sqlite", "memory", "redis")
+REDIS_SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster")
 SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 DEFAULT_PARTITIONS = 8
@@ -130,6 +139,7 @@ class SiteConfig:
     data_dir: Path
     journal: str = "sqlite"
     state: str = "sqlite"
+    redis_url: str | None = None  # required when journal or state is "redis"
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +252,9 @@ def _parse_sites(reader: _Reader, raw: Mapping[str, Any], base: Path) -> tuple[S
     sites: list[SiteConfig] = []
     for index, entry in enumerate(entries):
         where = f"sites[{index}]"
-        reader.known(entry, where, {"name", "listen", "admin", "data_dir", "journal", "state"})
+        reader.known(
+            entry, where, {"name", "listen", "admin", "data_dir", "journal", "state", "redis_url"}
+        )
         name = reader.string(entry, where, "name", None)
         if not SITE_NAME.match(name):
             raise ConfigError(
@@ -254,6 +266,8 @@ def _parse_sites(reader: _Reader, raw: Mapping[str, Any], base: Path) -> tuple[S
         listen = parse_address(entry.get("listen"), f"{reader.source}: {where}.listen")
         admin = entry.get("admin")
         data_dir = Path(reader.string(entry, where, "data_dir", f"data/{name}"))
+        journal = reader.choice(entry, where, "journal", "sqlite", JOURNAL_BACKENDS)
+        state = reader.choice(entry, where, "state", "sqlite", STATE_BACKENDS)
         sites.append(
             SiteConfig(
                 name=name,
@@ -262,11 +276,43 @@ def _parse_sites(reader: _Reader, raw: Mapping[str, Any], base: Path) -> tuple[S
                 if admin is None
                 else parse_address(admin, f"{reader.source}: {where}.admin"),
                 data_dir=data_dir if data_dir.is_absolute() else base / data_dir,
-                journal=reader.choice(entry, where, "journal", "sqlite", JOURNAL_BACKENDS),
-                state=reader.choice(entry, where, "state", "sqlite", STATE_BACKENDS),
+                journal=journal,
+                state=state,
+                redis_url=_site_redis_url(reader, entry, where, "redis" in (journal, state)),
             )
         )
     return tuple(sites)
+
+
+def _site_redis_url(
+    reader: _Reader, entry: Mapping[str, Any], where: str, needed: bool
+) -> str | None:
+    if "redis_url" not in entry and not needed:
+        return None
+    if "redis_url" not in entry:
+        raise reader.fail(
+            f"{where}.redis_url",
+            'is required when journal or state is "redis" (e.g. "redis://127.0.0.1:6379/0")',
+        )
+    return parse_redis_url(entry["redis_url"], f"{reader.source}: {where}.redis_url")
+
+
+def parse_redis_url(text: object, where: str) -> str:
+    """Check a Redis URL (see the module docstring for the forms); return it unchanged."""
+    expected = 'expected "redis://host:port/db" or "redis+cluster://host:port" (rediss for TLS)'
+    if not isinstance(text, str):
+        raise ConfigError(f"{where}: {expected}, got {text!r}")
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme not in REDIS_SCHEMES or not parts.hostname or port is None:
+        raise ConfigError(f"{where}: {expected}, got {text!r}")
+    db = parts.path.strip("/") or "0"
+    if not db.isdigit() or (parts.scheme.endswith("+cluster") and db != "0"):
+        raise ConfigError(f"{where}: the database must be a number (0 for a cluster), got {text!r}")
+    return text
 
 
 def _parse_links(

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from multiactive import failpoints
 from multiactive.aio import Pulse
 from multiactive.journal.base import Journal
 from multiactive.model.batch import RecordBatch
@@ -22,7 +23,14 @@ from multiactive.model.clock import wall_ms
 from multiactive.model.message import Message, StreamId, message_from_row
 from multiactive.model.topology import ReplicationSettings
 from multiactive.replication.handlers import Delivery, Handler, HandlerRegistry
-from multiactive.state.base import BUILTIN_TYPES, Commit, DeadLetter, OpTuple, StateBackend
+from multiactive.state.base import (
+    BUILTIN_TYPES,
+    COUNTER_ADD,
+    Commit,
+    DeadLetter,
+    OpTuple,
+    StateBackend,
+)
 
 READ_BYTES = 4 * 1024 * 1024
 CANARY_TYPE = "ma.canary"  # sent by every site on every partition; applied as a no-op
@@ -100,9 +108,13 @@ class Processor:
         self._steps: dict[StreamId, _Step] = {}
         self._canaries: dict[str, tuple[int, int]] = {}  # origin -> (created, applied) ms
         self._holes: dict[StreamId, int] = {}  # stream -> first seq after a journal hole
+        # Called with (stream, first seq, last seq, dead letters) after each commit.
+        self.observers: list[Callable[[StreamId, int, int, Sequence[DeadLetter]], None]] = []
         self._started_ms = wall_ms()
         self._latencies: deque[int] = deque(maxlen=LATENCY_SAMPLES)
         self._totals = {"applied": 0, "parked": 0, "failures": 0}
+        # A testing aid (`multiactive.failpoints`): break counters on purpose.
+        self._counter_twice = failpoints.active(failpoints.COUNTER_APPLIED_TWICE)
 
     def applied(self, stream: StreamId) -> int:
         return self._applied.get(stream, 0)
@@ -172,13 +184,16 @@ class Processor:
         origin = stream.origin
         if {row[1] for row in tail} <= BUILTIN_TYPES:
             step = self._step(stream)
-            step.builtin.extend([(r[1], r[2], r[3], origin, r[6]) for r in tail])
+            ops = [(r[1], r[2], r[3], origin, r[6]) for r in tail]
+            step.builtin.extend(_counters_twice(ops) if self._counter_twice else ops)
             step.through_seq = batch.last_seq
             step.processed += len(tail)
         else:
             for offset, row in enumerate(tail, start=batch.first_seq + skip):
                 if row[1] in BUILTIN_TYPES:
-                    self._step(stream).builtin.append((row[1], row[2], row[3], origin, row[6]))
+                    op = (row[1], row[2], row[3], origin, row[6])
+                    ops = _counters_twice([op]) if self._counter_twice else [op]
+                    self._step(stream).builtin.extend(ops)
                 else:
                     message = message_from_row(row, origin, stream.partition, offset)
                     await self._user_message(stream, message)
@@ -253,6 +268,8 @@ class Processor:
             *(Commit(stream, s.through_seq, s.processed, s.builtin, s.dead) for stream, s in steps)
         )
         for stream, s in steps:
+            for observer in self.observers:
+                observer(stream, self.applied(stream) + 1, s.through_seq, s.dead)
             self._applied[stream] = s.through_seq
             self._counts[stream] = self._counts.get(stream, 0) + s.processed
             self._totals["applied"] += s.processed - len(s.dead)
@@ -341,6 +358,11 @@ class Processor:
         except TimeoutError:
             return False
         return True
+
+
+def _counters_twice(ops: list[OpTuple]) -> list[OpTuple]:
+    """The failpoint `counter_applied_twice`: every counter.add op appears twice."""
+    return [twice for op in ops for twice in ((op, op) if op[0] == COUNTER_ADD else (op,))]
 
 
 def _quantile(ordered: list[int], q: float) -> float | None:

@@ -14,6 +14,7 @@ from multiactive.state.base import (
     Watermark,
 )
 from multiactive.state.memory import MemoryState
+from multiactive.state.redis import RedisState
 from multiactive.state.sqlite import SqliteState
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "Member",
     "MemoryState",
     "Op",
+    "RedisState",
     "SqliteState",
     "StateBackend",
     "Watermark",
@@ -37,4 +39,13 @@ def open_state(topology: Topology, site_name: str) -> StateBackend:
     cap = topology.limits.zset_cap
     if site.state == "memory":
         return MemoryState(cap)
+    if site.state == "redis":
+        assert site.redis_url is not None  # the topology requires it for redis
+        return RedisState(
+            site.name,
+            site.redis_url,
+            topology.partitions,
+            cap,
+            setting=f"redis_url of site {site.name!r}",
+        )
     return SqliteState(site.name, site.data_dir / "state.sqlite3", cap)

@@ -9,6 +9,10 @@ data lives under one folder, every process is killed at the end.
         cluster.wait_converged(timeout_s=30)
         cluster.kill("gz")       # SIGKILL
         cluster.restart("gz")
+
+With `backend="redis"` every site gets its own `redis-server` (`multiactive.testing.redis`:
+free port, data under the cluster's folder, `appendonly yes` + `appendfsync always`), started
+with the first `start()`, left running when a site is killed, killed with the cluster.
 """
 
 from __future__ import annotations
@@ -28,10 +32,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from multiactive.model.topology import Address
 from multiactive.wan.shape import LinkShape
+
+if TYPE_CHECKING:
+    from multiactive.testing.redis import RedisServer
 
 DEFAULT_SITES = ("bj-unicom", "bj-telecom", "gz")
 READY_TIMEOUT_S = 30.0
@@ -113,6 +120,7 @@ class LocalCluster:
     wan: Mapping[tuple[str, str], LinkShape] | None = None  # every link through the emulator
     processes: dict[str, SiteProcess] = field(init=False, default_factory=dict)
     emulator: SiteProcess | None = field(init=False, default=None)
+    redis: dict[str, RedisServer] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         # Canaries are journaled messages; tests that count messages exactly would see them.
@@ -140,7 +148,16 @@ class LocalCluster:
             )
         if self.wan is not None:
             self._plan_emulator(env)
+        if self.backend == "redis":
+            self._plan_redis()
         self.write_topology()
+
+    def _plan_redis(self) -> None:
+        """One redis-server per site (started by `start`)."""
+        from multiactive.testing.redis import RedisServer, redis_server_path
+
+        redis_server_path()  # fail now, naming the package, if it is not installed
+        self.redis = {site: RedisServer(self.root / f"{site}-redis") for site in self.sites}
 
     def _plan_emulator(self, env: dict[str, str]) -> None:
         """Route every link through one `multiactive wan run` process."""
@@ -193,6 +210,8 @@ class LocalCluster:
                 f'journal = "{self.backend}"',
                 f'state = "{self.backend}"',
             ]
+            if proc.name in self.redis:
+                lines.append(f'redis_url = "{self.redis[proc.name].url}"')
         for origin, receiver in sorted(set(self.modes) | set(self.link_addresses)):
             lines += ["", "[[links]]", f'from = "{origin}"', f'to = "{receiver}"']
             if (origin, receiver) in self.modes:
@@ -212,6 +231,8 @@ class LocalCluster:
             self._wait_emulator()
         chosen = list(sites or self.sites)
         for site in chosen:
+            if site in self.redis and not self.redis[site].alive:
+                self.redis[site].start()
             self.processes[site].start()
         if wait:
             for site in chosen:
@@ -257,6 +278,8 @@ class LocalCluster:
             proc.signal(signal.SIGKILL)
             if proc.process is not None:
                 proc.process.wait(STOP_TIMEOUT_S)
+        for server in self.redis.values():
+            server.kill()
 
     # -- WAN emulator ----------------------------------------------------------------------
 

@@ -1,13 +1,15 @@
 """Journal invariants J1-J4, reads, trimming and peer heads, on every backend.
 
 Each test body is one coroutine run with `asyncio.run`; the `backend` fixture runs it against
-`MemoryJournal` and `SqliteJournal` (a file in `tmp_path`). Tests of durability across a
-reopen are for SQLite only.
+`MemoryJournal`, `SqliteJournal` (a file in `tmp_path`) and `RedisJournal` on a redis-server
+and on a Redis Cluster of three masters (both emptied for each test, see `tests/conftest.py`).
+Tests of durability across a reopen (`durable`) run on SQLite and Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
@@ -16,10 +18,13 @@ from typing import Any
 
 import pytest
 
-from multiactive.errors import ConfigError, JournalError
-from multiactive.journal import Journal, LocalGroup, MemoryJournal, SqliteJournal
+from multiactive.errors import ConfigError, JournalError, StoreError
+from multiactive.journal import Journal, LocalGroup, MemoryJournal, RedisJournal, SqliteJournal
 from multiactive.model.batch import CODEC_ZSTD, RecordBatch, build_batch
 from multiactive.model.message import Position, Row, StreamId
+from multiactive.redisdb import Keys, RedisDb
+from multiactive.testing.cluster import free_port
+from multiactive.testing.redis import RedisClusterServers, RedisServer
 
 SITE = "bj"
 PEER = "gz"
@@ -30,15 +35,20 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 
 class Backend:
-    """Makes journals of one kind; SQLite ones share one file so a reopen finds the data."""
+    """Makes journals of one kind; SQLite ones share one file and Redis ones one database,
+    so a reopen finds the data."""
 
-    def __init__(self, kind: str, folder: Path) -> None:
-        self.kind = kind
+    def __init__(self, param: str, folder: Path, url: str = "") -> None:
+        self.kind = "redis" if param.startswith("redis") else param
         self.path = folder / "journal.sqlite3"
+        self.url = url
+        self.where = url or str(self.path)  # what error messages name
 
     def new(self, site: str = SITE, codec: int = 0) -> Journal:
         if self.kind == "memory":
             return MemoryJournal(site, codec)
+        if self.kind == "redis":
+            return RedisJournal(site, self.url, codec=codec)
         return SqliteJournal(site, self.path, codec=codec)
 
     @asynccontextmanager
@@ -51,9 +61,29 @@ class Backend:
             await journal.close()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+def make_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    url = ""
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+    elif request.param == "redis-cluster":
+        url = request.getfixturevalue("redis_cluster_url")
+    return Backend(request.param, tmp_path, url)
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    return Backend(request.param, tmp_path)
+    return make_backend(request, tmp_path)
+
+
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
+def durable(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """Backends whose data outlives the journal object: a new one on the same storage."""
+    return make_backend(request, tmp_path)
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def redis_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    return make_backend(request, tmp_path)
 
 
 @pytest.fixture
@@ -278,14 +308,14 @@ def test_j2_remote_batch_of_this_site_is_refused(backend: Backend) -> None:
 # -- J3: durability and request-id dedup -----------------------------------------------------
 
 
-def test_j3_local_append_is_visible_to_a_fresh_journal_on_the_file(sqlite: Backend) -> None:
-    """J3: once append_local returns, another SqliteJournal on the file sees batches and heads."""
+def test_j3_local_append_is_visible_to_a_fresh_journal_on_the_file(durable: Backend) -> None:
+    """J3: once append_local returns, another journal on the same storage sees it all."""
 
     async def main() -> None:
-        async with sqlite.opened() as writer:
+        async with durable.opened() as writer:
             await writer.append_local([group(0, "a", "b"), group(3, "c")])
             await writer.append_remote([remote(1, 2)])
-            async with sqlite.opened() as other:
+            async with durable.opened() as other:
                 assert other.heads() == {
                     StreamId(SITE, 0): 2,
                     StreamId(SITE, 3): 1,
@@ -298,13 +328,13 @@ def test_j3_local_append_is_visible_to_a_fresh_journal_on_the_file(sqlite: Backe
     run(main())
 
 
-def test_j3_reopened_journal_continues_seqs_and_dedup(sqlite: Backend) -> None:
+def test_j3_reopened_journal_continues_seqs_and_dedup(durable: Backend) -> None:
     """J3: after close and reopen, seqs continue from the stored head and old ids still dedup."""
 
     async def main() -> None:
-        async with sqlite.opened() as journal:
+        async with durable.opened() as journal:
             await journal.append_local([group(0, "a", "b")])
-        async with sqlite.opened() as journal:
+        async with durable.opened() as journal:
             results = await journal.append_local([group(0, "a", "c")])
             assert [(r.position.seq, r.duplicate) for r in results] == [(1, True), (3, False)]
             assert await all_ids(journal, StreamId(SITE, 0)) == ["a", "b", "c"]
@@ -312,17 +342,17 @@ def test_j3_reopened_journal_continues_seqs_and_dedup(sqlite: Backend) -> None:
     run(main())
 
 
-def test_j3_reopened_journal_remembers_the_greatest_version(sqlite: Backend) -> None:
+def test_j3_reopened_journal_remembers_the_greatest_version(durable: Backend) -> None:
     """A reopened journal knows the greatest version stored, so a restarted clock starts past."""
 
     async def main() -> None:
-        async with sqlite.opened() as journal:
+        async with durable.opened() as journal:
             await journal.append_local([LocalGroup(0, [row("a", version=77)], 1)])
             await journal.append_remote(
                 [build_batch(PEER, 1, 1, [row("r", version=99)], created_ms=1)]
             )
             assert journal.max_version == 99
-        async with sqlite.opened() as journal:
+        async with durable.opened() as journal:
             assert journal.max_version == 99
 
     run(main())
@@ -334,7 +364,7 @@ def test_j3_same_id_twice_returns_the_first_position(backend: Backend) -> None:
     async def main() -> None:
         async with backend.opened() as journal:
             (first,) = await journal.append_local([group(1, "dup")])
-            results = await journal.append_local([group(1, "new"), group(4, "dup")])
+            results = await journal.append_local([group(1, "new"), group(1, "dup")])
             assert first.duplicate is False
             assert [(r.id, r.position, r.duplicate) for r in results] == [
                 ("new", Position(SITE, 1, 2), False),
@@ -344,6 +374,24 @@ def test_j3_same_id_twice_returns_the_first_position(backend: Backend) -> None:
             assert await all_ids(journal, StreamId(SITE, 1)) == ["dup", "new"]
             assert journal.statistics().deduplicated_ids == 1
             assert journal.statistics().messages_appended == 2
+
+    run(main())
+
+
+def test_j3_id_dedup_across_partitions_is_per_site_except_on_redis(backend: Backend) -> None:
+    """An id seen before in another partition is a duplicate in SQLite and memory (ids are
+    per site) and journaled again in Redis (ids are per partition, as documented)."""
+
+    async def main() -> None:
+        async with backend.opened() as journal:
+            await journal.append_local([group(1, "dup")])
+            (again,) = await journal.append_local([group(4, "dup")])
+            if backend.kind == "redis":
+                assert (again.position, again.duplicate) == (Position(SITE, 4, 1), False)
+                assert journal.heads() == {StreamId(SITE, 1): 1, StreamId(SITE, 4): 1}
+            else:
+                assert (again.position, again.duplicate) == (Position(SITE, 1, 1), True)
+                assert journal.heads() == {StreamId(SITE, 1): 1}
 
     run(main())
 
@@ -531,14 +579,14 @@ def test_low_water_of_an_empty_stream_is_one(backend: Backend) -> None:
     run(main())
 
 
-def test_j4_trim_survives_a_reopen(sqlite: Backend) -> None:
-    """J4: a trimmed SQLite journal reopens with the same head and low water."""
+def test_j4_trim_survives_a_reopen(durable: Backend) -> None:
+    """J4: a trimmed journal reopens with the same head and low water."""
 
     async def main() -> None:
-        async with sqlite.opened() as journal:
+        async with durable.opened() as journal:
             stream = await four_batches(journal)
             await journal.trim({stream: 6}, older_than_ms=1000)
-        async with sqlite.opened() as journal:
+        async with durable.opened() as journal:
             assert journal.head(stream) == 7
             assert await journal.low_water(stream) == 7
             (result,) = await journal.append_local([group(0, "h")])
@@ -567,14 +615,14 @@ def test_peer_heads_round_trip(backend: Backend) -> None:
     run(main())
 
 
-def test_peer_heads_survive_a_reopen(sqlite: Backend) -> None:
-    """Saved peer heads are read back by a reopened SQLite journal (trimming after restart)."""
+def test_peer_heads_survive_a_reopen(durable: Backend) -> None:
+    """Saved peer heads are read back by a reopened journal (trimming after restart)."""
 
     async def main() -> None:
-        async with sqlite.opened() as journal:
+        async with durable.opened() as journal:
             await journal.append_local([group(0, "a")])
             await journal.save_peer_heads("gz", {StreamId(SITE, 0): 1, StreamId(SITE, 4): 0})
-        async with sqlite.opened() as journal:
+        async with durable.opened() as journal:
             assert await journal.peer_heads() == {
                 "gz": {StreamId(SITE, 0): 1, StreamId(SITE, 4): 0}
             }
@@ -585,21 +633,22 @@ def test_peer_heads_survive_a_reopen(sqlite: Backend) -> None:
 # -- opening ---------------------------------------------------------------------------------
 
 
-def test_reopen_with_another_site_name_names_the_file(sqlite: Backend) -> None:
-    """Opening a site's journal file as another site raises ConfigError naming file and sites."""
+def test_reopen_with_another_site_name_names_the_file(durable: Backend) -> None:
+    """Opening a site's journal storage as another site raises ConfigError naming it and both
+    sites."""
 
     async def main() -> None:
-        async with sqlite.opened(site="bj") as journal:
+        async with durable.opened(site="bj") as journal:
             await journal.append_local([group(0, "a")])
-        other = sqlite.new(site="gz")
+        other = durable.new(site="gz")
         try:
             with pytest.raises(ConfigError) as caught:
                 await other.open()
         finally:
             await other.close()
         message = str(caught.value)
-        assert str(sqlite.path) in message
-        assert "journal of site 'bj', not 'gz'" in message
+        assert durable.where in message
+        assert "site 'bj', not 'gz'" in message
 
     run(main())
 
@@ -681,5 +730,233 @@ def test_failed_append_leaves_the_sqlite_journal_consistent(sqlite: Backend) -> 
             assert journal.heads() == {StreamId(PEER, 0): 1, StreamId(PEER, 1): 2}
             assert await all_seqs(journal, StreamId(PEER, 0)) == [1]
             assert await all_seqs(journal, StreamId(PEER, 1)) == [1, 2]
+
+    run(main())
+
+
+# -- Redis: layout, guards, crashes ------------------------------------------------------------
+
+
+@asynccontextmanager
+async def raw_redis(url: str) -> AsyncIterator[RedisDb]:
+    """A plain connection to look at (or damage) what a Redis journal stored."""
+    db = await RedisDb.connect(url, "test")
+    try:
+        yield db
+    finally:
+        await db.close()
+
+
+def test_redis_batches_are_stream_entries_keyed_by_last_seq(redis_backend: Backend) -> None:
+    """A Redis journal stores each batch as one stream entry "<last_seq>-0" holding the bytes
+    as shipped; an XADD of an id already there is refused by Redis itself."""
+
+    async def main() -> None:
+        async with backend_and_raw(redis_backend) as (journal, db):
+            await journal.append_remote([remote(1, 2), remote(3, 1)])
+            stream_key, _, _ = Keys(SITE).journal(PEER, 0)
+            entries = await db.call("XRANGE", stream_key, "-", "+")
+            assert [entry_id for entry_id, _ in entries] == [b"2-0", b"3-0"]
+            assert [fields[b"d"] for _, fields in entries] == [remote(1, 2).data, remote(3, 1).data]
+            with pytest.raises(StoreError, match="equal or smaller"):
+                await db.call("XADD", stream_key, "3-0", "d", b"again")
+
+    run(main())
+
+
+@asynccontextmanager
+async def backend_and_raw(backend: Backend) -> AsyncIterator[tuple[Journal, RedisDb]]:
+    async with backend.opened() as journal, raw_redis(backend.url) as db:
+        yield journal, db
+
+
+def test_redis_keys_of_one_partition_share_a_cluster_slot(redis_cluster_url: str) -> None:
+    """Every key of one (site, partition), journal and state alike, hashes to one slot, so a
+    script may touch them all on a cluster; another partition is another slot."""
+
+    async def main() -> None:
+        keys = Keys(SITE)
+        async with raw_redis(redis_cluster_url) as db:
+
+            async def slot(key: str) -> int:
+                return int(await db.call("CLUSTER KEYSLOT", key))
+
+            names = [*keys.journal(PEER, 3), *keys.journal(SITE, 3), keys.ids(3)]
+            names += [f"{keys.tag(3)}kv:user", f"{keys.tag(3)}wm", f"{keys.tag(3)}zm:x"]
+            slots = {await slot(name) for name in names}
+            assert len(slots) == 1
+            assert await slot(keys.ids(4)) not in slots
+
+    run(main())
+
+
+def test_redis_append_from_stale_heads_is_refused_and_changes_nothing(
+    redis_backend: Backend,
+) -> None:
+    """A Redis append planned from heads that Redis no longer has (a second process of the
+    site) raises JournalError naming the heads, and stores nothing."""
+
+    async def main() -> None:
+        async with redis_backend.opened() as first, redis_backend.opened() as second:
+            await first.append_local([group(0, "a", "b")])
+            with pytest.raises(JournalError, match=r"bj/0 has head 2 in Redis, but this process"):
+                await second.append_local([group(0, "c")])
+            assert await all_ids(first, StreamId(SITE, 0)) == ["a", "b"]
+            assert second.head(StreamId(SITE, 0)) == 0
+
+    run(main())
+
+
+def test_redis_refused_partition_keeps_what_other_partitions_stored(
+    redis_backend: Backend,
+) -> None:
+    """When one partition's append is refused, the others' batches are stored and counted in
+    the heads before the error is raised."""
+
+    async def main() -> None:
+        async with redis_backend.opened() as first:
+            await first.append_local([group(1, "x")])
+            async with redis_backend.opened() as second:
+                await first.append_local([group(1, "y")])
+                with pytest.raises(JournalError, match="bj/1 has head 2"):
+                    await second.append_local([group(0, "a"), group(1, "b")])
+                assert second.head(StreamId(SITE, 0)) == 1
+                assert await all_ids(second, StreamId(SITE, 0)) == ["a"]
+                assert await all_ids(second, StreamId(SITE, 1)) == ["x", "y"]
+
+    run(main())
+
+
+def test_redis_corrupted_head_is_refused_at_open(redis_backend: Backend) -> None:
+    """A Redis head that disagrees with the stored batches raises JournalError at open."""
+
+    async def main() -> None:
+        async with backend_and_raw(redis_backend) as (journal, db):
+            await journal.append_local([group(0, "a", "b")])
+            await db.call("HSET", Keys(SITE).journal(SITE, 0)[2], "head", 5)
+        broken = redis_backend.new()
+        try:
+            with pytest.raises(JournalError, match="stream bj/0 records head 5 but stores seq 2"):
+                await broken.open()
+        finally:
+            await broken.close()
+
+    run(main())
+
+
+def test_redis_holes_are_found_and_repaired_in_place(redis_backend: Backend) -> None:
+    """A batch missing below the head shows as a hole; repair puts it back between its
+    neighbours (the stream's ids go back and forth), and appends go on after it."""
+
+    async def main() -> None:
+        stream = StreamId(PEER, 0)
+        entries, index, head = Keys(SITE).journal(PEER, 0)
+        async with backend_and_raw(redis_backend) as (journal, db):
+            await journal.append_remote([remote(1, 2), remote(3, 2), remote(5, 2)])
+            await db.call("XDEL", entries, "4-0")
+            await db.call("ZREMRANGEBYSCORE", index, 4, 4)
+            await db.call("HINCRBY", head, "messages", -2)
+            assert await journal.holes(stream) == [(3, 4)]
+            with pytest.raises(JournalError, match="does not fill a hole"):
+                await journal.repair([remote(2, 3)])
+            assert await journal.repair([remote(3, 2)]) == 1
+            assert await journal.holes(stream) == []
+            await journal.append_remote([remote(7, 1)])
+            assert await all_seqs(journal, stream) == [1, 2, 3, 4, 5, 6, 7]
+            assert await all_ids(journal, stream) == [f"{PEER}-0-{s}" for s in range(1, 8)]
+
+    run(main())
+
+
+def test_j3_redis_append_survives_a_crash_of_the_server(tmp_path: Path) -> None:
+    """J3: what append_local acknowledged is there after the redis-server is SIGKILLed and
+    started again on its data (appendonly yes, appendfsync always)."""
+
+    async def write(url: str) -> None:
+        journal = RedisJournal(SITE, url)
+        await journal.open()
+        await journal.append_local([group(0, "a", "b"), group(2, "c")])
+        # the journal is not closed: the server dies under it
+
+    async def read(url: str) -> None:
+        journal = RedisJournal(SITE, url)
+        await journal.open()
+        try:
+            assert journal.heads() == {StreamId(SITE, 0): 2, StreamId(SITE, 2): 1}
+            assert await all_ids(journal, StreamId(SITE, 0)) == ["a", "b"]
+            assert await journal.lookup(["c"]) == {"c": Position(SITE, 2, 1)}
+        finally:
+            await journal.close()
+
+    with RedisServer(tmp_path / "redis") as server:
+        asyncio.run(write(server.url))
+        server.kill()
+        server.start()
+        asyncio.run(read(server.url))
+
+
+def test_redis_servers_of_the_harness_run_with_appendfsync_always(
+    redis_server: RedisServer, redis_cluster: RedisClusterServers
+) -> None:
+    """Every redis-server the tests start runs appendonly yes + appendfsync always (J3)."""
+    for server in [redis_server, *redis_cluster.nodes]:
+        with server.client() as client:
+            config = client.config_get("append*")
+        assert (config["appendonly"], config["appendfsync"]) == ("yes", "always")
+
+
+def test_unreachable_redis_names_the_url_and_the_setting(tmp_path: Path) -> None:
+    """Opening a Redis journal on a server that is not there raises StoreError naming the URL
+    and the setting."""
+
+    async def main() -> None:
+        url = f"redis://127.0.0.1:{free_port()}/0"
+        journal = RedisJournal(SITE, url, setting="redis_url of site 'bj'")
+        with pytest.raises(StoreError) as caught:
+            await journal.open()
+        await journal.close()
+        assert f"cannot connect to Redis at {url} (redis_url of site 'bj')" in str(caught.value)
+
+    run(main())
+
+
+def test_redis_append_cancelled_midway_keeps_the_heads_in_step(redis_backend: Backend) -> None:
+    """An append whose caller is cancelled (a link dropped mid-append) still counts what Redis
+    stored, so the next append continues the stream instead of being refused."""
+
+    async def main() -> None:
+        stream = StreamId(PEER, 0)
+        async with redis_backend.opened() as journal:
+            for ticks in range(40):
+                task = asyncio.ensure_future(
+                    journal.append_remote([remote(journal.head(stream) + 1, 1)])
+                )
+                for _ in range(ticks):
+                    await asyncio.sleep(0)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await journal.append_remote([remote(journal.head(stream) + 1, 1)])
+            head = journal.head(stream)
+            async with redis_backend.opened() as reopened:  # reads storage, not the tail cache
+                assert reopened.head(stream) == head
+                assert await all_seqs(reopened, stream) == list(range(1, head + 1))
+
+    run(main())
+
+
+def test_redis_scripts_forgotten_by_the_server_are_loaded_again(redis_backend: Backend) -> None:
+    """After the server forgot its scripts (SCRIPT FLUSH, as after a restart) appends and
+    trims still work: the journal loads its script again and repeats the call."""
+
+    async def main() -> None:
+        async with backend_and_raw(redis_backend) as (journal, db):
+            await journal.append_local([group(0, "a")])
+            await db.client.script_flush()
+            await journal.append_local([group(0, "b")])
+            await journal.append_remote([remote(1, 1)])
+            assert await all_ids(journal, StreamId(SITE, 0)) == ["a", "b"]
+            await db.client.script_flush()
+            assert await journal.trim({StreamId(SITE, 0): 1}, older_than_ms=1 << 62) == 1
 
     run(main())

@@ -15,6 +15,7 @@ from multiactive.model.topology import (
     ReplicationSettings,
     load_topology,
 )
+from multiactive.redisdb import is_cluster_url
 
 TWO_SITES = """
 [[sites]]
@@ -298,12 +299,13 @@ def test_error_wrong_type_names_the_field(tmp_path: Path, text: str, expected: s
 
 def test_error_wrong_backend_and_mode_name_the_field(tmp_path: Path) -> None:
     """journal, state and links mode accept only their listed choices."""
-    journal = TWO_SITES.replace('name = "gz"', 'name = "gz"\njournal = "redis"')
-    assert 'sites[1].journal: expected "sqlite" or "memory", got \'redis\'' in load_error(
-        tmp_path, journal
+    journal = TWO_SITES.replace('name = "gz"', 'name = "gz"\njournal = "kafka"')
+    assert (
+        'sites[1].journal: expected "sqlite" or "memory" or "redis", got \'kafka\''
+        in load_error(tmp_path, journal)
     )
     state = TWO_SITES.replace('name = "gz"', 'name = "gz"\nstate = "disk"')
-    assert 'sites[1].state: expected "sqlite" or "memory", got \'disk\'' in load_error(
+    assert 'sites[1].state: expected "sqlite" or "memory" or "redis", got \'disk\'' in load_error(
         tmp_path, state
     )
     mode = TWO_SITES + '[[links]]\nfrom = "bj"\nto = "gz"\nmode = "relay"\n'
@@ -369,3 +371,52 @@ def test_error_settings_constraints_name_the_field(
     """Each cross-setting constraint names the file, the field and the rule it breaks."""
     message = load_error(tmp_path, settings + "\n" + TWO_SITES)
     assert f"topology.toml: {field}: {rule}" in message
+
+
+@pytest.mark.parametrize(
+    ("url", "cluster"),
+    [
+        ("redis://127.0.0.1:6379/0", False),
+        ("rediss://user:secret@cache.example:6380/3", False),
+        ("redis+cluster://10.0.0.7:7000", True),
+    ],
+)
+def test_redis_backends_take_the_site_redis_url(tmp_path: Path, url: str, cluster: bool) -> None:
+    """journal/state "redis" read the site's redis_url: a server URL or a redis+cluster one."""
+    text = TWO_SITES.replace(
+        'name = "gz"', f'name = "gz"\njournal = "redis"\nstate = "redis"\nredis_url = "{url}"'
+    )
+    gz = load_topology(write(tmp_path, text)).site("gz")
+    assert (gz.journal, gz.state, gz.redis_url) == ("redis", "redis", url)
+    assert is_cluster_url(url) is cluster
+    assert load_topology(write(tmp_path, TWO_SITES)).site("gz").redis_url is None
+
+
+@pytest.mark.parametrize("backend", ["journal", "state"])
+def test_error_redis_backend_without_redis_url_names_the_field(
+    tmp_path: Path, backend: str
+) -> None:
+    """A site with a redis journal or state and no redis_url is refused, naming the field."""
+    text = TWO_SITES.replace('name = "gz"', f'name = "gz"\n{backend} = "redis"')
+    message = load_error(tmp_path, text)
+    assert 'sites[1].redis_url: is required when journal or state is "redis"' in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "127.0.0.1:6379",
+        "http://127.0.0.1:6379/0",
+        "redis://127.0.0.1/0",
+        "redis://127.0.0.1:99999/0",
+        "redis://127.0.0.1:6379/zero",
+        "redis+cluster://127.0.0.1:7000/2",
+    ],
+)
+def test_error_bad_redis_url_names_the_field_and_value(tmp_path: Path, url: str) -> None:
+    """A redis_url that is not redis[s]://host:port/db or redis[s]+cluster://host:port is
+    refused, naming the field and the value."""
+    text = TWO_SITES.replace('name = "gz"', f'name = "gz"\nstate = "redis"\nredis_url = "{url}"')
+    message = load_error(tmp_path, text)
+    assert "sites[1].redis_url:" in message
+    assert repr(url) in message

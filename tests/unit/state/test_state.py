@@ -1,7 +1,10 @@
-"""State backends: last-writer-wins entries, tombstones, atomic commits and dead letters.
+"""State backends: last-writer-wins entries, tombstones, counters, capped sets, atomic commits
+and dead letters.
 
 Each test body is one coroutine run with `asyncio.run`; the `backend` fixture runs it against
-`MemoryState` and `SqliteState` (a fresh file in `tmp_path` per state made).
+`MemoryState`, `SqliteState` (a fresh file in `tmp_path` per state made) and `RedisState` on a
+redis-server (a fresh key prefix per state made, see `tests/conftest.py`). Tests of data that
+outlives the state object (`durable`) run on SQLite and Redis.
 """
 
 from __future__ import annotations
@@ -18,19 +21,23 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from multiactive.errors import ConfigError
+from multiactive.errors import ConfigError, StoreError
 from multiactive.model.message import StreamId
+from multiactive.model.partition import partition_for
+from multiactive.redisdb import Keys, RedisDb
 from multiactive.state import (
     Commit,
     DeadLetter,
     Entry,
     MemoryState,
     Op,
+    RedisState,
     SqliteState,
     StateBackend,
     Watermark,
 )
-from multiactive.state.base import digest_entries
+from multiactive.state.base import Member, digest_entries
+from multiactive.state.ops import zset_view
 
 STREAM = StreamId("bj", 0)
 
@@ -40,24 +47,30 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 
 class Backend:
-    """Makes fresh states of one kind (each SQLite one in its own file unless named)."""
+    """Makes fresh states of one kind (each SQLite one in its own file, each Redis one under
+    its own key prefix, unless named)."""
 
-    def __init__(self, kind: str, folder: Path) -> None:
+    def __init__(self, kind: str, folder: Path, url: str = "") -> None:
         self.kind = kind
         self.folder = folder
+        self.url = url
+        self.where = url or str(folder / "state.sqlite3")  # what errors name for `name=`
         self._files = itertools.count()
 
-    def new(self, site: str = "bj", name: str | None = None) -> StateBackend:
+    def new(self, site: str = "bj", name: str | None = None, zset_cap: int = 1000) -> StateBackend:
         if self.kind == "memory":
-            return MemoryState()
+            return MemoryState(zset_cap)
+        if self.kind == "redis":
+            prefix = (name or f"t{next(self._files)}").replace(".", "-")
+            return RedisState(site, self.url, PARTITIONS, zset_cap, prefix=prefix)
         path = self.folder / (name or f"state-{next(self._files)}.sqlite3")
-        return SqliteState(site, path)
+        return SqliteState(site, path, zset_cap)
 
     @asynccontextmanager
     async def opened(
-        self, site: str = "bj", name: str | None = None
+        self, site: str = "bj", name: str | None = None, zset_cap: int = 1000
     ) -> AsyncIterator[StateBackend]:
-        state = self.new(site, name)
+        state = self.new(site, name, zset_cap)
         await state.open()
         try:
             yield state
@@ -65,9 +78,23 @@ class Backend:
             await state.close()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+PARTITIONS = 8
+
+
+def make_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
+    return Backend(request.param, tmp_path, url)
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    return Backend(request.param, tmp_path)
+    return make_backend(request, tmp_path)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def durable(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """Backends whose data outlives the state object: a new one on the same storage."""
+    return make_backend(request, tmp_path)
 
 
 @pytest.fixture
@@ -300,16 +327,16 @@ def test_commit_of_several_steps_is_all_or_nothing(backend: Backend) -> None:
     run(main())
 
 
-def test_sqlite_refused_commit_is_rolled_back_on_disk(sqlite: Backend) -> None:
-    """A refused SQLite commit leaves the file unchanged and the state usable afterwards."""
+def test_refused_commit_is_rolled_back_on_disk(durable: Backend) -> None:
+    """A refused commit leaves the stored state unchanged and the state usable afterwards."""
 
     async def main() -> None:
-        async with sqlite.opened(name="state.sqlite3") as state:
+        async with durable.opened(name="state.sqlite3") as state:
             await state.commit(Commit(STREAM, 2, 2, builtin=[message("k", 1, value=b"kept")]))
             with pytest.raises(ValueError, match="would move"):
                 await state.commit(Commit(STREAM, 2, 1, builtin=[message("k", 9)]))
             await state.commit(Commit(STREAM, 3, 1, builtin=[message("j", 2)]))
-        async with sqlite.opened(name="state.sqlite3") as state:
+        async with durable.opened(name="state.sqlite3") as state:
             assert await state.watermarks() == {STREAM: Watermark(3, 3)}
             assert await state.entries() == [
                 Entry("j", b"v", 2, "bj"),
@@ -319,13 +346,13 @@ def test_sqlite_refused_commit_is_rolled_back_on_disk(sqlite: Backend) -> None:
     run(main())
 
 
-def test_sqlite_state_survives_a_reopen(sqlite: Backend) -> None:
-    """Entries, watermarks and dead letters committed to SQLite are there after a reopen."""
+def test_state_survives_a_reopen(durable: Backend) -> None:
+    """Entries, watermarks and dead letters committed are there after a reopen."""
 
     async def main() -> None:
-        async with sqlite.opened(name="state.sqlite3") as state:
+        async with durable.opened(name="state.sqlite3") as state:
             await state.commit(Commit(STREAM, 2, 2, builtin=[message("k", 1)], dead=[dead(2)]))
-        async with sqlite.opened(name="state.sqlite3") as state:
+        async with durable.opened(name="state.sqlite3") as state:
             assert await state.entries() == [Entry("k", b"v", 1, "bj")]
             assert await state.watermarks() == {STREAM: Watermark(2, 2)}
             assert await state.dead_letters() == [dead(2)]
@@ -333,20 +360,20 @@ def test_sqlite_state_survives_a_reopen(sqlite: Backend) -> None:
     run(main())
 
 
-def test_sqlite_state_of_another_site_is_refused(sqlite: Backend) -> None:
-    """Opening one site's state file as another site raises ConfigError naming the file."""
+def test_state_of_another_site_is_refused(durable: Backend) -> None:
+    """Opening one site's state storage as another site raises ConfigError naming it."""
 
     async def main() -> None:
-        async with sqlite.opened(site="bj", name="state.sqlite3"):
+        async with durable.opened(site="bj", name="state.sqlite3"):
             pass
-        other = sqlite.new(site="gz", name="state.sqlite3")
+        other = durable.new(site="gz", name="state.sqlite3")
         try:
             with pytest.raises(ConfigError) as caught:
                 await other.open()
         finally:
             await other.close()
-        assert str(sqlite.folder / "state.sqlite3") in str(caught.value)
-        assert "state of site 'bj', not 'gz'" in str(caught.value)
+        assert durable.where in str(caught.value)
+        assert "site 'bj', not 'gz'" in str(caught.value)
 
     run(main())
 
@@ -453,18 +480,26 @@ def test_digest_sees_every_field(changed: Entry) -> None:
     assert digest_entries([Entry("k", b"v", 1, "bj")]) != digest_entries([changed])
 
 
-def test_backend_digest_matches_across_backends(tmp_path: Path) -> None:
-    """Memory and SQLite states given the same commits report the same digest."""
+@pytest.mark.parametrize("other", ["sqlite", "redis"])
+def test_backend_digest_matches_across_backends(
+    request: pytest.FixtureRequest, tmp_path: Path, other: str
+) -> None:
+    """Memory, SQLite and Redis states given the same commits report the same digest."""
+    url = request.getfixturevalue("redis_url") if other == "redis" else ""
 
     async def main() -> None:
-        builtin = [message("a", 3), message("b", 2, value=None), message("a", 1, "gz")]
+        builtin = [
+            message("a", 3), message("b", 2, value=None), message("a", 1, "gz"),
+            Op("counter.add", "c", 4, "gz", b"7"), Op("zset.add", "z", 1 << 20, "gz", b"m"),
+            Op("zset.rem", "z", 1 << 21, "bj", b"n"),
+        ]  # fmt: skip
         memory = Backend("memory", tmp_path)
-        sqlite = Backend("sqlite", tmp_path)
-        async with memory.opened() as one, sqlite.opened() as two:
+        second = Backend(other, tmp_path, url)
+        async with memory.opened() as one, second.opened() as two:
             for state in (one, two):
-                await state.commit(Commit(STREAM, 3, 3, builtin=builtin))
+                await state.commit(Commit(STREAM, 6, 6, builtin=builtin))
+            assert await one.snapshot() == await two.snapshot()
             assert await one.digest() == await two.digest()
-            assert await one.digest() == digest_entries(await one.entries())
             await two.put([Entry("c", b"x", 1, "bj")])
             assert await one.digest() != await two.digest()
 
@@ -483,3 +518,306 @@ def test_sqlite_file_is_a_plain_sqlite_database(sqlite: Backend) -> None:
         rows = conn.execute("SELECT key, value, version, origin FROM kv").fetchall()
     conn.close()
     assert rows == [("a", None, 4, "gz")]
+
+
+# -- exact versions and origins ----------------------------------------------------------------
+
+BASE_MS = 1_700_000_000_000  # versions are ms << 16 | logical: far beyond 2**53 as doubles
+
+
+def test_lww_compares_full_int64_versions(backend: Backend) -> None:
+    """Versions that differ only below the precision of a double still order exactly."""
+    newer_version = (BASE_MS << 16) | 0x1235
+    older_version = newer_version - 1
+
+    writes = [message("k", newer_version, value=b"new"), message("k", older_version, value=b"old")]
+
+    async def main() -> None:
+        for order in (writes, writes[::-1]):
+            async with backend.opened() as state:
+                await apply_each(state, order)
+                assert await state.get("k") == Entry("k", b"new", newer_version, "bj")
+
+    run(main())
+
+
+def test_lww_ties_compare_origin_names_byte_by_byte(backend: Backend) -> None:
+    """Equal versions go to the origin name greatest byte by byte ('-' < '_' < letters),
+    whatever the arrival order."""
+    names = ["bj-x", "bjx", "bj_x", "bj"]
+
+    async def main() -> None:
+        for order in (names, names[::-1], names[1:] + names[:1]):
+            async with backend.opened() as state:
+                await apply_each(state, [message("k", 7, o, o.encode()) for o in order])
+                assert await state.get("k") == Entry("k", b"bjx", 7, "bjx")
+
+    run(main())
+
+
+# -- counters ------------------------------------------------------------------------------------
+
+counter_messages = st.lists(
+    st.tuples(
+        st.sampled_from(["hits", "likes"]),
+        st.integers(-(2**40), 2**40),
+        st.sampled_from(["{}", "+{}", "00{}"]),
+    ),
+    min_size=1,
+    max_size=15,
+)
+
+
+def counter_payload(delta: int, form: str) -> bytes:
+    """A delta as ingress accepts it: plain, with a plus sign, or with leading zeros."""
+    return (str(delta) if delta < 0 else form.format(delta)).encode()
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(counter_messages, st.randoms(use_true_random=False), st.integers(1, 4))
+def test_counter_totals_are_the_sum_of_distinct_messages_in_any_order(
+    backend: Backend, deltas: list[tuple[str, int, str]], rnd: Any, per_step: int
+) -> None:
+    """P2/P3: counter.add messages (equal deltas too) in any order and grouping sum to the same
+    totals; a step delivered again is refused and adds nothing."""
+    messages = [
+        Op("counter.add", key, n + 1, "gz", counter_payload(delta, form))
+        for n, (key, delta, form) in enumerate(deltas)
+    ]
+    expected: dict[str, int] = {}
+    for key, delta, _ in deltas:
+        expected[key] = expected.get(key, 0) + delta
+    shuffled = rnd.sample(messages, len(messages))
+    chunks = [shuffled[start : start + per_step] for start in range(0, len(shuffled), per_step)]
+    ends = itertools.accumulate(len(ops) for ops in chunks)
+    steps = [
+        Commit(STREAM, end, len(ops), builtin=ops) for end, ops in zip(ends, chunks, strict=True)
+    ]
+
+    async def main() -> None:
+        async with backend.opened() as state:
+            for step in steps:
+                await state.commit(step)
+            with pytest.raises(ValueError, match="would move"):
+                await state.commit(steps[-1])
+            assert {key: await state.counter(key) for key in expected} == expected
+            assert (await state.snapshot()).counters == tuple(sorted(expected.items()))
+            assert await state.counter("never") == 0
+
+    run(main())
+
+
+# -- capped sets ---------------------------------------------------------------------------------
+
+
+def zset_op(member: bytes, ms: int, logical: int = 0, origin: str = "bj", add: bool = True) -> Op:
+    version = ((BASE_MS + ms) << 16) | logical
+    return Op("zset.add" if add else "zset.rem", "timeline", version, origin, member)
+
+
+zset_messages = st.lists(
+    st.tuples(
+        st.sampled_from([b"a", b"b", b"c", b"d", b"e"]),
+        st.integers(0, 4),
+        st.sampled_from([0, 1, 0xFFFF]),
+        origins,
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=14,
+    unique_by=lambda t: (t[0], t[1], t[2], t[3]),
+)
+
+
+def registers(ops: list[Op]) -> list[Member]:
+    """What LWW must leave per member: the greatest (version, origin), in member order."""
+    best: dict[bytes, Op] = {}
+    for op in ops:
+        held = best.get(op.payload)
+        if held is None or (op.version, op.origin) > (held.version, held.origin):
+            best[op.payload] = op
+    return [
+        Member(m, best[m].version, best[m].origin, best[m].type == "zset.add") for m in sorted(best)
+    ]
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(zset_messages, st.randoms(use_true_random=False), st.integers(0, 3))
+def test_zset_adds_and_removals_in_any_order_converge_to_one_view(
+    backend: Backend, values: list[tuple[bytes, int, int, str, bool]], rnd: Any, repeats: int
+) -> None:
+    """P2: zset.add/zset.rem in any order, some repeated, leave the same member registers and
+    the view `ops.zset_view` gives (newest 3 present; ties by member bytes, highest first)."""
+    ops = [zset_op(m, ms, logical, origin, add) for m, ms, logical, origin, add in values]
+    shuffled = ops + rnd.sample(ops, min(repeats, len(ops)))
+    rnd.shuffle(shuffled)
+    expected = registers(ops)
+
+    async def main() -> None:
+        async with backend.opened(zset_cap=3) as state:
+            await apply_each(state, shuffled)
+            assert await state.members("timeline") == expected
+            assert await state.zset("timeline") == zset_view(expected, 3)
+            assert (await state.snapshot()).zsets == (("timeline", tuple(expected)),)
+
+    run(main())
+
+
+def test_zset_shows_the_newest_cap_and_a_removal_lets_the_next_older_show(
+    backend: Backend,
+) -> None:
+    """A set shows its cap newest present members; removing one shows the next older one,
+    and the removed member stays as an absent register."""
+
+    async def main() -> None:
+        async with backend.opened(zset_cap=2) as state:
+            await apply_each(state, [zset_op(b"x", 1), zset_op(b"y", 2), zset_op(b"z", 3)])
+            assert [m.member for m in await state.zset("timeline")] == [b"z", b"y"]
+            await apply_each_from(state, 4, [zset_op(b"z", 4, add=False)])
+            assert [m.member for m in await state.zset("timeline")] == [b"y", b"x"]
+            assert [(m.member, m.present) for m in await state.members("timeline")] == [
+                (b"x", True),
+                (b"y", True),
+                (b"z", False),
+            ]
+            assert await state.zset("empty") == []
+
+    run(main())
+
+
+def test_zset_orders_by_millisecond_then_member_bytes(backend: Backend) -> None:
+    """Members of one millisecond order by member bytes, highest first, whatever their
+    logical counter; the next millisecond comes first even with logical 0 against 0xFFFF."""
+
+    async def main() -> None:
+        async with backend.opened() as state:
+            await apply_each(
+                state,
+                [
+                    zset_op(b"a", 5, logical=9),
+                    zset_op(b"b", 5, logical=1),
+                    zset_op(b"B", 5, logical=0xFFFF),
+                    zset_op(b"A", 6, logical=0),
+                ],
+            )
+            shown = await state.zset("timeline")
+            assert [m.member for m in shown] == [b"A", b"b", b"a", b"B"]
+            assert [m.score for m in shown] == [BASE_MS + 6] + [BASE_MS + 5] * 3
+
+    run(main())
+
+
+# -- Redis: the cache as left in Redis, lost commits, overflow, cluster ----------------------
+
+
+@asynccontextmanager
+async def raw_redis(url: str) -> AsyncIterator[RedisDb]:
+    db = await RedisDb.connect(url, "test")
+    try:
+        yield db
+    finally:
+        await db.close()
+
+
+def tagged(key: str, family: str, site: str = "bj") -> str:
+    """The Redis key of a state key (see multiactive.redisdb)."""
+    return f"{Keys(site).tag(partition_for(key, PARTITIONS))}{family}:{key}"
+
+
+def test_redis_state_is_a_cache_other_clients_can_read(redis_url: str) -> None:
+    """The Redis state leaves plain Redis values under the documented keys: a register hash,
+    a counter string, a sorted set of present members, the watermark hash."""
+
+    async def main() -> None:
+        state = RedisState("bj", redis_url, PARTITIONS)
+        await state.open()
+        ops = [
+            Op("kv.set", "user:1", 5, "gz", b"alice"),
+            Op("counter.add", "hits", 6, "gz", b"41"),
+            Op("counter.add", "hits", 7, "gz", b"+1"),
+            zset_op(b"post-1", 1, origin="gz"),
+            zset_op(b"post-2", 2, origin="gz"),
+        ]
+        await state.commit(Commit(StreamId("gz", 3), 5, 5, builtin=ops))
+        await state.close()
+        async with raw_redis(redis_url) as db:
+            assert await db.call("HGET", tagged("user:1", "kv"), "value") == b"alice"
+            assert await db.call("GET", tagged("hits", "c")) == b"42"
+            assert await db.call("ZREVRANGE", tagged("timeline", "z"), 0, -1) == [
+                b"post-2",
+                b"post-1",
+            ]
+            assert await db.call("HGET", f"{Keys('bj').tag(3)}wm", "applied:gz") == b"5"
+
+    run(main())
+
+
+def test_redis_watermark_behind_what_was_committed_stops_commits(redis_url: str) -> None:
+    """A watermark that went back in Redis (the server lost commits) makes the next commit
+    raise StoreError and change nothing; a reopened state goes on from what Redis holds."""
+
+    async def main() -> None:
+        async with Backend("redis", Path(), redis_url).opened(name="s") as state:
+            await state.commit(Commit(STREAM, 2, 2, builtin=[message("k", 1)]))
+            async with raw_redis(redis_url) as db:
+                await db.call("HSET", f"{Keys('bj', 's').tag(0)}wm", "applied:bj", 1)
+            with pytest.raises(StoreError, match="watermark of bj/0 is 1, not what this process"):
+                await state.commit(Commit(STREAM, 3, 1, builtin=[message("j", 1)]))
+            assert await state.get("j") is None
+        async with Backend("redis", Path(), redis_url).opened(name="s") as state:
+            assert (await state.watermarks())[STREAM].applied == 1
+            await state.commit(Commit(STREAM, 2, 1, builtin=[message("k", 2)]))
+
+    run(main())
+
+
+def test_redis_counter_overflow_refuses_the_whole_step(redis_url: str) -> None:
+    """A counter.add that would overflow int64 in Redis fails its step: the step's other
+    increments are undone and the watermark does not move."""
+
+    async def main() -> None:
+        async with Backend("redis", Path(), redis_url).opened() as state:
+            big = str(2**62).encode()
+            await state.commit(Commit(STREAM, 1, 1, builtin=[Op("counter.add", "b", 1, "bj", big)]))
+            step = [Op("counter.add", "a", 2, "bj", b"5"), Op("counter.add", "b", 3, "bj", big)]
+            with pytest.raises(StoreError, match="overflow"):
+                await state.commit(Commit(STREAM, 3, 2, builtin=step))
+            assert (await state.counter("a"), await state.counter("b")) == (0, 2**62)
+            assert await state.watermarks() == {STREAM: Watermark(1, 1)}
+
+    run(main())
+
+
+def test_redis_state_on_a_cluster_commits_steps_of_many_partitions(redis_cluster_url: str) -> None:
+    """On a Redis Cluster each step commits in its partition's slot; a key that belongs to
+    another partition than its stream is refused with ConfigError before anything is sent."""
+    keys = {
+        p: [k for k in (f"k{i}" for i in range(80)) if partition_for(k, PARTITIONS) == p]
+        for p in range(PARTITIONS)
+    }
+
+    async def main() -> None:
+        async with Backend("redis", Path(), redis_cluster_url).opened() as state:
+            steps = [
+                Commit(
+                    StreamId("gz", p),
+                    1,
+                    2,
+                    builtin=[message(keys[p][0], 1, "gz"), message(keys[p][1], 1, "gz")],
+                )
+                for p in range(PARTITIONS)
+            ]
+            await state.commit(*steps)
+            assert len(await state.entries()) == 2 * PARTITIONS
+            assert await state.get(keys[5][1]) == Entry(keys[5][1], b"v", 1, "gz")
+            with pytest.raises(ConfigError, match="belongs to partition 1 of 8"):
+                await state.commit(
+                    Commit(StreamId("gz", 2), 2, 1, builtin=[message(keys[1][2], 1)])
+                )
+            assert (await state.watermarks())[StreamId("gz", 2)] == Watermark(1, 2)
+
+    run(main())

@@ -1,0 +1,192 @@
+"""Redis servers for tests, the demo and benchmarks: on free ports, data in a folder of ours,
+killed at the end and with their parent (like the site processes of `LocalCluster`).
+
+They run as the redis journal needs for J3 across a crash of the server: `appendonly yes`,
+`appendfsync always` (the append-only file is fsynced before a reply), and no RDB snapshots.
+
+    with RedisServer(tmp_path / "redis") as server:
+        server.url                          # redis://127.0.0.1:<port>/0
+    with RedisClusterServers(tmp_path / "cluster") as cluster:
+        cluster.url                         # redis+cluster://127.0.0.1:<port>, 3 masters
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+from multiactive.errors import ConfigError
+from multiactive.testing.cluster import _die_with_parent, free_port
+
+REDIS_SERVER = "redis-server"
+DEBIAN_PACKAGE = "redis-server"
+READY_TIMEOUT_S = 20.0
+POLL_S = 0.02
+CLUSTER_SLOTS = 16384
+# What the redis journal needs for J3 across a server crash (see multiactive.journal.redis).
+DURABLE = ("--appendonly", "yes", "--appendfsync", "always", "--save", "")
+
+
+def redis_server_path() -> str:
+    """The redis-server binary, or a ConfigError naming the Debian package."""
+    path = shutil.which(REDIS_SERVER)
+    if path is None:
+        raise ConfigError(
+            f"the redis backend needs {REDIS_SERVER}, which is not installed; on Debian or "
+            f"Ubuntu: apt-get install {DEBIAN_PACKAGE}"
+        )
+    return path
+
+
+@dataclass
+class RedisServer:
+    """One redis-server process; `cluster=True` starts it as an empty cluster node."""
+
+    root: Path
+    port: int = field(default_factory=free_port)
+    cluster: bool = False
+    bus_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def command(self) -> list[str]:
+        command = [
+            redis_server_path(), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.root), *DURABLE,
+        ]  # fmt: skip
+        if self.cluster:
+            command += [
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-port", str(self.bus_port), "--cluster-node-timeout", "5000",
+            ]  # fmt: skip
+        return command
+
+    def start(self) -> None:
+        """Start (or start again, on the same data) and wait until it answers PING."""
+        command = self.command()
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / "redis.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            )
+        self.wait_ready()
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive:
+                raise ConfigError(f"redis-server on port {self.port} exited:\n{self.log_tail()}")
+            try:
+                with self.client() as client:
+                    client.ping()
+                return
+            except redis.exceptions.RedisError:
+                time.sleep(POLL_S)
+        raise ConfigError(f"redis-server on port {self.port} is not ready:\n{self.log_tail()}")
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1.0)
+
+    def flush(self) -> None:
+        with self.client() as client:
+            client.flushall()
+
+    def kill(self) -> None:
+        """SIGKILL: the server gets no chance to write anything more."""
+        if self.process is not None:
+            if self.alive:
+                self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = (self.root / "redis.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.kill()
+
+
+@dataclass
+class RedisClusterServers:
+    """A Redis Cluster of `masters` nodes and no replicas, slots split evenly."""
+
+    root: Path
+    masters: int = 3
+    nodes: list[RedisServer] = field(init=False, default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> None:
+        self.nodes = [
+            RedisServer(self.root / f"node{i}", cluster=True) for i in range(self.masters)
+        ]
+        for node in self.nodes:
+            node.start()
+        for index, node in enumerate(self.nodes):
+            first = index * CLUSTER_SLOTS // self.masters
+            last = (index + 1) * CLUSTER_SLOTS // self.masters - 1
+            with node.client() as client:
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+        with self.nodes[0].client() as client:
+            for other in self.nodes[1:]:
+                client.execute_command("CLUSTER", "MEET", "127.0.0.1", other.port, other.bus_port)
+        self.wait_ok()
+
+    def wait_ok(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Until every node says cluster_state:ok and knows every other node."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(self._node_ok(node) for node in self.nodes):
+                return
+            time.sleep(POLL_S)
+        raise ConfigError(f"Redis Cluster in {self.root} did not reach cluster_state:ok")
+
+    def _node_ok(self, node: RedisServer) -> bool:
+        with node.client() as client:
+            info = client.execute_command("CLUSTER", "INFO")
+        if isinstance(info, bytes):
+            info = info.decode()
+        text = str(info)
+        return "cluster_state:ok" in text and f"cluster_known_nodes:{self.masters}" in text
+
+    def flush(self) -> None:
+        for node in self.nodes:
+            node.flush()
+
+    def kill(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+    def __enter__(self) -> RedisClusterServers:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.kill()

@@ -1,0 +1,38 @@
+"""Servers the whole suite shares, started on first use on free ports in a temporary folder
+(`multiactive.testing.redis`: appendonly yes, appendfsync always) and killed at the end: one
+redis-server, and a Redis Cluster of three masters. A test that uses one gets a clean database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from multiactive.testing.redis import RedisClusterServers, RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    with RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of the shared redis-server, emptied for this test."""
+    redis_server.flush()
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterServers) -> str:
+    """The URL of the shared Redis Cluster, emptied for this test."""
+    redis_cluster.flush()
+    return redis_cluster.url
