@@ -57,6 +57,8 @@ class ReconcileReport:
     redrive_succeeded: int
     given_up: int
     problems: tuple[str, ...]
+    run: int = 0  # this run's number since the site started
+    redriven_total: int = 0  # re-drives in all runs since the site started
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +73,7 @@ class ReconcileReport:
             "redriven": self.redriven,
             "redrive_succeeded": self.redrive_succeeded,
             "given_up": self.given_up,
+            "redriven_total": self.redriven_total,
             "problems": len(self.problems),
             "last_run_timestamp_seconds": self.started_ms / 1000,
         }
@@ -101,6 +104,8 @@ class Reconciler:
         self._settings = node.topology.replication
         self._redrives: dict[tuple[str, int, int], _Redrive] = {}
         self._lock = asyncio.Lock()
+        self._runs = 0
+        self._redriven_total = 0
         self.last: ReconcileReport | None = None
 
     async def run(self) -> None:
@@ -122,11 +127,13 @@ class Reconciler:
             behind = await self._behind(tally)
             letters = await self._node.state.dead_letters(limit=100_000)
             await self._redrive(letters, tally)
+            self._runs += 1
+            self._redriven_total += tally.redriven
             report = ReconcileReport(
                 self._node.name, started_ms, round((time.perf_counter() - started) * 1000, 3),
                 len(streams), tally.holes, tally.refetched, tuple(behind),
                 len(letters) - tally.succeeded, tally.redriven, tally.succeeded, tally.given_up,
-                tuple(tally.problems),
+                tuple(tally.problems), self._runs, self._redriven_total,
             )  # fmt: skip
             self.last = report
             log.info(

@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -46,10 +47,29 @@ PR_SET_PDEATHSIG = 1
 STOP_TIMEOUT_S = 20.0
 
 
+# Ports handed out by `free_port` come from below the kernel's ephemeral range (32768-60999 on
+# Linux), so an outgoing connection cannot take one between the pick and the server's bind; and
+# a port is never handed out twice by one process, even before its server has bound it.
+PORT_RANGE = (20000, 32767)
+_given_ports: set[int] = set()
+_port_random = random.Random()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on `host` that nothing listens on and this process has not handed out yet."""
+    low, high = PORT_RANGE
+    for _ in range(high - low):
+        port = _port_random.randint(low, high)
+        if port in _given_ports:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _given_ports.add(port)
+        return port
+    raise ClusterError(f"no free TCP port on {host} in {low}-{high}")
 
 
 class ClusterError(AssertionError):
