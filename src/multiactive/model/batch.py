@@ -146,6 +146,23 @@ def split_batches(data: bytes | memoryview) -> list[RecordBatch]:
     return batches
 
 
+def scan_batches(data: bytes | memoryview) -> tuple[list[RecordBatch], int, DecodeError | None]:
+    """Parse concatenated batches as far as they are whole and valid: the batches, the offset
+    where parsing stopped, and why it stopped there (None at the end of `data`). A journal
+    recovering a file whose tail may be torn reads it this way."""
+    view = memoryview(data)
+    batches: list[RecordBatch] = []
+    offset = 0
+    while offset < len(view):
+        try:
+            batch, end = _parse_at(view, offset)
+        except DecodeError as exc:
+            return batches, offset, exc
+        batches.append(batch)
+        offset = end
+    return batches, offset, None
+
+
 def _parse_at(view: memoryview, offset: int) -> tuple[RecordBatch, int]:
     if len(view) - offset < HEADER_SIZE:
         raise DecodeError(

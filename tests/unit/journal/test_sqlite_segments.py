@@ -1,0 +1,187 @@
+"""The SQLite journal's segment files: what a crash can leave behind, and how open() mends it.
+
+An append writes batch bytes to the active segment, fdatasyncs it, then commits their index
+rows in SQLite without a sync. These tests make the states a crash can leave (an index commit
+lost after the segment write, a torn segment end) by editing the files between a close and an
+open, and check that the journal reopens to exactly what was acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from multiactive.errors import JournalError
+from multiactive.journal import SqliteJournal
+from multiactive.journal.segments import segment_numbers, segment_path
+from multiactive.model.message import Position, StreamId
+
+from .test_journal import PEER, SITE, all_ids, all_seqs, group, remote
+
+STREAM = StreamId(SITE, 0)
+
+
+def _journal(folder: Path, **options: int) -> SqliteJournal:
+    return SqliteJournal(SITE, folder / "journal.sqlite3", **options)
+
+
+async def _opened(folder: Path, **options: int) -> SqliteJournal:
+    journal = _journal(folder, **options)
+    await journal.open()
+    return journal
+
+
+def _forget_last_index_commit(path: Path, stream: StreamId, last_seq: int, head: int) -> None:
+    """What a machine crash can do to an index commit that was not synced yet: the batch row,
+    its request ids and the head move are gone; the segment still holds the batch."""
+    with sqlite3.connect(path) as db:
+        (stream_id,) = db.execute(
+            "SELECT id FROM streams WHERE origin = ? AND partition = ?", stream
+        ).fetchone()
+        first = db.execute(
+            "SELECT first_seq FROM batches WHERE stream = ? AND last_seq = ?",
+            (stream_id, last_seq),
+        ).fetchone()[0]
+        db.execute("DELETE FROM batches WHERE stream = ? AND last_seq = ?", (stream_id, last_seq))
+        if stream.origin == SITE:
+            db.execute(
+                "DELETE FROM ids WHERE partition = ? AND seq >= ?", (stream.partition, first)
+            )
+        db.execute("UPDATE streams SET head = ? WHERE id = ?", (head, stream_id))
+    db.close()
+
+
+def test_a_lost_index_commit_is_indexed_again_at_open(tmp_path: Path) -> None:
+    """Batches durable in the segment but missing from the index come back at open, with their
+    request ids: the head, the reads and the dedup of a retried id are as acknowledged."""
+
+    async def main() -> None:
+        journal = await _opened(tmp_path)
+        await journal.append_local([group(0, "a", "b")])
+        await journal.append_local([group(0, "c")])
+        await journal.append_remote([remote(1, 3)])
+        await journal.close()
+        _forget_last_index_commit(journal.path, STREAM, last_seq=3, head=2)
+        _forget_last_index_commit(journal.path, StreamId(PEER, 0), last_seq=3, head=0)
+        journal = await _opened(tmp_path)
+        try:
+            assert journal.heads() == {STREAM: 3, StreamId(PEER, 0): 3}
+            assert await all_ids(journal, STREAM) == ["a", "b", "c"]
+            assert await all_seqs(journal, StreamId(PEER, 0)) == [1, 2, 3]
+            assert await journal.lookup(["c"]) == {"c": Position(SITE, 0, 3)}
+            again = await journal.append_local([group(0, "c", "d")])
+            assert [(r.position.seq, r.duplicate) for r in again] == [(3, True), (4, False)]
+        finally:
+            await journal.close()
+
+    asyncio.run(main())
+
+
+def test_a_torn_segment_end_is_cut_off_and_appends_go_on(tmp_path: Path) -> None:
+    """Half a batch at the end of the active segment (an append cut short by a crash, never
+    acknowledged) is cut off at open; the journal keeps what was whole and appends after it."""
+
+    async def main() -> None:
+        journal = await _opened(tmp_path)
+        await journal.append_local([group(0, "a")])
+        await journal.close()
+        torn = remote(1, 2).data[:-7]
+        (number,) = segment_numbers(journal.segments_folder)
+        path = segment_path(journal.segments_folder, number)
+        whole = path.stat().st_size
+        with path.open("ab") as file:
+            file.write(torn)
+        journal = await _opened(tmp_path)
+        try:
+            assert path.stat().st_size == whole
+            assert journal.heads() == {STREAM: 1}
+            await journal.append_local([group(0, "b")])
+        finally:
+            await journal.close()
+        journal = await _opened(tmp_path)
+        try:
+            assert await all_ids(journal, STREAM) == ["a", "b"]
+        finally:
+            await journal.close()
+
+    asyncio.run(main())
+
+
+def test_a_failed_index_commit_leaves_no_bytes_to_index_later(tmp_path: Path) -> None:
+    """When the index commit of an append fails, the segment is cut back: a write reported
+    as failed can never reappear as journaled when the file is next opened."""
+
+    async def main() -> None:
+        journal = await _opened(tmp_path)
+        await journal.append_local([group(0, "a")])
+        with sqlite3.connect(journal.path) as db:
+            db.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON batches WHEN NEW.last_seq = 2 "
+                "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+            )
+        db.close()
+        with pytest.raises(sqlite3.IntegrityError, match="injected failure"):
+            await journal.append_local([group(0, "refused")])
+        assert journal.heads() == {STREAM: 1}
+        await journal.close()
+        journal = await _opened(tmp_path)
+        try:
+            assert journal.heads() == {STREAM: 1}
+            assert await all_ids(journal, STREAM) == ["a"]
+            assert await journal.lookup(["refused"]) == {}
+        finally:
+            await journal.close()
+
+    asyncio.run(main())
+
+
+def test_segments_roll_and_a_trim_deletes_the_ones_it_empties(tmp_path: Path) -> None:
+    """Appends start a new segment past `segment_bytes`; reads span segments; a trim deletes
+    the segments no stored batch lies in any more, never the active one."""
+
+    async def main() -> None:
+        size = remote(1, 1).size
+        journal = await _opened(tmp_path, segment_bytes=size * 2)
+        try:
+            for seq in range(1, 9):
+                await journal.append_remote([remote(seq, 1)])
+            folder = journal.segments_folder
+            assert len(segment_numbers(folder)) == 5  # two batches each, then a new active one
+            stream = StreamId(PEER, 0)
+            assert await all_seqs(journal, stream) == list(range(1, 9))
+            dropped = await journal.trim({stream: 5}, older_than_ms=10**15)
+            assert dropped == 5
+            assert segment_numbers(folder) == [3, 4, 5]  # segment 3 still holds seq 6
+            assert await journal.low_water(stream) == 6
+            assert [b.first_seq for b in await journal.read(stream, 1, 1 << 20)] == [6, 7, 8]
+        finally:
+            await journal.close()
+
+    asyncio.run(main())
+
+
+def test_a_segment_shorter_than_its_index_is_refused_at_open(tmp_path: Path) -> None:
+    """A segment cut short outside multiactive (its indexed batches gone) is a JournalError
+    at open that names the file, never a silent loss."""
+
+    async def main() -> None:
+        journal = await _opened(tmp_path)
+        await journal.append_remote([remote(1, 2)])
+        await journal.close()
+        (number,) = segment_numbers(journal.segments_folder)
+        path = segment_path(journal.segments_folder, number)
+        with path.open("r+b") as file:
+            file.truncate(10)
+        broken = _journal(tmp_path)
+        try:
+            with pytest.raises(JournalError) as caught:
+                await broken.open()
+        finally:
+            await broken.close()
+        assert str(path) in str(caught.value)
+        assert "changed outside multiactive" in str(caught.value)
+
+    asyncio.run(main())
