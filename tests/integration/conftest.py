@@ -63,9 +63,7 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None
 
 
 def stream_heads(cluster: LocalCluster, site: str, origin: str) -> dict[int, int]:
-    return {
-        s["partition"]: s["head"] for s in cluster.status(site)["streams"] if s["origin"] == origin
-    }
+    return {partition: head for partition, (head, _) in cluster.heads(site, origin).items()}
 
 
 def assert_applied_exactly_once(cluster: LocalCluster) -> None:

@@ -22,6 +22,22 @@ from .conftest import ClusterFactory, publish, wait_for
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
+def test_heads_report_every_stream_head_and_applied_watermark(make_cluster: ClusterFactory) -> None:
+    """/heads lists, per stream, the journal head and the applied watermark, equal to what
+    /status reports once the site is idle."""
+    cluster = make_cluster()
+    cluster.start()
+    publish(cluster.client_address("a"), 200, lambda i: f"k{i}")
+    cluster.wait_converged(30)
+    heads = cluster.get("b", "/heads")
+    assert heads["site"] == "b"
+    status = {(s["origin"], s["partition"]): (s["head"], s["applied"])
+              for s in cluster.status("b")["streams"]}  # fmt: skip
+    assert {(s["origin"], s["partition"]): (s["head"], s["applied"])
+            for s in heads["streams"]} == status  # fmt: skip
+    assert sum(head for head, _ in cluster.heads("b", "a").values()) == 200
+
+
 def test_metrics_parse_with_the_prometheus_text_parser(make_cluster: ClusterFactory) -> None:
     """/metrics is valid Prometheus text and reports ingress, per-stream lag and link state."""
     cluster = make_cluster()

@@ -2,6 +2,8 @@
 
 GET /health             liveness: {"site", "status": "ok"}
 GET /status             statistics of the whole site (heads, links, processor, ingress)
+GET /heads              per stream: journal head and applied watermark, from memory (cheap
+                        enough to poll while the site is busy)
 GET /state/digest       digest of the state and its entry count
 GET /state/kv/{key}     one entry (tombstones included), 404 when never written
 GET /state/entries      every entry (?limit=N, default 10000)
@@ -56,6 +58,7 @@ class AdminServer:
                 web.get("/topology", self._topology),
                 web.get("/health", self._health),
                 web.get("/status", self._status),
+                web.get("/heads", self._heads),
                 web.get("/metrics", self._metrics),
                 web.get("/state/digest", self._digest),
                 web.get("/state/kv/{key}", self._kv),
@@ -151,6 +154,15 @@ class AdminServer:
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"site": self._node.name, "status": "ok"})
+
+    async def _heads(self, request: web.Request) -> web.Response:
+        node = self._node
+        streams = [
+            {"origin": s.origin, "partition": s.partition, "head": head,
+             "applied": node.processor.applied(s)}
+            for s, head in sorted(node.journal.heads().items())
+        ]  # fmt: skip
+        return web.json_response({"site": node.name, "streams": streams})
 
     async def _status(self, request: web.Request) -> web.Response:
         return web.json_response(await self._site_status())

@@ -15,6 +15,10 @@ import psycopg
 from multiactive.audit.base import AuditRecord, AuditStore
 from multiactive.errors import ConfigError
 
+# Every site creates the schema when it opens the store; several at once would race inside
+# PostgreSQL's catalog (CREATE ... IF NOT EXISTS is not safe concurrently), so the creation
+# runs in one transaction holding this advisory lock (any constant our tables own).
+_SCHEMA_LOCK = 0x6D61_6175  # "maau"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS multiactive_audit(
     site TEXT NOT NULL, origin TEXT NOT NULL, partition INTEGER NOT NULL,
@@ -39,7 +43,8 @@ class PostgresAuditStore(AuditStore):
             raise ConfigError(
                 f"cannot connect to the audit store at {_safe(self.dsn)} ([audit] dsn): {exc}"
             ) from exc
-        async with self._conn.cursor() as cur:
+        async with self._conn.transaction(), self._conn.cursor() as cur:
+            await cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             await cur.execute(_SCHEMA)
 
     async def close(self) -> None:

@@ -28,6 +28,8 @@ from multiactive.wire.protocol import (
     encode_heartbeat,
 )
 
+STORE_CHUNK_BYTES = 4 * 1024 * 1024
+
 
 class Collector:
     """One receiving session on one connection; ends when the connection does."""
@@ -100,7 +102,7 @@ class Collector:
         while True:
             while not self._queue:
                 await self._queued.wait()
-            batches, self._queue = self._queue, []
+            batches = self._take()
             result = await self._journal.append_remote(batches)
             self._clock.observe(max(b.max_version for b in batches))
             self._monitor.counted(
@@ -112,6 +114,20 @@ class Collector:
             self._monitor.receiver_heads.update(heads)
             gaps = tuple(s.partition for s in result.gaps)
             self._conn.send(encode_ack(Ack(heads, gaps)))
+
+    def _take(self) -> list[RecordBatch]:
+        """Queued batches for one append, about STORE_CHUNK_BYTES: a receiver that fell behind
+        acknowledges as it goes, so the sender's window reopens steadily instead of all at once
+        after one long append (over a 40 ms link that gap would leave the path empty)."""
+        queue = self._queue
+        size = 0
+        for count, batch in enumerate(queue, start=1):
+            size += batch.size
+            if size >= STORE_CHUNK_BYTES:
+                taken, self._queue = queue[:count], queue[count:]
+                return taken
+        self._queue = []
+        return queue
 
     async def _heartbeat(self) -> None:
         while True:

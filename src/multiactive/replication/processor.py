@@ -32,7 +32,8 @@ from multiactive.state.base import (
     StateBackend,
 )
 
-READ_BYTES = 4 * 1024 * 1024
+READ_BYTES = 4 * 1024 * 1024  # batches read from one stream at a time, at most
+ROUND_BYTES = 8 * 1024 * 1024  # batches one round decodes and commits, across streams
 CANARY_TYPE = "ma.canary"  # sent by every site on every partition; applied as a no-op
 CANARY_OVERDUE_INTERVALS = 3
 HOLE_RECHECK_S = 1.0
@@ -108,6 +109,7 @@ class Processor:
         self._steps: dict[StreamId, _Step] = {}
         self._canaries: dict[str, tuple[int, int]] = {}  # origin -> (created, applied) ms
         self._holes: dict[StreamId, int] = {}  # stream -> first seq after a journal hole
+        self._rotation = 0  # which due stream a round starts with
         # Called with (stream, first seq, last seq, dead letters) after each commit.
         self.observers: list[Callable[[StreamId, int, int, Sequence[DeadLetter]], None]] = []
         self._started_ms = wall_ms()
@@ -137,22 +139,33 @@ class Processor:
         return all(self.applied(s) >= h for s, h in self._journal.heads().items())
 
     async def _round(self) -> bool:
-        """Advance every stream that has work, then commit all their steps at once."""
-        worked = False
+        """Advance the streams that have work, about ROUND_BYTES of batches in all, starting
+        one stream further each round (none waits behind the others for long), then commit
+        all their steps at once."""
         now = time.monotonic()
-        for stream, head in list(self._journal.heads().items()):
-            if head > self.applied(stream) and self._retry_at.get(stream, 0.0) <= now:
-                worked = await self._advance(stream) or worked
+        due = [
+            stream
+            for stream, head in self._journal.heads().items()
+            if head > self.applied(stream) and self._retry_at.get(stream, 0.0) <= now
+        ]
+        self._rotation += 1
+        start = self._rotation % len(due) if due else 0
+        budget = ROUND_BYTES
+        for stream in due[start:] + due[:start]:
+            if budget <= 0:
+                break
+            budget -= await self._advance(stream, min(READ_BYTES, budget))
         await self._flush()
-        return worked
+        return budget < ROUND_BYTES
 
     def _next_retry_in(self) -> float | None:
         if not self._retry_at:
             return None
         return max(0.0, min(self._retry_at.values()) - time.monotonic())
 
-    async def _advance(self, stream: StreamId) -> bool:
-        batches = await self._journal.read(stream, self.applied(stream) + 1, READ_BYTES)
+    async def _advance(self, stream: StreamId, max_bytes: int) -> int:
+        """Apply the stream's next batches, about `max_bytes`; return the bytes read."""
+        batches = await self._journal.read(stream, self.applied(stream) + 1, max_bytes)
         try:
             for batch in batches:
                 if batch.first_seq > self._done_through(stream) + 1:
@@ -160,13 +173,16 @@ class Processor:
                     # reconciler refills it from another site, then this stream goes on.
                     self._holes[stream] = batch.first_seq
                     self._retry_at[stream] = time.monotonic() + HOLE_RECHECK_S
-                    return False
+                    return 0
                 if self._holes.pop(stream, None) is not None:
                     self._retry_at.pop(stream, None)  # refilled: no more re-checks
                 await self._apply_batch(stream, batch)
+                # Decoding a batch is CPU work on the event loop: let the links and ingress
+                # run between batches, so a large round never holds them up for long.
+                await asyncio.sleep(0)
         except _RetryLater:
             pass
-        return bool(batches)
+        return sum(batch.size for batch in batches)
 
     def _done_through(self, stream: StreamId) -> int:
         step = self._steps.get(stream)

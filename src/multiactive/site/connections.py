@@ -21,7 +21,7 @@ from multiactive.model.topology import LinkConfig
 from multiactive.replication.collector import Collector
 from multiactive.replication.links import link_for_hello
 from multiactive.replication.reship import Reship
-from multiactive.wire.connection import READ_CHUNK_BYTES, FrameConnection
+from multiactive.wire.connection import FrameConnection, serve
 from multiactive.wire.frames import Frame, FrameType
 from multiactive.wire.protocol import (
     RESULT_REFUSED,
@@ -55,8 +55,8 @@ class Connections:
     async def listen(self) -> None:
         address = self._node.config.listen
         try:
-            self._server = await asyncio.start_server(
-                self._accept, address.host, address.port, limit=READ_CHUNK_BYTES
+            self._server = await serve(
+                address, self._node.topology.limits.max_frame_bytes, self._accepted
             )
         except OSError as exc:
             raise ConfigError(
@@ -68,11 +68,12 @@ class Connections:
         if self._server is not None:
             self._server.close()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    def _accepted(self, conn: FrameConnection) -> None:
+        task = asyncio.get_running_loop().create_task(self._accept(conn))
         self._handlers.add(task)
-        conn = FrameConnection(reader, writer, self._node.topology.limits.max_frame_bytes)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _accept(self, conn: FrameConnection) -> None:
         try:
             hello = decode_hello(await asyncio.wait_for(conn.recv(), HELLO_TIMEOUT_S))
             await self._dispatch(conn, hello)
@@ -86,12 +87,7 @@ class Connections:
             await conn.fail("no HELLO within 10 s")
         except ConnectionLost as exc:
             log.info("connection_closed", site=self._node.name, peer=conn.peer, reason=exc)
-        except asyncio.CancelledError:
-            # The site is closing. asyncio's stream protocol inspects this task's outcome and
-            # would print a cancelled one as an error, so the handler ends normally here.
-            pass
         finally:
-            self._handlers.discard(task)
             await conn.close()
 
     async def _dispatch(self, conn: FrameConnection, hello: Hello) -> None:

@@ -50,57 +50,88 @@ def encode_frame(frame_type: FrameType, body: bytes) -> bytes:
     return _HEADER.pack(len(body), frame_type, crc) + body
 
 
-class FrameDecoder:
-    """Incremental parser: `feed()` any slices of the byte stream, get whole frames back.
+READ_CHUNK_BYTES = 256 * 1024  # the receive buffer for small frames
+LEND_FROM_BYTES = 64 * 1024  # bodies this large are views into the buffer, smaller ones copies
 
-    Bytes of an incomplete frame are kept as a list of chunks and joined once, when the frame
-    is complete; frame bodies are memoryviews into the joined bytes, so a large frame is
-    copied once between the socket and the journal.
+
+class FrameDecoder:
+    """Incremental parser that owns the receive buffer.
+
+    A transport reads straight into `buffer()` and reports how much arrived with `filled(n)`,
+    which returns the frames completed (`feed(data)` does both, for callers holding bytes).
+    Once a frame's header says it is large, the buffer is made exactly its size, so the socket
+    writes its body in place and the body is handed out as a view: a large frame is never
+    copied between the kernel and the journal. Small bodies are copied out and the buffer is
+    used again.
     """
 
-    __slots__ = ("_chunks", "_max_frame_bytes", "_need", "_setting", "_size")
+    __slots__ = ("_buf", "_end", "_lent", "_max_frame_bytes", "_need", "_setting", "_start")
 
     def __init__(self, max_frame_bytes: int, setting: str = "max_frame_bytes in [limits]") -> None:
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._need = FRAME_HEADER_SIZE
+        self._buf = bytearray(READ_CHUNK_BYTES)
+        self._start = 0  # first byte not parsed yet
+        self._end = 0  # end of the bytes received
+        self._need = FRAME_HEADER_SIZE  # bytes from `_start` that the next frame needs
+        self._lent = False  # a body handed out is a view into `_buf`: never write it again
         self._max_frame_bytes = max_frame_bytes
         self._setting = setting
 
     @property
     def buffered(self) -> int:
-        return self._size
+        return self._end - self._start
 
-    def feed(self, data: bytes) -> list[Frame]:
-        if self._chunks:
-            self._chunks.append(data)
-            self._size += len(data)
-            if self._size < self._need:
-                return []
-            data = b"".join(self._chunks)
-            self._chunks.clear()
-        view = memoryview(data)
+    def buffer(self) -> memoryview:
+        """Where the next received bytes go (never empty)."""
+        if self._lent or len(self._buf) - self._start < self._need or self._end == len(self._buf):
+            self._move(max(self._need, READ_CHUNK_BYTES))
+        return memoryview(self._buf)[self._end :]
+
+    def _move(self, size: int) -> None:
+        """Continue in a new buffer of `size` bytes, holding the bytes not parsed yet."""
+        pending = self._buf[self._start : self._end]
+        self._buf = bytearray(max(size, len(pending) + 1))
+        self._buf[: len(pending)] = pending
+        self._start, self._end, self._lent = 0, len(pending), False
+
+    def filled(self, count: int) -> list[Frame]:
+        """`count` bytes arrived in `buffer()`; return the frames now complete."""
+        self._end += count
         frames: list[Frame] = []
-        offset = 0
-        size = len(data)
-        self._need = FRAME_HEADER_SIZE
-        while size - offset >= FRAME_HEADER_SIZE:
-            length, type_code, crc = _HEADER.unpack_from(data, offset)
+        buf, start, end = self._buf, self._start, self._end
+        view = memoryview(buf)
+        while end - start >= FRAME_HEADER_SIZE:
+            length, type_code, crc = _HEADER.unpack_from(buf, start)
             self._check_header(length, type_code)
-            end = offset + FRAME_HEADER_SIZE + length
-            if end > size:
-                self._need = end - offset
-                break
-            body = view[offset + FRAME_HEADER_SIZE : end]
+            stop = start + FRAME_HEADER_SIZE + length
+            if stop > end:
+                self._start, self._need = start, stop - start
+                return frames
+            body = view[start + FRAME_HEADER_SIZE : stop]
             if zlib.crc32(body, _TYPE_CRC[type_code]) != crc:
                 raise ProtocolError(
                     f"frame checksum mismatch ({FrameType(type_code).name}, {length} bytes)"
                 )
-            frames.append(Frame(FrameType(type_code), body))
-            offset = end
-        if offset < size:
-            self._chunks.append(data[offset:] if offset else data)
-        self._size = size - offset
+            if length >= LEND_FROM_BYTES:
+                self._lent = True
+                frames.append(Frame(FrameType(type_code), body))
+            else:
+                frames.append(Frame(FrameType(type_code), bytes(body)))
+            start = stop
+        self._need = FRAME_HEADER_SIZE
+        if start == end and not self._lent:
+            start = end = self._end = 0  # all parsed: fill the buffer from its start again
+        self._start = start
+        return frames
+
+    def feed(self, data: bytes | memoryview) -> list[Frame]:
+        frames: list[Frame] = []
+        view = memoryview(data)
+        while view:
+            space = self.buffer()
+            count = min(len(space), len(view))
+            space[:count] = view[:count]
+            view = view[count:]
+            frames += self.filled(count)
         return frames
 
     def _check_header(self, length: int, type_code: int) -> None:

@@ -123,3 +123,33 @@ def test_checksum_covers_the_type_byte() -> None:
     data[4] = int(FrameType.ERROR)
     with pytest.raises(ProtocolError, match="checksum mismatch"):
         FrameDecoder(LIMIT).feed(bytes(data))
+
+
+def test_a_large_body_is_received_in_place_and_never_overwritten() -> None:
+    """A large frame's body is a view into the buffer the bytes were read into (no copy), and
+    bytes read after it never land in that buffer: the view stays intact."""
+    first = encode_frame(FrameType.BATCHES, bytes(range(256)) * 1024)  # 256 KiB body
+    second = encode_frame(FrameType.BATCHES, b"\xff" * (300 * 1024))
+    decoder = FrameDecoder(1 << 24)
+    frames: list[Frame] = []
+    stream = memoryview(first + second)
+    while stream:
+        space = decoder.buffer()
+        count = min(len(space), len(stream), 100_000)  # the socket's reads are any size
+        space[:count] = stream[:count]
+        stream = stream[count:]
+        frames += decoder.filled(count)
+    assert [f.body for f in frames] == [first[9:], second[9:]]
+    assert isinstance(frames[0].body, memoryview)
+    assert len(frames[0].body.obj) == len(first)  # type: ignore[arg-type]  # exactly its buffer
+
+
+def test_small_bodies_are_copies_and_the_buffer_is_reused() -> None:
+    """Small frames come out as bytes of their own, so the receive buffer is filled again
+    from its start instead of growing."""
+    decoder = FrameDecoder(LIMIT)
+    for _ in range(1000):
+        (frame,) = decoder.feed(encode_frame(FrameType.ACK, b"x" * 500))
+        assert isinstance(frame.body, bytes)
+    assert decoder.buffered == 0
+    assert len(decoder.buffer()) == 256 * 1024
