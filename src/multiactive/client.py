@@ -19,9 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from multiactive.errors import (
     ConnectionLost,
@@ -48,9 +47,11 @@ MAX_DRAFTS_PER_FRAME = 2000
 MAX_FRAME_PAYLOAD_BYTES = 4 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Ack:
-    """A durable acceptance: where the message sits in its origin's journal."""
+class Ack(NamedTuple):
+    """A durable acceptance: where the message sits in its origin's journal.
+
+    (A named tuple: bulk publishers get one per message, and it is built in a quarter of the
+    time of a frozen dataclass.)"""
 
     id: str
     site: str
@@ -124,7 +125,7 @@ class Client:
     async def connect(self) -> None:
         conn = await FrameConnection.connect(self.address, DEFAULT_MAX_FRAME_BYTES, self._timeout)
         conn.send(encode_hello(Hello("", "client", "")))
-        frame = await asyncio.wait_for(conn.recv(), self._timeout)
+        frame = await conn.recv(self._timeout)
         if frame.type == FrameType.ERROR:
             await conn.close()
             raise ConnectionLost(

@@ -166,7 +166,7 @@ class Reship:
         timeout = self._settings.peer_timeout_s
         while True:
             try:
-                frame = await asyncio.wait_for(self._conn.recv(), timeout)
+                frame = await self._conn.recv(timeout)
             except TimeoutError:
                 raise ProtocolError(f"no frame from {self._peer} for {timeout:.0f} s") from None
             self._monitor.touch()

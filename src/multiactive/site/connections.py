@@ -75,7 +75,7 @@ class Connections:
 
     async def _accept(self, conn: FrameConnection) -> None:
         try:
-            hello = decode_hello(await asyncio.wait_for(conn.recv(), HELLO_TIMEOUT_S))
+            hello = decode_hello(await conn.recv(HELLO_TIMEOUT_S))
             await self._dispatch(conn, hello)
         except (ProtocolError, ConfigError, RejectedError) as exc:
             log.warning("connection_refused", site=self._node.name, peer=conn.peer, reason=exc)
@@ -235,7 +235,7 @@ class Connections:
 
     async def _reply(self, conn: FrameConnection, expected: str) -> Hello:
         try:
-            frame: Frame = await asyncio.wait_for(conn.recv(), HELLO_TIMEOUT_S)
+            frame: Frame = await conn.recv(HELLO_TIMEOUT_S)
         except TimeoutError:
             raise ProtocolError(
                 f"{expected} did not answer HELLO within {HELLO_TIMEOUT_S:.0f} s"

@@ -53,6 +53,8 @@ class _FrameProtocol(asyncio.BufferedProtocol):
             self.conn._received_error(exc)
             return
         self.conn._received(frames, nbytes)
+        if self._decoder.error is not None:  # after the frames before the bad one
+            self.conn._received_error(self._decoder.error)
 
     def eof_received(self) -> bool:
         assert self.conn is not None
@@ -109,15 +111,21 @@ class FrameConnection:
 
     # -- receiving ---------------------------------------------------------------------------
 
-    async def recv(self) -> Frame:
+    async def recv(self, timeout_s: float | None = None) -> Frame:
+        """The next frame; `TimeoutError` if none arrives within `timeout_s` (a timer only
+        while waiting: a frame already received costs no task and no timer)."""
         while not self._ready:
             if self._error is not None:
                 raise self._error
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = None if timeout_s is None else loop.call_later(timeout_s, _time_out, waiter)
             try:
-                await self._waiter
+                await waiter
             finally:
                 self._waiter = None
+                if timer is not None:
+                    timer.cancel()
         frame = self._ready.popleft()
         self._ready_bytes -= len(frame.body)
         if self._reading_paused and self._ready_bytes <= READ_RESUME_BYTES:
@@ -209,6 +217,11 @@ async def serve(
     return await loop.create_server(
         lambda: _FrameProtocol(max_frame_bytes, on_connected), address.host, address.port
     )
+
+
+def _time_out(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 def _ignore(conn: FrameConnection) -> None:

@@ -65,7 +65,9 @@ class FrameDecoder:
     used again.
     """
 
-    __slots__ = ("_buf", "_end", "_lent", "_max_frame_bytes", "_need", "_setting", "_start")
+    __slots__ = (
+        "_buf", "_end", "_lent", "_max_frame_bytes", "_need", "_setting", "_start", "error",
+    )  # fmt: skip
 
     def __init__(self, max_frame_bytes: int, setting: str = "max_frame_bytes in [limits]") -> None:
         self._buf = bytearray(READ_CHUNK_BYTES)
@@ -75,6 +77,11 @@ class FrameDecoder:
         self._lent = False  # a body handed out is a view into `_buf`: never write it again
         self._max_frame_bytes = max_frame_bytes
         self._setting = setting
+        self.error: ProtocolError | None = None  # the stream is broken from here on
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
 
     @property
     def buffered(self) -> int:
@@ -94,9 +101,22 @@ class FrameDecoder:
         self._start, self._end, self._lent = 0, len(pending), False
 
     def filled(self, count: int) -> list[Frame]:
-        """`count` bytes arrived in `buffer()`; return the frames now complete."""
+        """`count` bytes arrived in `buffer()`; return the frames now complete. A malformed
+        frame raises `ProtocolError`, after the frames before it: those are returned first
+        and the error is raised by the next call (and kept in `error`)."""
+        if self.error is not None:
+            raise self.error
         self._end += count
         frames: list[Frame] = []
+        try:
+            self._parse(frames)
+        except ProtocolError as exc:
+            self.error = exc
+            if not frames:
+                raise
+        return frames
+
+    def _parse(self, frames: list[Frame]) -> None:
         buf, start, end = self._buf, self._start, self._end
         view = memoryview(buf)
         while end - start >= FRAME_HEADER_SIZE:
@@ -105,7 +125,7 @@ class FrameDecoder:
             stop = start + FRAME_HEADER_SIZE + length
             if stop > end:
                 self._start, self._need = start, stop - start
-                return frames
+                return
             body = view[start + FRAME_HEADER_SIZE : stop]
             if zlib.crc32(body, _TYPE_CRC[type_code]) != crc:
                 raise ProtocolError(
@@ -121,9 +141,10 @@ class FrameDecoder:
         if start == end and not self._lent:
             start = end = self._end = 0  # all parsed: fill the buffer from its start again
         self._start = start
-        return frames
 
     def feed(self, data: bytes | memoryview) -> list[Frame]:
+        if self.error is not None:
+            raise self.error
         frames: list[Frame] = []
         view = memoryview(data)
         while view:
@@ -132,6 +153,8 @@ class FrameDecoder:
             space[:count] = view[:count]
             view = view[count:]
             frames += self.filled(count)
+            if self.failed:
+                break
         return frames
 
     def _check_header(self, length: int, type_code: int) -> None:

@@ -153,3 +153,18 @@ def test_small_bodies_are_copies_and_the_buffer_is_reused() -> None:
         assert isinstance(frame.body, bytes)
     assert decoder.buffered == 0
     assert len(decoder.buffer()) == 256 * 1024
+
+
+def test_frames_before_a_bad_one_are_returned_then_the_error() -> None:
+    """A good frame and a corrupted one in one read: the good one is returned, the error is
+    kept in `error` and raised by the next call, so nothing received intact is dropped."""
+    good = encode_frame(FrameType.ACK, b"ok")
+    bad = bytearray(encode_frame(FrameType.ACK, b"body"))
+    bad[-1] ^= 0xFF
+    decoder = FrameDecoder(LIMIT)
+    assert decoder.feed(good + bytes(bad)) == [Frame(FrameType.ACK, b"ok")]
+    assert decoder.error is not None
+    with pytest.raises(ProtocolError, match="checksum mismatch"):
+        decoder.feed(b"")
+    with pytest.raises(ProtocolError, match="checksum mismatch"):
+        decoder.filled(0)
