@@ -10,6 +10,7 @@
     ├── StoreError             a storage server (Redis) cannot be reached or holds data this
     │                          process did not write (names the URL and the setting)
     ├── ConnectionLost         a connection closed before an answer arrived
+    ├── ApplierError           the site's applier process did not start or exited
     └── UnknownSiteError       a site name the topology does not know
 
 Messages name the bad value, what was expected and the setting that controls it.
@@ -48,6 +49,10 @@ class JournalError(MultiactiveError):
 
 class StoreError(MultiactiveError):
     """A storage server is unreachable, or its data is not what this process left there."""
+
+
+class ApplierError(MultiactiveError):
+    """The site's applier process (its processor) did not start, or exited."""
 
 
 class ConnectionLost(MultiactiveError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 from pathlib import Path
 
@@ -12,8 +13,9 @@ import click
 
 from multiactive import aio, logs
 from multiactive.admin.http import AdminServer
-from multiactive.model.topology import load_topology
+from multiactive.model.topology import Topology, load_topology
 from multiactive.replication.handlers import HandlerRegistry
+from multiactive.site.applier import APPLIER_NICENESS, ApplierLaunch, serve_applier
 from multiactive.site.node import SiteNode
 
 
@@ -52,8 +54,34 @@ def run_site(
     registry = HandlerRegistry()
     for module in handlers:
         registry.load(module)
-    node = SiteNode(topology, site_name, registry)
+    applier = ApplierLaunch(topology_path, handlers, log_level)
+    node = SiteNode(topology, site_name, registry, applier)
     aio.run(_serve(node))
+
+
+@site.command("apply", hidden=True)
+@click.option("--topology", "topology_path", required=True, type=click.Path(path_type=Path))
+@click.option("--site", "site_name", required=True)
+@click.option("--handlers", multiple=True, metavar="MODULE")
+@click.option("--log-level", default="INFO")
+@click.option("--channel-fd", required=True, type=int, help="The site's end of the channel.")
+def apply_site(
+    topology_path: Path, site_name: str, handlers: tuple[str, ...], log_level: str, channel_fd: int
+) -> None:
+    """Internal: the applier process that `site run` starts (see multiactive.site.applier)."""
+    logs.configure(log_level, site=site_name)
+    topology = load_topology(topology_path)
+    registry = HandlerRegistry()
+    for module in handlers:
+        registry.load(module)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the site, which stops us
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.nice(APPLIER_NICENESS)
+    aio.run(_apply(topology, site_name, registry, channel_fd))
+
+
+async def _apply(topology: Topology, site: str, registry: HandlerRegistry, fd: int) -> None:
+    await serve_applier(topology, site, registry, fd)
 
 
 # A site allocates a few short-lived containers per message (drafts, rows, results) while it

@@ -27,7 +27,7 @@ from multiactive.errors import JournalError
 from multiactive.journal.tail import TailCache
 from multiactive.logs import get_logger
 from multiactive.model.batch import CODEC_NONE, RecordBatch, build_batch, slice_batch
-from multiactive.model.message import Position, Row, StreamId
+from multiactive.model.message import Message, Position, Row, StreamId
 
 log = get_logger("journal")
 
@@ -161,6 +161,24 @@ class Journal(abc.ABC):
     async def close(self) -> None:
         """Release storage; appends after this fail."""
 
+    async def open_for_reading(self) -> None:
+        """Open storage only to read it, in a process that follows a journal another process
+        writes (the site's applier); heads then come from `follow()`."""
+        raise JournalError(
+            f"a {self.backend} journal lives in its site's process; another process cannot "
+            "read it (run the processor inline: separate_processor = false)"
+        )
+
+    def follow(self, heads: dict[StreamId, int], batches: Sequence[RecordBatch] = ()) -> None:
+        """Heads that the writing process made durable: reads may now go up to them. The
+        writer may pass (small) batches it just stored, to be read from memory."""
+        if batches:
+            self._tail.add(list(batches))
+        for stream, head in heads.items():
+            if head > self._heads.get(stream, 0):
+                self._heads[stream] = head
+        self.appended.fire()
+
     def head(self, stream: StreamId) -> int:
         return self._heads.get(stream, 0)
 
@@ -199,6 +217,16 @@ class Journal(abc.ABC):
         if cached is not None:
             return cached
         return await self._read(stream, from_seq, max_bytes)
+
+    async def find_message(self, position: Position) -> Message | None:
+        """The journaled message at a position, if this journal holds it."""
+        stream = StreamId(position.origin, position.partition)
+        for batch in await self.read(stream, position.seq, 1):
+            if batch.first_seq <= position.seq <= batch.last_seq:
+                for message in batch.messages():
+                    if message.seq == position.seq:
+                        return message
+        return None
 
     async def holes(self, stream: StreamId) -> list[tuple[int, int]]:
         """Seq ranges missing between the lowest stored seq and the head (J1 says none; a

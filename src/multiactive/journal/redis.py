@@ -83,6 +83,11 @@ class RedisJournal(Journal):
         self._registered = set(streams)
         await self._load_heads(streams)
 
+    async def open_for_reading(self) -> None:
+        self._db = await RedisDb.connect(self.url, self._setting)
+        names = await self._db.call("SMEMBERS", self._keys.streams)
+        await self._load_heads(sorted(_stream_of(name) for name in names))
+
     async def _load_heads(self, streams: list[StreamId]) -> None:
         commands: list[tuple[Any, ...]] = []
         for stream in streams:

@@ -224,6 +224,25 @@ class SqliteJournal(Journal):
     def _open_reader(self) -> None:
         self._rconn = self._connect()
 
+    async def open_for_reading(self) -> None:
+        """The index read-only, heads as committed (the writing site recovered the segments
+        when it opened, before it started its applier)."""
+        await self._on_reader(self._open_reader_only)
+
+    def _open_reader_only(self) -> None:
+        if not self.path.exists():
+            raise JournalError(f"{self.path} does not exist; the site opens its journal first")
+        conn = self._rconn = self._connect()
+        self._load_stream_ids(conn)
+        for origin, partition, head in conn.execute("SELECT origin, partition, head FROM streams"):
+            self._heads[StreamId(origin, partition)] = head
+
+    def _load_stream_ids(self, conn: sqlite3.Connection) -> None:
+        for stream_id, origin, partition in conn.execute(
+            "SELECT id, origin, partition FROM streams"
+        ):
+            self._stream_ids[StreamId(origin, partition)] = stream_id
+
     async def close(self) -> None:
         if self._wconn is not None:
             await self._on_writer(self._close_writer)
@@ -355,16 +374,17 @@ class SqliteJournal(Journal):
     # -- reads (reader thread) -------------------------------------------------------------
 
     async def _read(self, stream: StreamId, from_seq: int, max_bytes: int) -> list[RecordBatch]:
-        stream_id = self._stream_ids.get(stream)
-        if stream_id is None or from_seq > self.head(stream):
+        if from_seq > self.head(stream):
             return []
-        return await self._on_reader(
-            lambda: self._read_sync(stream, stream_id, from_seq, max_bytes)
-        )
+        return await self._on_reader(lambda: self._read_sync(stream, from_seq, max_bytes))
 
-    def _read_sync(
-        self, stream: StreamId, stream_id: int, from_seq: int, max_bytes: int
-    ) -> list[RecordBatch]:
+    def _read_sync(self, stream: StreamId, from_seq: int, max_bytes: int) -> list[RecordBatch]:
+        stream_id = self._stream_ids.get(stream)
+        if stream_id is None and self._wconn is None:  # following: the writer made it since
+            self._load_stream_ids(self._reading())
+            stream_id = self._stream_ids.get(stream)
+        if stream_id is None:
+            return []
         out: list[RecordBatch] = []
         total = 0
         cursor = self._reading().execute(

@@ -123,6 +123,9 @@ class ReplicationSettings:
     canary_interval_s: float = DEFAULT_CANARY_INTERVAL_S  # 0 turns canaries off
     compression: str = "none"
     fsync: bool = True
+    # Apply in a child process of the site (sqlite and redis backends; memory ones apply
+    # inline): relay, ingress and apply then stop sharing one interpreter.
+    separate_processor: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,7 +112,7 @@ class Processor:
         self._rotation = 0  # which due stream a round starts with
         # Called with (stream, first seq, last seq, dead letters) after each commit.
         self.observers: list[Callable[[StreamId, int, int, Sequence[DeadLetter]], None]] = []
-        self._started_ms = wall_ms()
+        self.started_ms = wall_ms()
         self._latencies: deque[int] = deque(maxlen=LATENCY_SAMPLES)
         self._totals = {"applied": 0, "parked": 0, "failures": 0}
         # A testing aid (`multiactive.failpoints`): break counters on purpose.
@@ -308,27 +308,20 @@ class Processor:
 
     def canaries(self) -> dict[str, dict[str, float]]:
         """Per origin: age of its newest canary applied here, and how long it took to arrive."""
-        now = wall_ms()
-        return {
-            origin: {"age_s": (now - created) / 1000, "latency_s": (applied - created) / 1000}
-            for origin, (created, applied) in self._canaries.items()
-        }
+        return canary_ages(self._canaries)
+
+    def canary_times(self) -> dict[str, tuple[int, int]]:
+        """Per origin: (created, applied) wall-clock ms of its newest canary applied here."""
+        return dict(self._canaries)
 
     def overdue_canaries(self, interval_s: float, sites: Sequence[str]) -> list[str]:
         """Origins whose canaries stopped arriving here: a link that may look connected but
         does not deliver."""
-        if interval_s <= 0:
-            return []
-        now, limit = wall_ms(), interval_s * CANARY_OVERDUE_INTERVALS * 1000
-        overdue = []
-        for origin in sites:
-            created, _ = self._canaries.get(origin, (self._started_ms, 0))
-            if origin != self.site and now - created > limit:
-                overdue.append(
-                    f"no canary from {origin} for {(now - created) / 1000:.0f} s "
-                    f"(sent every {interval_s:g} s): its messages are not arriving here"
-                )
-        return overdue
+        return overdue_canaries(self.site, self._canaries, self.started_ms, interval_s, sites)
+
+    def watermark(self, stream: StreamId) -> tuple[int, int]:
+        """(applied seq, messages applied) of a stream."""
+        return self._applied.get(stream, 0), self._counts.get(stream, 0)
 
     def holes(self) -> dict[StreamId, int]:
         """Streams stopped at a journal hole, and the first seq after it."""
@@ -365,6 +358,9 @@ class Processor:
             _quantile(ordered, 0.99),
         )
 
+    async def close(self) -> None:
+        """Nothing to release: an inline processor stops when its task is cancelled."""
+
     async def wait_caught_up(self, timeout_s: float) -> bool:
         """Wait until every journaled message is applied (for drains and tests)."""
         try:
@@ -374,6 +370,36 @@ class Processor:
         except TimeoutError:
             return False
         return True
+
+
+def canary_ages(times: dict[str, tuple[int, int]]) -> dict[str, dict[str, float]]:
+    now = wall_ms()
+    return {
+        origin: {"age_s": (now - created) / 1000, "latency_s": (applied - created) / 1000}
+        for origin, (created, applied) in times.items()
+    }
+
+
+def overdue_canaries(
+    site: str,
+    times: dict[str, tuple[int, int]],
+    started_ms: int,
+    interval_s: float,
+    sites: Sequence[str],
+) -> list[str]:
+    """Origins whose newest canary here is older than CANARY_OVERDUE_INTERVALS intervals."""
+    if interval_s <= 0:
+        return []
+    now, limit = wall_ms(), interval_s * CANARY_OVERDUE_INTERVALS * 1000
+    overdue = []
+    for origin in sites:
+        created, _ = times.get(origin, (started_ms, 0))
+        if origin != site and now - created > limit:
+            overdue.append(
+                f"no canary from {origin} for {(now - created) / 1000:.0f} s "
+                f"(sent every {interval_s:g} s): its messages are not arriving here"
+            )
+    return overdue
 
 
 def _counters_twice(ops: list[OpTuple]) -> list[OpTuple]:

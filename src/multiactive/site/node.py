@@ -34,6 +34,7 @@ from multiactive.replication.ingress import Ingress, IngressStatistics
 from multiactive.replication.links import LinkMonitor, LinkStatistics
 from multiactive.replication.processor import CANARY_TYPE, Processor, ProcessorStatistics
 from multiactive.replication.reconciler import Reconciler
+from multiactive.site.applier import ApplierLaunch, ProcessorProcess
 from multiactive.site.connections import Connections
 from multiactive.state import DeadLetter, StateBackend, open_state
 
@@ -96,7 +97,10 @@ class SiteNode:
         topology: Topology,
         site: str,
         registry: HandlerRegistry | None = None,
+        applier: ApplierLaunch | None = None,
     ) -> None:
+        """`applier`: how to start the processor in a child process (`site.applier`); without
+        it, or with memory backends, or `separate_processor = false`, it runs inline."""
         self.topology = topology
         self.config: SiteConfig = topology.site(site)
         self.name = site
@@ -105,9 +109,17 @@ class SiteNode:
         self.journal: Journal = open_journal(self.config, topology.replication)
         self.state: StateBackend = open_state(topology, site)
         self.ingress = Ingress(site, self.journal, self.clock, topology.partitions, topology.limits)
-        self.processor = Processor(
-            site, self.journal, self.state, self.registry, topology.replication
-        )
+        self.processor: Processor | ProcessorProcess
+        if (
+            applier is not None
+            and topology.replication.separate_processor
+            and "memory" not in (self.config.journal, self.config.state)
+        ):
+            self.processor = ProcessorProcess(site, self.journal, applier)
+        else:
+            self.processor = Processor(
+                site, self.journal, self.state, self.registry, topology.replication
+            )
         stall_after_s = topology.replication.stall_after_s
         self.monitors = {
             link.name: LinkMonitor(
@@ -192,6 +204,7 @@ class SiteNode:
 
     async def _close(self) -> None:
         await self.connections.close()
+        await self.processor.close()
         if self._http is not None:
             await self._http.close()
         await self.state.close()
@@ -294,13 +307,7 @@ class SiteNode:
 
     async def find_message(self, position: Position) -> Message | None:
         """The journaled message at a position, if this site holds it."""
-        stream = StreamId(position.origin, position.partition)
-        for batch in await self.journal.read(stream, position.seq, 1):
-            if batch.first_seq <= position.seq <= batch.last_seq:
-                for message in batch.messages():
-                    if message.seq == position.seq:
-                        return message
-        return None
+        return await self.journal.find_message(position)
 
     async def trace_position(self, position: Position) -> dict[str, Any]:
         """Where one message stands here: received, applied, parked, retrying, and why not."""

@@ -108,6 +108,7 @@ class SqliteState(StateBackend):
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # no fsync needed: see state.base
+        conn.execute("PRAGMA busy_timeout=10000")  # the site and its applier share the file
         conn.executescript(_SCHEMA)
         found = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         if not found:
