@@ -319,6 +319,11 @@ class Processor:
         does not deliver."""
         return overdue_canaries(self.site, self._canaries, self.started_ms, interval_s, sites)
 
+    def totals(self) -> tuple[int, int, int]:
+        """Messages applied, parked, and handler failures since start (cheap)."""
+        t = self._totals
+        return t["applied"], t["parked"], t["failures"]
+
     def watermark(self, stream: StreamId) -> tuple[int, int]:
         """(applied seq, messages applied) of a stream."""
         return self._applied.get(stream, 0), self._counts.get(stream, 0)

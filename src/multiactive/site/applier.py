@@ -222,6 +222,7 @@ class ProcessorProcess:
         kind = message[0]
         if kind == "applied":
             self._on_applied(message[1])
+            self._stats.update(zip(("applied", "parked", "failures"), message[2], strict=True))
         elif kind == "stats":
             self._stats, self._stats_at = message[1], time.monotonic()
         elif kind == "reapplied":
@@ -393,10 +394,14 @@ class _Applier:
             await self._channel.drain()
 
     def _send_commits(self) -> None:
+        """Watermarks, counts and dead letters of the commits since the last report, and the
+        totals they moved (so a reader of the site's status never sees them out of step)."""
         commits, self._commits = self._commits, []
+        totals = list(self._processor.totals())
+        watermark = self._processor.watermark
         self._channel.send(
-            ["applied", [[s.origin, s.partition, first, last, self._processor.watermark(s)[1],
-                          dead] for s, first, last, dead in commits]]
+            ["applied", [[s.origin, s.partition, first, last, watermark(s)[1], dead]
+                         for s, first, last, dead in commits], totals]
         )  # fmt: skip
 
     def _statistics(self) -> dict[str, Any]:
