@@ -31,7 +31,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from multiactive.testing.cluster import _die_with_parent, free_port
+from multiactive.site.applier import die_with_parent
+from multiactive.testing.cluster import free_port
 
 PAYLOAD_BYTES = 1024
 IN_FLIGHT = 4000  # unacknowledged publishes at most; 8 000 made no difference to either peer
@@ -72,7 +73,7 @@ class Processes:
                 env=env,
                 cwd=self.root,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         self.children[name] = child
         return child

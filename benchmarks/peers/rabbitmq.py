@@ -39,7 +39,8 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from pika.channel import Channel
 from pika.frame import Method
 
-from multiactive.testing.cluster import _die_with_parent, free_port
+from multiactive.site.applier import die_with_parent
+from multiactive.testing.cluster import free_port
 
 from .common import (
     IN_FLIGHT,
@@ -202,7 +203,7 @@ def _ctl(nodes: Nodes, node: Node, *args: str) -> str:
         text=True,
         timeout=120,
         check=False,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
     if done.returncode != 0:
         raise PeerError(f"{' '.join(args[:2])} on {node.name} failed: {done.stderr.strip()}")

@@ -18,7 +18,6 @@ with the first `start()`, left running when a site is killed, killed with the cl
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import random
@@ -36,6 +35,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from multiactive.model.topology import Address
+from multiactive.site.applier import die_with_parent
 from multiactive.wan.shape import LinkShape
 
 if TYPE_CHECKING:
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
 DEFAULT_SITES = ("bj-unicom", "bj-telecom", "gz")
 READY_TIMEOUT_S = 30.0
-PR_SET_PDEATHSIG = 1
 STOP_TIMEOUT_S = 20.0
 
 
@@ -101,7 +100,7 @@ class SiteProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         log.close()
         self.starts += 1
@@ -403,16 +402,6 @@ class LocalCluster:
             time.sleep(0.05)
         report = {site: self.status(site)["origins"] for site in chosen}
         raise ClusterError(f"not converged within {timeout_s} s: {json.dumps(report)}")
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGKILL when the parent dies (Linux), so a test or
-    benchmark killed mid-run leaves no site process behind."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
 
 
 def wan_link_name(origin: str, receiver: str) -> str:

@@ -23,7 +23,8 @@ from types import TracebackType
 import redis
 
 from multiactive.errors import ConfigError
-from multiactive.testing.cluster import _die_with_parent, free_port
+from multiactive.site.applier import die_with_parent
+from multiactive.testing.cluster import free_port
 
 REDIS_SERVER = "redis-server"
 DEBIAN_PACKAGE = "redis-server"
@@ -81,7 +82,7 @@ class RedisServer:
         self.root.mkdir(parents=True, exist_ok=True)
         with (self.root / "redis.log").open("ab") as log:
             self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+                command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
             )
         self.wait_ready()
 
