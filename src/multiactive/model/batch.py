@@ -24,13 +24,13 @@ without decoding a single message; only processors decode bodies.
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
 
+from multiactive.checksum import crc32
 from multiactive.errors import DecodeError
 from multiactive.model.message import Message, Row, StreamId, message_from_row
 
@@ -122,8 +122,8 @@ def _assemble(
     fields = _FIELDS.pack(
         partition, first_seq, count, created_ms, max_version, len(body), len(name)
     )
-    tail = fields + name + body
-    data = _PREFIX.pack(MAGIC, FORMAT, codec, zlib.crc32(tail)) + tail
+    head = fields + name
+    data = b"".join((_PREFIX.pack(MAGIC, FORMAT, codec, crc32(body, crc32(head))), head, body))
     return RecordBatch(origin, partition, first_seq, count, created_ms, max_version, codec, data)
 
 
@@ -185,7 +185,7 @@ def _parse_at(view: memoryview, offset: int) -> tuple[RecordBatch, int]:
         raise DecodeError(f"batch declares seqs {first_seq}..+{count}; seqs start at 1")
     if max(first_seq + count, created_ms, max_version) >= _INT64_LIMIT:
         raise DecodeError(f"batch header field out of int64 range (partition {partition})")
-    if zlib.crc32(view[offset + _PREFIX.size : end]) != crc:
+    if crc32(view[offset + _PREFIX.size : end]) != crc:
         raise DecodeError(f"batch checksum mismatch (partition {partition}, seq {first_seq})")
     name_at = offset + HEADER_SIZE
     try:

@@ -6,8 +6,8 @@
 
 from __future__ import annotations
 
-import zlib
+from multiactive.checksum import crc32
 
 
 def partition_for(key: str, partitions: int) -> int:
-    return zlib.crc32(key.encode("utf-8")) % partitions
+    return crc32(key.encode("utf-8")) % partitions

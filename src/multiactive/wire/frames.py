@@ -15,10 +15,10 @@ checksum mismatch; the connection that fed it is then closed and nothing else is
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass
 from enum import IntEnum
 
+from multiactive.checksum import crc32
 from multiactive.errors import ProtocolError, format_bytes
 
 _HEADER = struct.Struct(">IBI")
@@ -36,7 +36,7 @@ class FrameType(IntEnum):
 
 
 _TYPES = frozenset(int(t) for t in FrameType)
-_TYPE_CRC = {int(t): zlib.crc32(bytes((t,))) for t in FrameType}
+_TYPE_CRC = {int(t): crc32(bytes((t,))) for t in FrameType}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +46,7 @@ class Frame:
 
 
 def encode_frame(frame_type: FrameType, body: bytes) -> bytes:
-    crc = zlib.crc32(body, zlib.crc32(bytes((frame_type,))))
+    crc = crc32(body, crc32(bytes((frame_type,))))
     return _HEADER.pack(len(body), frame_type, crc) + body
 
 
@@ -127,7 +127,7 @@ class FrameDecoder:
                 self._start, self._need = start, stop - start
                 return
             body = view[start + FRAME_HEADER_SIZE : stop]
-            if zlib.crc32(body, _TYPE_CRC[type_code]) != crc:
+            if crc32(body, _TYPE_CRC[type_code]) != crc:
                 raise ProtocolError(
                     f"frame checksum mismatch ({FrameType(type_code).name}, {length} bytes)"
                 )
