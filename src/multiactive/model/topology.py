@@ -65,7 +65,10 @@ DEFAULT_PARTITIONS = 8
 DEFAULT_MAX_PAYLOAD_BYTES = 10 * 1024
 DEFAULT_MAX_BATCH_BYTES = 1024 * 1024
 DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024
-DEFAULT_LINGER_MS = 1.0
+# An idle flusher appends at once: group commit already batches what arrives while an append
+# runs, and a timer would add its own delay to every write of a lightly loaded site
+# (1.2 ms of a 1.8 ms acknowledgement here; docs/benchmarks.md).
+DEFAULT_LINGER_MS = 0.0
 DEFAULT_MAX_PENDING_MESSAGES = 100_000
 DEFAULT_ZSET_CAP = 1000
 DEFAULT_WINDOW_BYTES = 64 * 1024 * 1024  # the cap; the window adapts below it

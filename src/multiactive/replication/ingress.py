@@ -1,10 +1,10 @@
 """Ingress with group commit: accept drafts, batch them per partition, journal, acknowledge.
 
 A draft is checked (id, type, key, headers, payload size), stamped with the site's clock and
-queued for its partition. The flusher takes everything queued, after a short linger when it
-was idle, and journals it in one durable append (one transaction, one fsync); only then are
-the publishers answered (J3). While one append runs, the next group gathers, so batches grow
-with load and the fsync cost is shared.
+queued for its partition. The flusher takes everything queued and journals it in one durable
+append (one transaction, one fsync); only then are the publishers answered (J3). While one
+append runs, the next group gathers, so batches grow with load and the fsync cost is shared;
+an idle flusher appends at once, or after `limits.linger_ms` when that is set.
 """
 
 from __future__ import annotations

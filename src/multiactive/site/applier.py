@@ -317,7 +317,7 @@ async def serve_applier(
 ) -> None:
     """The applier process: follow the site's journal, apply, report; until told to stop."""
     journal = open_journal(topology.site(site), topology.replication)
-    state = open_state(topology, site)
+    state = open_state(topology, site, inline=True)  # this loop has nothing else to do
     await journal.open_for_reading()
     try:
         await state.open()

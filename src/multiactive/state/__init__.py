@@ -33,8 +33,9 @@ __all__ = [
 ]
 
 
-def open_state(topology: Topology, site_name: str) -> StateBackend:
-    """The state backend a site's configuration names (not yet opened)."""
+def open_state(topology: Topology, site_name: str, *, inline: bool = False) -> StateBackend:
+    """The state backend a site's configuration names (not yet opened); `inline`: see
+    `SqliteState`."""
     site = topology.site(site_name)
     cap = topology.limits.zset_cap
     if site.state == "memory":
@@ -48,4 +49,4 @@ def open_state(topology: Topology, site_name: str) -> StateBackend:
             cap,
             setting=f"redis_url of site {site.name!r}",
         )
-    return SqliteState(site.name, site.data_dir / "state.sqlite3", cap)
+    return SqliteState(site.name, site.data_dir / "state.sqlite3", cap, inline=inline)

@@ -93,11 +93,21 @@ _APPLY_OP = {
 class SqliteState(StateBackend):
     backend = "sqlite"
 
-    def __init__(self, site: str, path: str | Path, zset_cap: int = DEFAULT_ZSET_CAP) -> None:
+    def __init__(
+        self,
+        site: str,
+        path: str | Path,
+        zset_cap: int = DEFAULT_ZSET_CAP,
+        *,
+        inline: bool = False,
+    ) -> None:
+        """`inline` runs statements on the calling thread instead of a worker thread: for a
+        process whose event loop does nothing else (the applier), where the two thread
+        hand-offs of each commit cost more than the commit (docs/benchmarks.md)."""
         self.site = site
         self.zset_cap = zset_cap
         self.path = Path(path)
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"state-{site}")
+        self._thread = None if inline else ThreadPoolExecutor(1, thread_name_prefix=f"state-{site}")
         self._conn: sqlite3.Connection | None = None
 
     async def open(self) -> None:
@@ -126,7 +136,8 @@ class SqliteState(StateBackend):
         if self._conn is not None:
             await self._run(self._conn.close)
             self._conn = None
-        self._thread.shutdown(wait=True)
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
 
     async def watermarks(self) -> dict[StreamId, Watermark]:
         rows = await self._run(
@@ -286,6 +297,8 @@ class SqliteState(StateBackend):
         return self._conn
 
     async def _run(self, fn: Callable[[], T]) -> T:
+        if self._thread is None:
+            return fn()
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
 
 

@@ -2,7 +2,8 @@
 and dead letters.
 
 Each test body is one coroutine run with `asyncio.run`; the `backend` fixture runs it against
-`MemoryState`, `SqliteState` (a fresh file in `tmp_path` per state made) and `RedisState` on a
+`MemoryState`, `SqliteState` (a fresh file in `tmp_path` per state made; also `inline`, as the
+applier runs it) and `RedisState` on a
 redis-server (a fresh key prefix per state made, see `tests/conftest.py`). Tests of data that
 outlives the state object (`durable`) run on SQLite and Redis.
 """
@@ -64,7 +65,7 @@ class Backend:
             prefix = (name or f"t{next(self._files)}").replace(".", "-")
             return RedisState(site, self.url, PARTITIONS, zset_cap, prefix=prefix)
         path = self.folder / (name or f"state-{next(self._files)}.sqlite3")
-        return SqliteState(site, path, zset_cap)
+        return SqliteState(site, path, zset_cap, inline=self.kind == "sqlite-inline")
 
     @asynccontextmanager
     async def opened(
@@ -86,7 +87,7 @@ def make_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return Backend(request.param, tmp_path, url)
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "sqlite-inline", "redis"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return make_backend(request, tmp_path)
 
