@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from multiactive.testing.cluster import LocalCluster
+from multiactive.testing.cluster import LocalCluster, wan_link_name
 from multiactive.wan.shape import LinkShape
 
 from .conftest import (
@@ -122,14 +123,39 @@ def test_lag_command_reports_what_a_cut_off_site_misses(make_cluster: ClusterFac
     assert healed["lag_s"] == 0.0
 
 
-def _catch_up_rate(make_cluster: ClusterFactory, rtt_ms: float, messages: int) -> float:
-    """Messages per second for b to journal a backlog of a's through a link of `rtt_ms`, over
-    the middle 80 % of the backlog: the link's throughput once streaming, without the first
-    one-way delay (a latency) or the start of the receiving process in it."""
-    shape = LinkShape(delay_ms=rtt_ms / 2)
-    cluster = make_cluster(wan={("a", "b"): shape, ("b", "a"): shape})
+def test_a_40_ms_link_catches_up_nearly_as_fast_as_a_0_ms_link(
+    make_cluster: ClusterFactory,
+) -> None:
+    """L2: the window adapts to bandwidth x round trip, so a backlog crosses a 40 ms link at
+    >= 80 % of the rate it crosses a near-0 ms one (same machine, same run: a ratio, not a
+    time). Both go through the emulator's pacing path (the near one with 0.2 ms round trip),
+    so the only difference is the delay, not the emulator's own CPU on a 2-core machine.
+
+    One backlog at a, and b started empty four times while the link alternates between the
+    two delays; the best run of each delay counts. A busy neighbour on a shared machine only
+    ever slows a run down, so the best of two is the link's speed, and alternating keeps a
+    slow spell from falling on one delay only."""
+    messages = 200_000
+    near = LinkShape(delay_ms=0.1)
+    cluster = make_cluster(wan={("a", "b"): near, ("b", "a"): near})
     cluster.start(["a"])
     publish(cluster.client_address("a"), messages, lambda i: f"k{i}", PAYLOAD)
+    rates: dict[float, list[float]] = {0.2: [], 40.0: []}
+    for rtt_ms in (0.2, 40.0, 0.2, 40.0):
+        for origin, receiver in (("a", "b"), ("b", "a")):
+            name = wan_link_name(origin, receiver)
+            cluster.wan_control("POST", f"/links/{name}/shape", {"delay_ms": rtt_ms / 2})
+        rates[rtt_ms].append(_catch_up_rate(cluster, messages))
+    far, near_rate = max(rates[40.0]), max(rates[0.2])
+    runs = ", ".join(f"{rtt:g} ms: {r:,.0f}" for rtt, rs in rates.items() for r in rs)
+    print(f"catch-up msg/s {runs}; best 40 ms / best 0.2 ms = {far / near_rate:.0%}")
+    assert far >= 0.8 * near_rate, runs
+
+
+def _catch_up_rate(cluster: LocalCluster, messages: int) -> float:
+    """Messages per second for an empty b to journal a's backlog, over the middle 80 % of it:
+    the link's throughput once streaming, without the first one-way delay (a latency) or the
+    start of the receiving process in it. b is stopped and emptied again afterwards."""
     cluster.start(["b"])
     marks: dict[float, float] = {}
 
@@ -141,20 +167,6 @@ def _catch_up_rate(make_cluster: ClusterFactory, rtt_ms: float, messages: int) -
         return 0.9 in marks
 
     wait_for(passed, 120, "the catch-up")
-    rate = 0.8 * messages / (marks[0.9] - marks[0.1])
-    cluster.__exit__(None, None, None)
-    return rate
-
-
-def test_a_40_ms_link_catches_up_nearly_as_fast_as_a_0_ms_link(
-    make_cluster: ClusterFactory,
-) -> None:
-    """L2: the window adapts to bandwidth x round trip, so a backlog crosses a 40 ms link at
-    >= 80 % of the rate it crosses a near-0 ms one (same machine, same run: a ratio, not a
-    time). Both go through the emulator's pacing path (the near one with 0.2 ms round trip),
-    so the only difference is the delay, not the emulator's own CPU on a 2-core machine."""
-    messages = 200_000
-    near = _catch_up_rate(make_cluster, 0.2, messages)
-    far = _catch_up_rate(make_cluster, 40.0, messages)
-    print(f"catch-up 40 ms: {far:,.0f} msg/s; 0.2 ms: {near:,.0f} msg/s ({far / near:.0%})")
-    assert far >= 0.8 * near, f"40 ms: {far:,.0f} msg/s; 0.2 ms: {near:,.0f} msg/s"
+    cluster.kill("b")
+    shutil.rmtree(cluster.processes["b"].data_dir)
+    return 0.8 * messages / (marks[0.9] - marks[0.1])
