@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from multiactive.errors import JournalError
 from multiactive.journal import SqliteJournal
+from multiactive.journal import sqlite as sqlite_journal
 from multiactive.journal.segments import segment_numbers, segment_path
 from multiactive.model.message import Position, StreamId
 
@@ -183,5 +185,68 @@ def test_a_segment_shorter_than_its_index_is_refused_at_open(tmp_path: Path) -> 
             await broken.close()
         assert str(path) in str(caught.value)
         assert "changed outside multiactive" in str(caught.value)
+
+    asyncio.run(main())
+
+
+def test_a_trim_of_many_batches_commits_in_parts_and_forgets_their_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trim drops at most TRIM_BATCHES_PER_COMMIT batches of a stream per transaction (so
+    appends wait for one short commit) and goes on until the floor: one call drops them all,
+    and the request ids of the dropped local messages, read back from the segments, are
+    forgotten while the kept ones still deduplicate."""
+    monkeypatch.setattr(sqlite_journal, "TRIM_BATCHES_PER_COMMIT", 3)
+
+    async def main() -> None:
+        journal = await _opened(tmp_path, segment_bytes=4096)
+        try:
+            for i in range(10):
+                await journal.append_local([group(0, f"id{2 * i}", f"id{2 * i + 1}")])
+            commits = 0
+            trim_once = journal._trim_sync
+
+            def counted(*args: Any) -> Any:
+                nonlocal commits
+                commits += 1
+                return trim_once(*args)
+
+            journal._trim_sync = counted  # type: ignore[method-assign]
+            assert await journal.trim({STREAM: 16}, older_than_ms=10**15) == 8
+            assert commits == 3  # 3 + 3 + 2 batches
+            assert await journal.low_water(STREAM) == 17
+            ids = [f"id{i}" for i in range(20)]
+            assert await journal.lookup(ids) == {
+                f"id{i}": Position(SITE, 0, i + 1) for i in range(16, 20)
+            }
+        finally:
+            await journal.close()
+
+    asyncio.run(main())
+
+
+def test_a_journal_of_schema_2_is_upgraded_at_open(tmp_path: Path) -> None:
+    """Schema 2 also indexed request ids by position; opening drops that index, records
+    schema 3, and keeps every batch and id."""
+
+    async def main() -> None:
+        journal = await _opened(tmp_path)
+        await journal.append_local([group(0, "a", "b")])
+        await journal.close()
+        with sqlite3.connect(journal.path) as db:
+            db.execute("CREATE INDEX ids_by_seq ON ids(partition, seq)")
+            db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+        db.close()
+        journal = await _opened(tmp_path)
+        try:
+            assert await all_ids(journal, STREAM) == ["a", "b"]
+            assert await journal.lookup(["b"]) == {"b": Position(SITE, 0, 2)}
+        finally:
+            await journal.close()
+        with sqlite3.connect(journal.path) as db:
+            assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("3",)
+            indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        db.close()
+        assert "ids_by_seq" not in indexes
 
     asyncio.run(main())
