@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,11 @@ import pytest
 from multiactive.errors import JournalError
 from multiactive.journal import SqliteJournal
 from multiactive.journal import sqlite as sqlite_journal
+from multiactive.journal.base import LocalGroup
 from multiactive.journal.segments import segment_numbers, segment_path
 from multiactive.model.message import Position, StreamId
 
-from .test_journal import PEER, SITE, all_ids, all_seqs, group, remote
+from .test_journal import PEER, SITE, all_ids, all_seqs, group, remote, row
 
 STREAM = StreamId(SITE, 0)
 
@@ -248,5 +250,43 @@ def test_a_journal_of_schema_2_is_upgraded_at_open(tmp_path: Path) -> None:
             indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
         db.close()
         assert "ids_by_seq" not in indexes
+
+    asyncio.run(main())
+
+
+def test_small_appends_run_on_the_loop_only_while_the_writer_thread_is_idle(
+    tmp_path: Path,
+) -> None:
+    """An append under INLINE_APPEND_BYTES skips the two thread hand-offs when the writer
+    thread has nothing queued; a large one goes to the thread, and so does a small one while
+    the thread is busy, so writes still run one at a time and in order."""
+
+    async def main() -> None:
+        journal = await _opened(tmp_path)
+        threads: list[str] = []
+        store = journal._store
+
+        def recorded(*args: Any, **options: Any) -> None:
+            name = threading.current_thread().name
+            threads.append("writer" if name.startswith("journal-w-") else name)
+            store(*args, **options)
+
+        journal._store = recorded  # type: ignore[method-assign]
+        try:
+            await journal.append_local([group(0, "small")])
+            big = [row(f"big{i}", payload=b"x" * 1024) for i in range(80)]
+            await journal.append_local([LocalGroup(0, big, 1000)])
+            assert threads == ["MainThread", "writer"]
+            threads.clear()
+            large = asyncio.ensure_future(journal.append_local([LocalGroup(1, big, 1000)]))
+            await asyncio.sleep(0)  # the large append is on the thread now
+            await journal.append_local([group(1, "after")])
+            await large
+            assert threads == ["writer", "writer"]
+            assert (await all_ids(journal, StreamId(SITE, 1)))[-1] == "after"
+            await journal.append_local([group(2, "idle-again")])
+            assert threads[-1] == "MainThread"
+        finally:
+            await journal.close()
 
     asyncio.run(main())
