@@ -72,10 +72,13 @@ DEFAULT_LINGER_MS = 0.0
 DEFAULT_MAX_PENDING_MESSAGES = 100_000
 DEFAULT_ZSET_CAP = 1000
 DEFAULT_WINDOW_BYTES = 64 * 1024 * 1024  # the cap; the window adapts below it
-# Twice the bandwidth-delay product of a 200 MB/s, 40 ms path: a session starts at full
-# speed on such a link, and a slow fsync at the receiver does not drain the pipe. The window
-# grows above this (up to window_bytes) on fatter or longer paths.
-DEFAULT_WINDOW_FLOOR_BYTES = 16 * 1024 * 1024
+# A round trip under load is the path's plus the receiver's store time: it appends and
+# acknowledges ~4 MiB at a time, with an fdatasync, so over a 40 ms path the ACKs of a
+# catch-up came back after 80-115 ms. 32 MiB is twice the bandwidth-delay product of a
+# 200 MB/s path at 80 ms: a session starts at full speed. (16 MiB left a 40 ms catch-up
+# window-limited while the window grew: 11-31 % slower, docs/benchmarks.md.) The window grows
+# above this (up to window_bytes) on fatter or longer paths.
+DEFAULT_WINDOW_FLOOR_BYTES = 32 * 1024 * 1024
 DEFAULT_STALL_AFTER_S = 5.0
 DEFAULT_READ_BYTES = 1024 * 1024
 DEFAULT_HEARTBEAT_INTERVAL_S = 1.0
