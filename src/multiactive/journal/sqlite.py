@@ -107,9 +107,11 @@ class SqliteJournal(Journal):
         self.segments_folder = self.path.with_suffix(".segments")
         self._fsync = fsync
         self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"journal-w-{site}")
-        # Writer jobs handed to the thread, and finished there: each written by one thread only.
+        # Writer jobs handed to the thread, finished there, and whose callers have resumed:
+        # each counter is written by one thread only.
         self._handed = 0
         self._finished = 0
+        self._resumed = 0
         self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"journal-r-{site}")
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
@@ -611,8 +613,9 @@ class SqliteJournal(Journal):
 
     async def _on_writer(self, fn: Callable[[], T], *, small: bool = False) -> T:
         """Run a write on the writer thread; a `small` one runs right here instead when the
-        thread has nothing queued or running (so writes stay one at a time, in order)."""
-        if small and self._finished == self._handed:
+        thread has nothing queued or running and every earlier caller has resumed (so writes
+        stay one at a time, and callers see their results in the order they were made)."""
+        if small and self._finished == self._handed == self._resumed:
             return fn()
         self._handed += 1
 
@@ -622,7 +625,10 @@ class SqliteJournal(Journal):
             finally:
                 self._finished += 1
 
-        return await asyncio.get_running_loop().run_in_executor(self._writer, job)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._writer, job)
+        finally:
+            self._resumed += 1
 
     async def _on_reader(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn)
