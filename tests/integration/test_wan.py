@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from multiactive.model.topology import DEFAULT_WINDOW_FLOOR_BYTES
 from multiactive.testing.cluster import LocalCluster, wan_link_name
 from multiactive.wan.shape import LinkShape
 
@@ -141,21 +142,29 @@ def test_a_40_ms_link_catches_up_nearly_as_fast_as_a_0_ms_link(
     cluster.start(["a"])
     publish(cluster.client_address("a"), messages, lambda i: f"k{i}", PAYLOAD)
     rates: dict[float, list[float]] = {0.2: [], 40.0: []}
+    windows: list[int] = []
     for rtt_ms in (0.2, 40.0, 0.2, 40.0):
         for origin, receiver in (("a", "b"), ("b", "a")):
             name = wan_link_name(origin, receiver)
             cluster.wan_control("POST", f"/links/{name}/shape", {"delay_ms": rtt_ms / 2})
-        rates[rtt_ms].append(_catch_up_rate(cluster, messages))
+        rate, window = _catch_up_rate(cluster, messages)
+        rates[rtt_ms].append(rate)
+        if rtt_ms == 40.0:
+            windows.append(window)
     far, near_rate = max(rates[40.0]), max(rates[0.2])
     runs = ", ".join(f"{rtt:g} ms: {r:,.0f}" for rtt, rs in rates.items() for r in rs)
     print(f"catch-up msg/s {runs}; best 40 ms / best 0.2 ms = {far / near_rate:.0%}")
+    print(f"40 ms windows at 90 %: {windows} (floor {DEFAULT_WINDOW_FLOOR_BYTES})")
     assert far >= 0.8 * near_rate, runs
+    # The window adapted: a loaded 40 ms round trip needs more than the floor in flight.
+    assert max(windows) > DEFAULT_WINDOW_FLOOR_BYTES, windows
 
 
-def _catch_up_rate(cluster: LocalCluster, messages: int) -> float:
+def _catch_up_rate(cluster: LocalCluster, messages: int) -> tuple[float, int]:
     """Messages per second for an empty b to journal a's backlog, over the middle 80 % of it:
     the link's throughput once streaming, without the first one-way delay (a latency) or the
-    start of the receiving process in it. b is stopped and emptied again afterwards."""
+    start of the receiving process in it; and a's window then. b is stopped and emptied again
+    afterwards."""
     cluster.start(["b"])
     marks: dict[float, float] = {}
 
@@ -167,6 +176,7 @@ def _catch_up_rate(cluster: LocalCluster, messages: int) -> float:
         return 0.9 in marks
 
     wait_for(passed, 120, "the catch-up")
+    window = int(str(_link(cluster, "a", "a->b")["window_bytes"]))
     cluster.kill("b")
     shutil.rmtree(cluster.processes["b"].data_dir)
-    return 0.8 * messages / (marks[0.9] - marks[0.1])
+    return 0.8 * messages / (marks[0.9] - marks[0.1]), window

@@ -30,13 +30,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from multiactive.errors import ConfigError, JournalError
+from multiactive.errors import ConfigError, DecodeError, JournalError
 from multiactive.journal.base import Journal, LocalAppend, LocalGroup, RemoteResult
 from multiactive.journal.segments import (
     DEFAULT_SEGMENT_BYTES,
@@ -56,12 +57,14 @@ SCHEMA_VERSION = "3"
 # VMs, against 0.1-0.2 ms), and a lightly loaded site pays them on every write. Larger
 # appends, and any while the thread is busy, go to the thread, so the loop never waits long.
 INLINE_APPEND_BYTES = 64 * 1024
+ROW_BYTES = 64  # what a row costs beyond its payload, key and id, in that count
 # Version 2 also indexed ids by (partition, seq), for trims; that index doubled the cost of
 # every local append's id rows (3.4 instead of 1.6 us an id here) and is dropped on open.
 UPGRADES = {"2": "DROP INDEX IF EXISTS ids_by_seq"}
 # A trim commits at most this many batches of a stream at a time, so appends queued behind it
 # on the writer thread wait for one short transaction, not for the whole trim.
 TRIM_BATCHES_PER_COMMIT = 1000
+TRIM_BYTES_PER_COMMIT = 16 * 1024 * 1024  # of local batches, read back for their ids
 _SQL_VARIABLES = 500
 _READ_ROWS = 256
 
@@ -107,10 +110,10 @@ class SqliteJournal(Journal):
         self.segments_folder = self.path.with_suffix(".segments")
         self._fsync = fsync
         self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"journal-w-{site}")
-        # Writer jobs handed to the thread, finished there, and whose callers have resumed:
-        # each counter is written by one thread only.
+        # Writer jobs handed to the thread and not done yet (a cancelled one is done), and how
+        # many callers were handed a job and how many of them have resumed since.
+        self._jobs: deque[Future[Any]] = deque()
         self._handed = 0
-        self._finished = 0
         self._resumed = 0
         self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"journal-r-{site}")
         self._wconn: sqlite3.Connection | None = None
@@ -522,9 +525,9 @@ class SqliteJournal(Journal):
                 stream_id = self._stream_ids.get(stream)
                 if stream_id is None:
                     continue
-                count = self._trim_stream(conn, stream, stream_id, floor, older_than_ms)
+                count, capped = self._trim_stream(conn, stream, stream_id, floor, older_than_ms)
                 dropped += count
-                more = more or count == TRIM_BATCHES_PER_COMMIT
+                more = more or capped
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -540,7 +543,9 @@ class SqliteJournal(Journal):
 
     def _trim_stream(
         self, conn: sqlite3.Connection, stream: StreamId, stream_id: int, floor: int, before: int
-    ) -> int:
+    ) -> tuple[int, bool]:
+        """Drop a prefix of one stream's batches; return how many, and whether a cap on this
+        commit (batches, or bytes of local batches to read ids from) stopped it short."""
         # Keep J1: drop only a prefix, up to the first batch that must stay.
         (stop,) = conn.execute(
             "SELECT MIN(last_seq) FROM batches WHERE stream = ? AND "
@@ -554,8 +559,15 @@ class SqliteJournal(Journal):
             (stream_id, limit, TRIM_BATCHES_PER_COMMIT),
         ).fetchall()
         if not dropping:
-            return 0
+            return 0, False
+        capped = len(dropping) == TRIM_BATCHES_PER_COMMIT
         if stream.origin == self.site:
+            size = 0
+            for count, row in enumerate(dropping, start=1):
+                size += row[3]
+                if size >= TRIM_BYTES_PER_COMMIT and count < len(dropping):
+                    dropping, capped = dropping[:count], True
+                    break
             conn.executemany(
                 "DELETE FROM ids WHERE id = ? AND partition = ? AND seq = ?",
                 self._ids_of(stream.partition, [Location(*row[1:]) for row in dropping]),
@@ -563,16 +575,24 @@ class SqliteJournal(Journal):
         cursor = conn.execute(
             "DELETE FROM batches WHERE stream = ? AND last_seq <= ?", (stream_id, dropping[-1][0])
         )
-        return cursor.rowcount
+        return cursor.rowcount, capped
 
     def _ids_of(self, partition: int, locations: Sequence[Location]) -> list[tuple[str, int, int]]:
-        """The id rows of stored local batches, read back from their segments."""
+        """The id rows of stored local batches, read back from their segments. A batch that
+        cannot be read any more keeps its id rows (they only answer a very late retry with
+        the trimmed position): a damaged segment must not stop every trim, and the site."""
         rows: list[tuple[str, int, int]] = []
         for location in locations:
-            batch = parse_batch(self._trim_reader.read(location))
-            rows.extend(
-                (row[0], partition, seq) for seq, row in enumerate(batch.rows(), batch.first_seq)
-            )
+            try:
+                batch = parse_batch(self._trim_reader.read(location))
+                found = batch.rows()
+            except (DecodeError, JournalError) as exc:
+                log.warning(
+                    "journal_trim_ids_unreadable", site=self.site, partition=partition,
+                    segment=location.segment, offset=location.offset, reason=exc,
+                )  # fmt: skip
+                continue
+            rows.extend((row[0], partition, seq) for seq, row in enumerate(found, batch.first_seq))
         return rows
 
     async def save_peer_heads(self, peer: str, heads: dict[StreamId, int]) -> None:
@@ -615,31 +635,33 @@ class SqliteJournal(Journal):
         """Run a write on the writer thread; a `small` one runs right here instead when the
         thread has nothing queued or running and every earlier caller has resumed (so writes
         stay one at a time, and callers see their results in the order they were made)."""
-        if small and self._finished == self._handed == self._resumed:
+        if small and self._writer_idle():
             return fn()
+        job = self._writer.submit(fn)
+        self._jobs.append(job)
         self._handed += 1
-
-        def job() -> T:
-            try:
-                return fn()
-            finally:
-                self._finished += 1
-
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._writer, job)
+            return await asyncio.wrap_future(job)
         finally:
             self._resumed += 1
+
+    def _writer_idle(self) -> bool:
+        jobs = self._jobs
+        while jobs and jobs[0].done():
+            jobs.popleft()
+        return not jobs and self._resumed == self._handed
 
     async def _on_reader(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn)
 
 
 def _local_bytes(groups: Sequence[LocalGroup], enough: int) -> int:
-    """The payload bytes of local groups, counted until `enough` is reached."""
+    """About the bytes local groups take in batches (payload, key, id and a row's framing;
+    a row's index entry costs as much as its bytes), counted until `enough` is reached."""
     total = 0
     for group in groups:
         for row in group.rows:
-            total += len(row[6]) + len(row[2])
+            total += len(row[6]) + len(row[2]) + len(row[0]) + ROW_BYTES
             if total >= enough:
                 return total
     return total

@@ -290,3 +290,67 @@ def test_small_appends_run_on_the_loop_only_while_the_writer_thread_is_idle(
             await journal.close()
 
     asyncio.run(main())
+
+
+def test_a_cancelled_writer_job_leaves_small_appends_on_the_loop(tmp_path: Path) -> None:
+    """A job cancelled before the writer thread ran it counts as done: small appends that come
+    after run on the loop again, instead of on the thread for good."""
+
+    async def main() -> None:
+        journal = await _opened(tmp_path)
+        threads: list[str] = []
+        store = journal._store
+
+        def recorded(*args: Any, **options: Any) -> None:
+            threads.append(threading.current_thread().name)
+            store(*args, **options)
+
+        journal._store = recorded  # type: ignore[method-assign]
+        try:
+            big = [row(f"big{i}", payload=b"x" * 1024) for i in range(80)]
+            large = asyncio.ensure_future(journal.append_local([LocalGroup(0, big, 1000)]))
+            await asyncio.sleep(0)  # on the thread now
+            queued = asyncio.ensure_future(journal.save_peer_heads(PEER, {STREAM: 1}))
+            await asyncio.sleep(0)  # queued behind it
+            queued.cancel()
+            await large
+            with pytest.raises(asyncio.CancelledError):
+                await queued
+            await journal.append_local([group(1, "after")])
+            assert threads[-1] == "MainThread"
+        finally:
+            await journal.close()
+
+    asyncio.run(main())
+
+
+def test_a_trim_reads_at_most_trim_bytes_of_local_batches_per_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each commit of a trim reads back at most TRIM_BYTES_PER_COMMIT of local batches (but
+    always one batch), so a trim of large batches is many short transactions."""
+    monkeypatch.setattr(sqlite_journal, "TRIM_BYTES_PER_COMMIT", 1)
+
+    async def main() -> None:
+        journal = await _opened(tmp_path)
+        try:
+            for i in range(5):
+                await journal.append_local([group(0, f"id{i}")])
+            commits = 0
+            trim_once = journal._trim_sync
+
+            def counted(*args: Any) -> Any:
+                nonlocal commits
+                commits += 1
+                return trim_once(*args)
+
+            journal._trim_sync = counted  # type: ignore[method-assign]
+            assert await journal.trim({STREAM: 4}, older_than_ms=10**15) == 4
+            assert commits == 4  # one batch each (the last one was all that was left)
+            assert await journal.lookup([f"id{i}" for i in range(5)]) == {
+                "id4": Position(SITE, 0, 5)
+            }
+        finally:
+            await journal.close()
+
+    asyncio.run(main())
