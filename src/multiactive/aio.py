@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 
@@ -69,6 +69,18 @@ async def wait_any(pulses: tuple[Pulse, ...], timeout_s: float | None = None) ->
     finally:
         for waiter in waiters:
             waiter.cancel()
+
+
+async def wait_until(condition: Callable[[], bool], pulse: Pulse, timeout_s: float) -> bool:
+    """Wait until `condition()` holds, looking again each time `pulse` fires; False if
+    `timeout_s` passed first."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not condition():
+                await pulse.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 async def run_together(*coroutines: Coroutine[Any, Any, Any]) -> None:

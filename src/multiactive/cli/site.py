@@ -49,11 +49,7 @@ def run_site(
     topology_path: Path, site_name: str, handlers: tuple[str, ...], log_level: str
 ) -> None:
     """Run one site until SIGTERM or SIGINT, then drain and stop cleanly."""
-    logs.configure(log_level, site=site_name)
-    topology = load_topology(topology_path)
-    registry = HandlerRegistry()
-    for module in handlers:
-        registry.load(module)
+    topology, registry = _prepare(topology_path, site_name, handlers, log_level)
     applier = ApplierLaunch(topology_path, handlers, log_level)
     node = SiteNode(topology, site_name, registry, applier)
     aio.run(_serve(node))
@@ -69,19 +65,23 @@ def apply_site(
     topology_path: Path, site_name: str, handlers: tuple[str, ...], log_level: str, channel_fd: int
 ) -> None:
     """Internal: the applier process that `site run` starts (see multiactive.site.applier)."""
+    topology, registry = _prepare(topology_path, site_name, handlers, log_level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the site, which stops us
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.nice(APPLIER_NICENESS)
+    aio.run(serve_applier(topology, site_name, registry, channel_fd))
+
+
+def _prepare(
+    topology_path: Path, site_name: str, handlers: tuple[str, ...], log_level: str
+) -> tuple[Topology, HandlerRegistry]:
+    """Logging, the topology and the handler modules, as a site and its applier both need."""
     logs.configure(log_level, site=site_name)
     topology = load_topology(topology_path)
     registry = HandlerRegistry()
     for module in handlers:
         registry.load(module)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the site, which stops us
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    os.nice(APPLIER_NICENESS)
-    aio.run(_apply(topology, site_name, registry, channel_fd))
-
-
-async def _apply(topology: Topology, site: str, registry: HandlerRegistry, fd: int) -> None:
-    await serve_applier(topology, site, registry, fd)
+    return topology, registry
 
 
 # A site allocates a few short-lived containers per message (drafts, rows, results) while it

@@ -48,7 +48,13 @@ from multiactive.journal.segments import (
     segment_path,
 )
 from multiactive.logs import get_logger
-from multiactive.model.batch import CODEC_NONE, RecordBatch, parse_batch, scan_batches
+from multiactive.model.batch import (
+    CODEC_NONE,
+    RecordBatch,
+    parse_batch,
+    row_bytes,
+    scan_batches,
+)
 from multiactive.model.message import Position, StreamId
 
 SCHEMA_VERSION = "3"
@@ -57,7 +63,6 @@ SCHEMA_VERSION = "3"
 # VMs, against 0.1-0.2 ms), and a lightly loaded site pays them on every write. Larger
 # appends, and any while the thread is busy, go to the thread, so the loop never waits long.
 INLINE_APPEND_BYTES = 64 * 1024
-ROW_BYTES = 64  # what a row costs beyond its payload, key and id, in that count
 # Version 2 also indexed ids by (partition, seq), for trims; that index doubled the cost of
 # every local append's id rows (3.4 instead of 1.6 us an id here) and is dropped on open.
 UPGRADES = {"2": "DROP INDEX IF EXISTS ids_by_seq"}
@@ -110,11 +115,10 @@ class SqliteJournal(Journal):
         self.segments_folder = self.path.with_suffix(".segments")
         self._fsync = fsync
         self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"journal-w-{site}")
-        # Writer jobs handed to the thread and not done yet (a cancelled one is done), and how
-        # many callers were handed a job and how many of them have resumed since.
+        # Writer jobs handed to the thread and not done yet (a cancelled one is done), and the
+        # callers still waiting for theirs.
         self._jobs: deque[Future[Any]] = deque()
-        self._handed = 0
-        self._resumed = 0
+        self._waiting = 0
         self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"journal-r-{site}")
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
@@ -639,29 +643,29 @@ class SqliteJournal(Journal):
             return fn()
         job = self._writer.submit(fn)
         self._jobs.append(job)
-        self._handed += 1
+        self._waiting += 1
         try:
             return await asyncio.wrap_future(job)
         finally:
-            self._resumed += 1
+            self._waiting -= 1
 
     def _writer_idle(self) -> bool:
         jobs = self._jobs
         while jobs and jobs[0].done():
             jobs.popleft()
-        return not jobs and self._resumed == self._handed
+        return not jobs and not self._waiting
 
     async def _on_reader(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn)
 
 
 def _local_bytes(groups: Sequence[LocalGroup], enough: int) -> int:
-    """About the bytes local groups take in batches (payload, key, id and a row's framing;
-    a row's index entry costs as much as its bytes), counted until `enough` is reached."""
+    """The bytes local groups take in batches, at most (`row_bytes`), counted until `enough`
+    is reached."""
     total = 0
     for group in groups:
         for row in group.rows:
-            total += len(row[6]) + len(row[2]) + len(row[0]) + ROW_BYTES
+            total += row_bytes(row[0], row[1], row[2], row[5], row[6])
             if total >= enough:
                 return total
     return total

@@ -44,6 +44,8 @@ _PREFIX = struct.Struct(">2sBBI")
 _FIELDS = struct.Struct(">IQIQQIB")
 HEADER_SIZE = _PREFIX.size + _FIELDS.size  # without the origin name
 _INT64_LIMIT = 1 << 63  # seqs, times and versions are stored as SQLite/Redis int64
+ROW_OVERHEAD_BYTES = 48  # msgpack framing of a row and its fixed-size fields, at most
+HEADER_OVERHEAD_BYTES = 6  # msgpack framing of one header name and value, at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,19 @@ class RecordBatch:
     def messages(self) -> Iterator[Message]:
         for offset, row in enumerate(self.rows()):
             yield message_from_row(row, self.origin, self.partition, self.first_seq + offset)
+
+
+def row_bytes(id_: str, type_: str, key: str, headers: dict[str, str], payload: bytes) -> int:
+    """An upper bound of the bytes a row takes in a batch body (every field counts: headers,
+    ids and types can outweigh small payloads, and a batch must fit in a frame)."""
+    size = len(payload) + len(id_) + _utf8_len(type_) + _utf8_len(key) + ROW_OVERHEAD_BYTES
+    for name, value in headers.items():
+        size += _utf8_len(name) + _utf8_len(value) + HEADER_OVERHEAD_BYTES
+    return size
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def encode_body(rows: Sequence[Row]) -> bytes:

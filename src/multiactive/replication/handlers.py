@@ -43,7 +43,6 @@ Handler = Callable[[Delivery], Awaitable[None]]
 class HandlerRegistry:
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
-        self.modules: list[str] = []  # loaded with `load`, in order
 
     def register(self, message_type: str, handler: Handler) -> None:
         if message_type in BUILTIN_TYPES:
@@ -80,4 +79,3 @@ class HandlerRegistry:
                 f"--handlers {module_name}: the module has no setup(registry) function"
             )
         setup(self)
-        self.modules.append(module_name)

@@ -17,6 +17,7 @@ from typing import Any
 from multiactive.aio import Pulse
 from multiactive.errors import RejectedError, format_bytes
 from multiactive.journal.base import Journal, LocalGroup
+from multiactive.model.batch import row_bytes
 from multiactive.model.clock import HybridClock, wall_ms
 from multiactive.model.ids import IdGenerator, is_valid_id
 from multiactive.model.message import Row
@@ -29,8 +30,6 @@ MAX_TYPE_LENGTH = 128
 RESERVED_PREFIX = "ma."
 MAX_KEY_BYTES = 1024
 MAX_HEADER_BYTES = 4096
-ROW_OVERHEAD_BYTES = 48  # msgpack framing of a row and its fixed-size fields, at most
-HEADER_OVERHEAD_BYTES = 6  # msgpack framing of one header name and value, at most
 
 Result = list[Any]  # [0, partition, seq, duplicate, version] or [1, code, text]
 
@@ -139,7 +138,7 @@ class Ingress:
                 pending = self._rows[partition] = _Pending()
             pending.rows.append((id_, type_, key, version, created_ms, headers, payload))
             pending.refs.append((request, index))
-            size = _row_size(id_, type_, key, headers, payload)
+            size = row_bytes(id_, type_, key, headers, payload)
             pending.sizes.append(size)
             pending.bytes += size
             self._pending_bytes += size
@@ -271,19 +270,6 @@ def payload_too_large(size: int, limits: Limits) -> str:
         f"payload is {format_bytes(size)}; the limit is {format_bytes(limits.max_payload_bytes)} "
         "(set max_payload_bytes in [limits])"
     )
-
-
-def _row_size(id_: str, type_: str, key: str, headers: dict[str, str], payload: bytes) -> int:
-    """An upper bound of the bytes a checked row takes in a batch body (every field counts:
-    headers, ids and types can outweigh small payloads, and a batch must fit in a frame)."""
-    size = len(payload) + len(id_) + _utf8_len(type_) + _utf8_len(key) + ROW_OVERHEAD_BYTES
-    for name, value in headers.items():
-        size += _utf8_len(name) + _utf8_len(value) + HEADER_OVERHEAD_BYTES
-    return size
-
-
-def _utf8_len(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode())
 
 
 def _headers_ok(headers: Any) -> bool:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from multiactive import failpoints
-from multiactive.aio import Pulse
+from multiactive.aio import Pulse, wait_until
 from multiactive.journal.base import Journal
 from multiactive.model.batch import RecordBatch
 from multiactive.model.clock import wall_ms
@@ -368,13 +368,7 @@ class Processor:
 
     async def wait_caught_up(self, timeout_s: float) -> bool:
         """Wait until every journaled message is applied (for drains and tests)."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                while not self.caught_up():
-                    await self.progress.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await wait_until(self.caught_up, self.progress, timeout_s)
 
 
 def canary_ages(times: dict[str, tuple[int, int]]) -> dict[str, dict[str, float]]:

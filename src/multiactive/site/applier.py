@@ -37,7 +37,7 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
-from multiactive.aio import Pulse, run_together
+from multiactive.aio import Pulse, run_together, wait_until
 from multiactive.errors import ApplierError, ConnectionLost, ProtocolError
 from multiactive.journal import Journal, open_journal
 from multiactive.logs import get_logger
@@ -251,13 +251,7 @@ class ProcessorProcess:
         return all(self.applied(s) >= h for s, h in self._journal.heads().items())
 
     async def wait_caught_up(self, timeout_s: float) -> bool:
-        try:
-            async with asyncio.timeout(timeout_s):
-                while not self.caught_up():
-                    await self.progress.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await wait_until(self.caught_up, self.progress, timeout_s)
 
     async def reapply(self, message: Message, attempt: int) -> str | None:
         """Run a parked message's handler again, in the applier; None on success."""
