@@ -38,6 +38,34 @@ async def _opened(folder: Path, **options: int) -> SqliteJournal:
     return journal
 
 
+def _store_threads(journal: SqliteJournal) -> list[str]:
+    """Record, from now on, where each store of the journal runs: "MainThread" (the event
+    loop) or "writer" (its writer thread)."""
+    threads: list[str] = []
+    store = journal._store
+
+    def recorded(*args: Any, **options: Any) -> None:
+        name = threading.current_thread().name
+        threads.append("writer" if name.startswith("journal-w-") else name)
+        store(*args, **options)
+
+    journal._store = recorded  # type: ignore[method-assign]
+    return threads
+
+
+def _count_trim_commits(journal: SqliteJournal) -> list[int]:
+    """Record, from now on, each trim transaction of the journal (one entry per commit)."""
+    commits: list[int] = []
+    trim_once = journal._trim_sync
+
+    def counted(*args: Any) -> Any:
+        commits.append(len(commits) + 1)
+        return trim_once(*args)
+
+    journal._trim_sync = counted  # type: ignore[method-assign]
+    return commits
+
+
 def _forget_last_index_commit(path: Path, stream: StreamId, last_seq: int, head: int) -> None:
     """What a machine crash can do to an index commit that was not synced yet: the batch row,
     its request ids and the head move are gone; the segment still holds the batch."""
@@ -205,17 +233,9 @@ def test_a_trim_of_many_batches_commits_in_parts_and_forgets_their_ids(
         try:
             for i in range(10):
                 await journal.append_local([group(0, f"id{2 * i}", f"id{2 * i + 1}")])
-            commits = 0
-            trim_once = journal._trim_sync
-
-            def counted(*args: Any) -> Any:
-                nonlocal commits
-                commits += 1
-                return trim_once(*args)
-
-            journal._trim_sync = counted  # type: ignore[method-assign]
+            commits = _count_trim_commits(journal)
             assert await journal.trim({STREAM: 16}, older_than_ms=10**15) == 8
-            assert commits == 3  # 3 + 3 + 2 batches
+            assert len(commits) == 3  # 3 + 3 + 2 batches
             assert await journal.low_water(STREAM) == 17
             ids = [f"id{i}" for i in range(20)]
             assert await journal.lookup(ids) == {
@@ -263,15 +283,7 @@ def test_small_appends_run_on_the_loop_only_while_the_writer_thread_is_idle(
 
     async def main() -> None:
         journal = await _opened(tmp_path)
-        threads: list[str] = []
-        store = journal._store
-
-        def recorded(*args: Any, **options: Any) -> None:
-            name = threading.current_thread().name
-            threads.append("writer" if name.startswith("journal-w-") else name)
-            store(*args, **options)
-
-        journal._store = recorded  # type: ignore[method-assign]
+        threads = _store_threads(journal)
         try:
             await journal.append_local([group(0, "small")])
             big = [row(f"big{i}", payload=b"x" * 1024) for i in range(80)]
@@ -298,14 +310,7 @@ def test_a_cancelled_writer_job_leaves_small_appends_on_the_loop(tmp_path: Path)
 
     async def main() -> None:
         journal = await _opened(tmp_path)
-        threads: list[str] = []
-        store = journal._store
-
-        def recorded(*args: Any, **options: Any) -> None:
-            threads.append(threading.current_thread().name)
-            store(*args, **options)
-
-        journal._store = recorded  # type: ignore[method-assign]
+        threads = _store_threads(journal)
         try:
             big = [row(f"big{i}", payload=b"x" * 1024) for i in range(80)]
             large = asyncio.ensure_future(journal.append_local([LocalGroup(0, big, 1000)]))
@@ -336,17 +341,9 @@ def test_a_trim_reads_at_most_trim_bytes_of_local_batches_per_commit(
         try:
             for i in range(5):
                 await journal.append_local([group(0, f"id{i}")])
-            commits = 0
-            trim_once = journal._trim_sync
-
-            def counted(*args: Any) -> Any:
-                nonlocal commits
-                commits += 1
-                return trim_once(*args)
-
-            journal._trim_sync = counted  # type: ignore[method-assign]
+            commits = _count_trim_commits(journal)
             assert await journal.trim({STREAM: 4}, older_than_ms=10**15) == 4
-            assert commits == 4  # one batch each (the last one was all that was left)
+            assert len(commits) == 4  # one batch each (the last one was all that was left)
             assert await journal.lookup([f"id{i}" for i in range(5)]) == {
                 "id4": Position(SITE, 0, 5)
             }
