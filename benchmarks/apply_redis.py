@@ -12,7 +12,7 @@ win) into the same redis-server, measured in the same run, alternating, best of 
 - **baseline**: the obvious hand-written approach, a redis-py pipeline of one EVALSHA of a
   minimal LWW script per key, `--step` calls per pipeline; no watermark, so no exactly-once.
 
-The server is started here (`multiactive.testing.redis`: appendonly yes, appendfsync always)
+The server is started here (`multiactive.local.redis`: appendonly yes, appendfsync always)
 unless `--url` names one; its database is flushed between phases. The goal: ours >= 80 % of
 the baseline.
 """
@@ -30,11 +30,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from multiactive.local.redis import RedisServer
 from multiactive.model.message import StreamId
 from multiactive.model.partition import partition_for
 from multiactive.state.base import Commit, OpTuple
 from multiactive.state.redis import RedisState
-from multiactive.testing.redis import RedisServer
 
 PARTITIONS = 8
 KEYS = 50_000

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from multiactive.client import Client
+from multiactive.local.cluster import LocalCluster
 from multiactive.model.topology import Address
-from multiactive.testing.cluster import LocalCluster
 from multiactive.wan.shape import LinkShape
 
 PAYLOAD_BYTES = 1024

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from multiactive.model.topology import Address
-from multiactive.testing.cluster import free_port
+from multiactive.procs import free_port
 from multiactive.wan.proxy import WanLink
 from multiactive.wan.shape import LinkShape
 

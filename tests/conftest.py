@@ -1,5 +1,5 @@
 """Servers the whole suite shares, started on first use on free ports in a temporary folder
-(`multiactive.testing.redis`: appendonly yes, appendfsync always) and killed at the end: one
+(`multiactive.local.redis`: appendonly yes, appendfsync always) and killed at the end: one
 redis-server, and a Redis Cluster of three masters. A test that uses one gets a clean database.
 """
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from multiactive.testing.redis import RedisClusterServers, RedisServer
+from multiactive.local.redis import RedisClusterServers, RedisServer
 
 
 @pytest.fixture(scope="session")

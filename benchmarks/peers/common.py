@@ -31,8 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from multiactive.site.applier import die_with_parent
-from multiactive.testing.cluster import free_port
+from multiactive.procs import die_with_parent, free_port
 
 PAYLOAD_BYTES = 1024
 IN_FLIGHT = 4000  # unacknowledged publishes at most; 8 000 made no difference to either peer

@@ -33,7 +33,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy, ExternalStream, StorageType, StreamConfig, StreamSource
 
-from multiactive.testing.cluster import free_port
+from multiactive.procs import free_port
 
 from .common import (
     IN_FLIGHT,

@@ -39,8 +39,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from pika.channel import Channel
 from pika.frame import Method
 
-from multiactive.site.applier import die_with_parent
-from multiactive.testing.cluster import free_port
+from multiactive.procs import die_with_parent, free_port
 
 from .common import (
     IN_FLIGHT,

@@ -25,8 +25,8 @@ from typing import Any
 
 import aiohttp
 
-from multiactive.testing.cluster import DEFAULT_SITES, LocalCluster
-from multiactive.testing.workload import Workload
+from multiactive.chaos.workload import Workload
+from multiactive.local.cluster import DEFAULT_SITES, LocalCluster
 from multiactive.wan.shape import LinkShape
 
 PROGRESS_INTERVAL_S = 0.5

@@ -11,6 +11,8 @@
     │                          process did not write (names the URL and the setting)
     ├── ConnectionLost         a connection closed before an answer arrived
     ├── ApplierError           the site's applier process did not start or exited
+    ├── ClusterError           processes started on this machine (a local cluster, a test
+    │                          server) did not reach the state a caller waited for
     └── UnknownSiteError       a site name the topology does not know
 
 Messages name the bad value, what was expected and the setting that controls it.
@@ -53,6 +55,10 @@ class StoreError(MultiactiveError):
 
 class ApplierError(MultiactiveError):
     """The site's applier process (its processor) did not start, or exited."""
+
+
+class ClusterError(MultiactiveError):
+    """Processes started on this machine did not reach the state a caller waited for."""
 
 
 class ConnectionLost(MultiactiveError):

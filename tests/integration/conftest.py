@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from multiactive.client import Ack, Client
+from multiactive.local.cluster import LocalCluster
 from multiactive.model.topology import Address
-from multiactive.testing.cluster import LocalCluster
 
 HERE = Path(__file__).parent
 MODES = ["push", "pull"]

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from multiactive.client import Ack, Client
-from multiactive.testing.cluster import LocalCluster
+from multiactive.local.cluster import LocalCluster
 
 from .conftest import ClusterFactory, publish, wait_for
 
@@ -244,7 +244,7 @@ def test_trace_shows_when_each_site_received_and_applied_a_write(
 ) -> None:
     """With an audit store (per-site SQLite, or one shared PostgreSQL), trace gives the time
     each stage happened at each site: accepted at the origin, received, applied."""
-    from multiactive.testing.postgres import PostgresServer
+    from multiactive.local.postgres import PostgresServer
 
     with contextlib.ExitStack() as stack:
         audit: dict[str, str] = {"store": store}

@@ -6,7 +6,7 @@ import os
 import signal
 from pathlib import Path
 
-from multiactive.testing.cluster import LocalCluster
+from multiactive.local.cluster import LocalCluster
 
 from .conftest import ClusterFactory, assert_same_digest, publish, wait_for
 

@@ -13,9 +13,9 @@ import pytest
 
 from multiactive.client import Client
 from multiactive.errors import PayloadTooLarge
+from multiactive.local.cluster import LocalCluster
 from multiactive.model.batch import build_batch
 from multiactive.model.topology import Address
-from multiactive.testing.cluster import LocalCluster
 from multiactive.wire.frames import FrameDecoder, FrameType, encode_frame
 from multiactive.wire.protocol import (
     Hello,

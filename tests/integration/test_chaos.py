@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from multiactive import failpoints
-from multiactive.testing.chaos import ChaosOptions, ChaosPlan, ChaosReport, plan_chaos, run_chaos
-from multiactive.testing.cluster import LocalCluster
+from multiactive.chaos.checker import ChaosOptions, ChaosPlan, ChaosReport, plan_chaos, run_chaos
+from multiactive.local.cluster import LocalCluster
 
 SEEDS = range(1, 21)
 SHORT: dict[str, Any] = {"duration_s": 5.0, "rate": 250.0}

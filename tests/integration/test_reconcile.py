@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from multiactive.client import Ack, Client
-from multiactive.testing.cluster import LocalCluster
+from multiactive.local.cluster import LocalCluster
 
 from .conftest import ClusterFactory, assert_same_digest, publish, stream_heads, wait_for
 

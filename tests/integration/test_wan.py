@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -11,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from multiactive.local.cluster import LocalCluster
 from multiactive.model.topology import DEFAULT_WINDOW_FLOOR_BYTES
-from multiactive.testing.cluster import LocalCluster, wan_link_name
 from multiactive.wan.shape import LinkShape
 
 from .conftest import (
@@ -124,40 +123,21 @@ def test_lag_command_reports_what_a_cut_off_site_misses(make_cluster: ClusterFac
     assert healed["lag_s"] == 0.0
 
 
-def test_a_40_ms_link_catches_up_nearly_as_fast_as_a_0_ms_link(
+def test_a_backlog_crosses_a_40_ms_link_with_a_window_grown_past_its_floor(
     make_cluster: ClusterFactory,
 ) -> None:
-    """L2: the window adapts to bandwidth x round trip, so a backlog crosses a 40 ms link at
-    >= 80 % of the rate it crosses a near-0 ms one (same machine, same run: a ratio, not a
-    time). Both go through the emulator's pacing path (the near one with 0.2 ms round trip),
-    so the only difference is the delay, not the emulator's own CPU on a 2-core machine.
-
-    One backlog at a, and b started empty four times while the link alternates between the
-    two delays; the best run of each delay counts. A busy neighbour on a shared machine only
-    ever slows a run down, so the best of two is the link's speed, and alternating keeps a
-    slow spell from falling on one delay only."""
-    messages = 200_000
-    near = LinkShape(delay_ms=0.1)
-    cluster = make_cluster(wan={("a", "b"): near, ("b", "a"): near})
+    """L2: a backlog crosses a 40 ms link complete and once, with the window grown past its
+    floor (a loaded 40 ms round trip needs more in flight). How fast, beside a 0 ms link, is a
+    benchmark's question (`benchmarks/replication.py`, docs/benchmarks.md), not a test's: the
+    window's rules are unit-tested with explicit times in tests/unit/replication/."""
+    messages = 100_000
+    far = LinkShape(delay_ms=20.0)
+    cluster = make_cluster(wan={("a", "b"): far, ("b", "a"): far})
     cluster.start(["a"])
     publish(cluster.client_address("a"), messages, lambda i: f"k{i}", PAYLOAD)
-    rates: dict[float, list[float]] = {0.2: [], 40.0: []}
-    windows: list[int] = []
-    for rtt_ms in (0.2, 40.0, 0.2, 40.0):
-        for origin, receiver in (("a", "b"), ("b", "a")):
-            name = wan_link_name(origin, receiver)
-            cluster.wan_control("POST", f"/links/{name}/shape", {"delay_ms": rtt_ms / 2})
-        rate, window = _catch_up_rate(cluster, messages)
-        rates[rtt_ms].append(rate)
-        if rtt_ms == 40.0:
-            windows.append(window)
-    far, near_rate = max(rates[40.0]), max(rates[0.2])
-    runs = ", ".join(f"{rtt:g} ms: {r:,.0f}" for rtt, rs in rates.items() for r in rs)
-    print(f"catch-up msg/s {runs}; best 40 ms / best 0.2 ms = {far / near_rate:.0%}")
-    print(f"40 ms windows at 90 %: {windows} (floor {DEFAULT_WINDOW_FLOOR_BYTES})")
-    assert far >= 0.8 * near_rate, runs
-    # The window adapted: a loaded 40 ms round trip needs more than the floor in flight.
-    assert max(windows) > DEFAULT_WINDOW_FLOOR_BYTES, windows
+    rate, window = _catch_up_rate(cluster, messages)
+    print(f"catch-up over 40 ms: {rate:,.0f} msg/s, window {window:,} B")
+    assert window > DEFAULT_WINDOW_FLOOR_BYTES, window
 
 
 def _catch_up_rate(cluster: LocalCluster, messages: int) -> tuple[float, int]:
@@ -177,6 +157,6 @@ def _catch_up_rate(cluster: LocalCluster, messages: int) -> tuple[float, int]:
 
     wait_for(passed, 120, "the catch-up")
     window = int(str(_link(cluster, "a", "a->b")["window_bytes"]))
-    cluster.kill("b")
-    shutil.rmtree(cluster.processes["b"].data_dir)
+    cluster.wait_converged(60)
+    assert_applied_exactly_once(cluster)
     return 0.8 * messages / (marks[0.9] - marks[0.1]), window

@@ -15,7 +15,7 @@ from rich.live import Live
 from rich.table import Table
 
 from multiactive import aio, failpoints
-from multiactive.testing.chaos import ChaosOptions, ChaosProgress, ChaosReport, run_chaos
+from multiactive.chaos.checker import ChaosOptions, ChaosProgress, ChaosReport, run_chaos
 
 DEFAULTS = ChaosOptions()
 

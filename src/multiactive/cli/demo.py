@@ -16,7 +16,7 @@ from rich.text import Text
 
 from multiactive import aio
 from multiactive.demo import DemoOptions, DemoResult, Snapshot, run_demo
-from multiactive.testing.redis import redis_server_path
+from multiactive.local.redis import redis_server_path
 
 
 @click.command()

@@ -19,7 +19,7 @@ header fields a read needs, under the id `<last_seq>-0`. The key layout is in
 - Durability (J3): acknowledged means the Redis server has the write. Across a crash of the
   Redis server (or its machine) that holds only with `appendonly yes` and
   `appendfsync always`: Redis then fsyncs its append-only file before it replies. The servers
-  `multiactive.testing.redis` starts (tests, demo, benchmarks) run that way. With replicas,
+  `multiactive.local.redis` starts (tests, demo, benchmarks) run that way. With replicas,
   a failover may lose acknowledged writes (Redis replication is asynchronous).
 - Seqs are exact below 2**53 (Lua numbers and sorted-set scores are doubles).
 """

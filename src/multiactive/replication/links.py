@@ -17,11 +17,11 @@ Link states, as both ends report them:
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
+from multiactive.clock import SYSTEM_CLOCK, Clock
 from multiactive.errors import ProtocolError, UnknownSiteError
 from multiactive.model.topology import LinkConfig, Topology
 from multiactive.wire.protocol import Hello
@@ -82,11 +82,16 @@ class RateMeter:
 
 @dataclass(slots=True)
 class LinkMonitor:
-    """The live record of one link at one end; sessions update it, `snapshot()` reads it."""
+    """The live record of one link at one end; sessions update it, `snapshot()` reads it.
+
+    Updates take the time they happen at (`now`, monotonic seconds), so the session state
+    machines that make them stay free of clocks; reads use `clock`.
+    """
 
     link: LinkConfig
     side: Side
     stall_after_s: float = 5.0
+    clock: Clock = SYSTEM_CLOCK
     session: bool = False
     failed: bool = False
     origin_heads: dict[int, int] = field(default_factory=dict)
@@ -105,12 +110,11 @@ class LinkMonitor:
     _messages_rate: RateMeter = field(default_factory=RateMeter)
     _bytes_rate: RateMeter = field(default_factory=RateMeter)
 
-    def connected(self) -> None:
+    def connected(self, now: float) -> None:
         self.session = True
         self.failed = False
         self.connects += 1
         self.in_flight_bytes = 0
-        now = time.monotonic()
         self.last_frame_s = self.last_progress_s = now
 
     def disconnected(self, reason: str) -> None:
@@ -119,14 +123,13 @@ class LinkMonitor:
         self.last_error = reason
         self.in_flight_bytes = 0
 
-    def touch(self) -> None:
-        self.last_frame_s = time.monotonic()
+    def touch(self, now: float) -> None:
+        self.last_frame_s = now
 
-    def progressed(self) -> None:
-        self.last_progress_s = time.monotonic()
+    def progressed(self, now: float) -> None:
+        self.last_progress_s = now
 
-    def counted(self, batches: int, messages: int, size: int) -> None:
-        now = time.monotonic()
+    def counted(self, batches: int, messages: int, size: int, now: float) -> None:
         self.batches += batches
         self.messages += messages
         self.bytes += size
@@ -139,26 +142,29 @@ class LinkMonitor:
             max(0, head - self.receiver_heads.get(p, 0)) for p, head in self.origin_heads.items()
         )
 
-    @property
-    def state(self) -> LinkState:
+    def state_at(self, now: float) -> LinkState:
         if not self.session:
             return "cut" if self.failed else "connecting"
-        stale = time.monotonic() - self.last_progress_s > self.stall_after_s
+        stale = now - self.last_progress_s > self.stall_after_s
         return "stalled" if self.backlog and stale else "streaming"
 
+    @property
+    def state(self) -> LinkState:
+        return self.state_at(self.clock.monotonic())
+
     def snapshot(self) -> LinkStatistics:
-        now = time.monotonic()
+        now, now_ms = self.clock.monotonic(), self.clock.wall_ms()
         backlog = self.backlog
         oldest = None
         if backlog and self.oldest_unreceived_ms is not None:
-            oldest = max(0.0, time.time() - self.oldest_unreceived_ms / 1000)
+            oldest = max(0.0, (now_ms - self.oldest_unreceived_ms) / 1000)
         return LinkStatistics(
             name=self.link.name,
             origin=self.link.origin,
             receiver=self.link.receiver,
             mode=self.link.mode,
             side=self.side,
-            state=self.state,
+            state=self.state_at(now),
             origin_heads=dict(self.origin_heads),
             receiver_heads=dict(self.receiver_heads),
             backlog_messages=backlog,

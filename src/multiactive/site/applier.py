@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import signal
 import socket
 import sys
 import time
@@ -45,6 +43,7 @@ from multiactive.model.batch import RecordBatch, parse_batch
 from multiactive.model.clock import wall_ms
 from multiactive.model.message import Message, Position, StreamId
 from multiactive.model.topology import Topology
+from multiactive.procs import die_with_parent
 from multiactive.replication.handlers import HandlerRegistry
 from multiactive.replication.processor import (
     Processor,
@@ -69,7 +68,6 @@ APPLIER_NICENESS = 10
 # applies them from memory; larger ones (a catch-up) it reads from the journal's storage.
 PASS_BATCH_BYTES = 64 * 1024
 PASS_BYTES_PER_MESSAGE = 1024 * 1024
-PR_SET_PDEATHSIG = 1
 
 Observer = Callable[[StreamId, int, int, Sequence[DeadLetter]], None]
 
@@ -83,16 +81,6 @@ class ApplierLaunch:
     topology_path: Path
     handlers: tuple[str, ...] = ()
     log_level: str = "INFO"
-
-
-def die_with_parent() -> None:
-    """In a child, before exec: get SIGKILL when the parent dies (Linux), so no applier or
-    test process outlives whoever started it."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
 
 
 # -- the site's side ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from multiactive.audit import Auditor, AuditRecord, AuditStore, MemoryAuditStore, SqliteAuditStore
 from multiactive.audit.postgres import PostgresAuditStore
 from multiactive.errors import ConfigError
-from multiactive.testing.postgres import PostgresServer
+from multiactive.local.postgres import PostgresServer
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:

@@ -20,11 +20,11 @@ import pytest
 
 from multiactive.errors import ConfigError, JournalError, StoreError
 from multiactive.journal import Journal, LocalGroup, MemoryJournal, RedisJournal, SqliteJournal
+from multiactive.local.redis import RedisClusterServers, RedisServer
 from multiactive.model.batch import CODEC_ZSTD, RecordBatch, build_batch
 from multiactive.model.message import Position, Row, StreamId
+from multiactive.procs import free_port
 from multiactive.redisdb import Keys, RedisDb
-from multiactive.testing.cluster import free_port
-from multiactive.testing.redis import RedisClusterServers, RedisServer
 
 SITE = "bj"
 PEER = "gz"

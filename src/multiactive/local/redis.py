@@ -23,8 +23,7 @@ from types import TracebackType
 import redis
 
 from multiactive.errors import ConfigError
-from multiactive.site.applier import die_with_parent
-from multiactive.testing.cluster import free_port
+from multiactive.procs import die_with_parent, free_port
 
 REDIS_SERVER = "redis-server"
 DEBIAN_PACKAGE = "redis-server"

@@ -13,11 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from multiactive.admin.render import message_json, snapshot_json
-from multiactive.model.clock import LOGICAL_BITS
-from multiactive.model.message import Message, StreamId
-from multiactive.state import Commit, MemoryState, Op
-from multiactive.state.ops import Entry, Member, Snapshot, sorted_snapshot
-from multiactive.testing.model import (
+from multiactive.chaos.model import (
     MAX_DIFFERENCES,
     capped_views,
     diff_snapshots,
@@ -26,6 +22,10 @@ from multiactive.testing.model import (
     replay,
     snapshot_from_json,
 )
+from multiactive.model.clock import LOGICAL_BITS
+from multiactive.model.message import Message, StreamId
+from multiactive.state import Commit, MemoryState, Op
+from multiactive.state.ops import Entry, Member, Snapshot, sorted_snapshot
 
 SOURCE = "the model predicts"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from multiactive.errors import ConfigError
+from multiactive.local.cluster import LocalCluster
 from multiactive.model.topology import load_topology
-from multiactive.testing.cluster import LocalCluster
 
 
 def test_redis_cluster_topology_gives_every_site_its_own_redis(tmp_path: Path) -> None:

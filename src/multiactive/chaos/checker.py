@@ -41,13 +41,7 @@ from typing import Any
 from urllib.parse import quote
 
 from multiactive import failpoints
-from multiactive.client import Ack, Client
-from multiactive.errors import ConfigError, MultiactiveError
-from multiactive.model.message import Message, StreamId
-from multiactive.state.base import Op
-from multiactive.state.ops import COUNTER_ADD, KV_DEL, KV_SET, ZSET_ADD, ZSET_REM, Member, Snapshot
-from multiactive.testing.cluster import DEFAULT_SITES, ClusterError, LocalCluster
-from multiactive.testing.model import (
+from multiactive.chaos.model import (
     bounded,
     capped_views,
     diff_snapshots,
@@ -57,6 +51,12 @@ from multiactive.testing.model import (
     replay,
     snapshot_from_json,
 )
+from multiactive.client import Ack, Client
+from multiactive.errors import ClusterError, ConfigError, MultiactiveError
+from multiactive.local.cluster import DEFAULT_SITES, LocalCluster
+from multiactive.model.message import Message, StreamId
+from multiactive.state.base import Op
+from multiactive.state.ops import COUNTER_ADD, KV_DEL, KV_SET, ZSET_ADD, ZSET_REM, Member, Snapshot
 
 Link = tuple[str, str]  # (origin, receiver)
 _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*: ")

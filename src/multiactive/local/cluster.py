@@ -10,7 +10,7 @@ data lives under one folder, every process is killed at the end.
         cluster.kill("gz")       # SIGKILL
         cluster.restart("gz")
 
-With `backend="redis"` every site gets its own `redis-server` (`multiactive.testing.redis`:
+With `backend="redis"` every site gets its own `redis-server` (`multiactive.local.redis`:
 free port, data under the cluster's folder, `appendonly yes` + `appendfsync always`), started
 with the first `start()`, left running when a site is killed, killed with the cluster.
 """
@@ -20,9 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,45 +32,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from multiactive.errors import ClusterError
 from multiactive.model.topology import Address
-from multiactive.site.applier import die_with_parent
+from multiactive.procs import die_with_parent, free_port
 from multiactive.wan.shape import LinkShape
 
 if TYPE_CHECKING:
-    from multiactive.testing.redis import RedisServer
+    from multiactive.local.redis import RedisServer
 
 DEFAULT_SITES = ("bj-unicom", "bj-telecom", "gz")
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
-
-
-# Ports handed out by `free_port` come from below the kernel's ephemeral range (32768-60999 on
-# Linux), so an outgoing connection cannot take one between the pick and the server's bind; and
-# a port is never handed out twice by one process, even before its server has bound it.
-PORT_RANGE = (20000, 32767)
-_given_ports: set[int] = set()
-_port_random = random.Random()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on `host` that nothing listens on and this process has not handed out yet."""
-    low, high = PORT_RANGE
-    for _ in range(high - low):
-        port = _port_random.randint(low, high)
-        if port in _given_ports:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-        _given_ports.add(port)
-        return port
-    raise ClusterError(f"no free TCP port on {host} in {low}-{high}")
-
-
-class ClusterError(AssertionError):
-    """A local cluster did not reach the state a caller waited for."""
 
 
 @dataclass
@@ -173,7 +143,7 @@ class LocalCluster:
 
     def _plan_redis(self) -> None:
         """One redis-server per site (started by `start`)."""
-        from multiactive.testing.redis import RedisServer, redis_server_path
+        from multiactive.local.redis import RedisServer, redis_server_path
 
         redis_server_path()  # fail now, naming the package, if it is not installed
         self.redis = {site: RedisServer(self.root / f"{site}-redis") for site in self.sites}

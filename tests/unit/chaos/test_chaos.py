@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from multiactive.errors import ConfigError
-from multiactive.model.message import Message, StreamId
-from multiactive.state import Op
-from multiactive.testing.chaos import (
+from multiactive.chaos.checker import (
     AckedWrite,
     ChaosOptions,
     PlannedFault,
@@ -21,7 +18,10 @@ from multiactive.testing.chaos import (
     last_error,
     plan_chaos,
 )
-from multiactive.testing.model import replay
+from multiactive.chaos.model import replay
+from multiactive.errors import ConfigError
+from multiactive.model.message import Message, StreamId
+from multiactive.state import Op
 
 OPTIONS = ChaosOptions(seed=3, duration_s=30.0)
 

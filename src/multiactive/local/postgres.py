@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from multiactive.testing.cluster import ClusterError, free_port
+from multiactive.errors import ClusterError
+from multiactive.procs import free_port
 
 START_TIMEOUT_S = 60.0
 

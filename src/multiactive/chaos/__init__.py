@@ -1,0 +1,2 @@
+"""The chaos convergence checker (`multiactive check`): faults, kills, and a model of
+what must result."""
