@@ -18,7 +18,7 @@ RANKS: dict[str, int] = {
     "errors": 0, "logs": 0, "checksum": 0, "aio": 0, "failpoints": 0, "model": 0, "clock": 0,
     "control": 0, "procs": 0,
     "wire": 1, "journal": 1, "state": 1, "audit": 1, "redisdb": 1, "sqlitedb": 1, "wan": 1,
-    "replication": 2, "client": 2, "routing": 2, "db": 2,
+    "replication": 2, "records": 2, "client": 2, "routing": 2, "db": 2,
     "site": 3,
     "admin": 4,
     "local": 5, "chaos": 5, "demo": 5,

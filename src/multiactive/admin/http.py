@@ -12,50 +12,59 @@ GET /deadletters        parked messages (?limit=N, default 1000)
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from multiactive.admin.metrics import Scrape, render_metrics
-from multiactive.admin.render import (
-    entry_json,
-    member_json,
-    message_json,
-    snapshot_json,
-    statistics_json,
-    topology_json,
-)
+from multiactive.admin.render import entry_json, member_json, snapshot_json, topology_json
 from multiactive.errors import ConfigError
+from multiactive.journal.base import Journal
 from multiactive.model.message import Position, StreamId
-from multiactive.model.topology import Address
+from multiactive.model.topology import Address, Topology
+from multiactive.records import HeadsAnswer, MessageRecord, StreamHeads, TraceAnswer
+from multiactive.replication.inspector import DEAD_LETTER_COUNT_LIMIT, SiteInspector
+from multiactive.replication.processor import ProcessorView
+from multiactive.replication.reconciler import Reconciler
+from multiactive.state.base import StateBackend
 
-if TYPE_CHECKING:
-    from multiactive.site.node import SiteNode
-
-NODE = web.AppKey("node", object)
 PEER_TIMEOUT_S = 2.0
-DEAD_LETTER_COUNT_LIMIT = 100_000
 
 
 class AdminServer:
-    def __init__(self, node: SiteNode) -> None:
-        self._node = node
+    """One site's admin API, over the parts of the site it reads and drives."""
+
+    def __init__(
+        self,
+        site: str,
+        topology: Topology,
+        journal: Journal,
+        state: StateBackend,
+        processor: ProcessorView,
+        reconciler: Reconciler,
+        inspector: SiteInspector,
+    ) -> None:
+        self._site = site
+        self._topology = topology
+        self._journal = journal
+        self._state = state
+        self._processor = processor
+        self._reconciler = reconciler
+        self._inspector = inspector
         self._runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
         app = web.Application()
-        app[NODE] = self._node
         app.add_routes(
             [
                 web.get("/", self._to_dashboard),
                 web.get("/dashboard", self._dashboard),
                 web.get("/cluster/status", self._cluster_status),
-                web.get("/topology", self._topology),
+                web.get("/topology", self._topology_json),
                 web.get("/health", self._health),
                 web.get("/status", self._status),
                 web.get("/heads", self._heads),
@@ -79,7 +88,7 @@ class AdminServer:
         return app
 
     async def start(self) -> None:
-        address = self._node.config.admin
+        address = self._topology.site(self._site).admin
         assert address is not None
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
@@ -88,8 +97,8 @@ class AdminServer:
             await site.start()
         except OSError as exc:
             raise ConfigError(
-                f"site {self._node.name} cannot serve its admin API on {address} "
-                f"(sites[].admin in {self._node.topology.source}): {exc.strerror}"
+                f"site {self._site} cannot serve its admin API on {address} "
+                f"(sites[].admin in {self._topology.source}): {exc.strerror}"
             ) from exc
 
     async def stop(self) -> None:
@@ -105,14 +114,14 @@ class AdminServer:
         page = resources.files("multiactive.admin").joinpath("dashboard.html").read_text()
         return web.Response(text=page, content_type="text/html")
 
-    async def _topology(self, request: web.Request) -> web.Response:
-        return web.json_response(topology_json(self._node.topology))
+    async def _topology_json(self, request: web.Request) -> web.Response:
+        return web.json_response(topology_json(self._topology))
 
     async def _cluster_status(self, request: web.Request) -> web.Response:
-        topology = self._node.topology
+        topology = self._topology
         sites: dict[str, Any] = {}
         for site in topology.sites:
-            if site.name == self._node.name:
+            if site.name == self._site:
                 sites[site.name] = await self._site_status()
             else:
                 sites[site.name] = await self._peer_status(site.admin)
@@ -140,40 +149,30 @@ class AdminServer:
             return None
 
     async def _site_status(self) -> dict[str, Any]:
-        node = self._node
-        status = statistics_json(node.statistics(), await node.lag())
-        status["dead_letters"] = len(await node.state.dead_letters(limit=DEAD_LETTER_COUNT_LIMIT))
-        report = node.reconciler.last
-        status["reconcile"] = None if report is None else {
-            "started_ms": report.started_ms,
-            "duration_ms": report.duration_ms,
-            "problems": list(report.problems),
-        }  # fmt: skip
-        status["canaries"] = node.processor.canaries()
-        return status
+        status = await self._inspector.status(self._reconciler.last)
+        return status.to_json()
 
     async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"site": self._node.name, "status": "ok"})
+        return web.json_response({"site": self._site, "status": "ok"})
 
     async def _heads(self, request: web.Request) -> web.Response:
-        node = self._node
-        streams = [
-            {"origin": s.origin, "partition": s.partition, "head": head,
-             "applied": node.processor.applied(s)}
-            for s, head in sorted(node.journal.heads().items())
-        ]  # fmt: skip
-        return web.json_response({"site": node.name, "streams": streams})
+        applied = self._processor.applied
+        streams = tuple(
+            StreamHeads(s.origin, s.partition, head, applied(s))
+            for s, head in sorted(self._journal.heads().items())
+        )
+        return web.json_response(HeadsAnswer(self._site, streams).to_json())
 
     async def _status(self, request: web.Request) -> web.Response:
         return web.json_response(await self._site_status())
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        node = self._node
-        dead = await node.state.dead_letters(limit=1_000_000)
-        report = node.reconciler.last
+        dead = await self._state.dead_letters(limit=1_000_000)
+        report = self._reconciler.last
         figures = {} if report is None else report.figures()
-        scrape = Scrape(node.statistics(), await node.lag(), len(dead), figures)
-        scrape.canaries.update(node.processor.canaries())
+        inspector = self._inspector
+        scrape = Scrape(inspector.statistics(), await inspector.lag(), len(dead), figures)
+        scrape.canaries.update(self._processor.canaries())
         response = web.Response(body=render_metrics(scrape))
         response.content_type = "text/plain"
         response.charset = "utf-8"
@@ -181,60 +180,58 @@ class AdminServer:
         return response
 
     async def _digest(self, request: web.Request) -> web.Response:
-        entries = await self._node.state.entries()
-        digest = await self._node.state.digest()
-        return web.json_response(
-            {"site": self._node.name, "digest": digest, "entries": len(entries)}
-        )
+        entries = await self._state.entries()
+        digest = await self._state.digest()
+        return web.json_response({"site": self._site, "digest": digest, "entries": len(entries)})
 
     async def _kv(self, request: web.Request) -> web.Response:
-        entry = await self._node.state.get(request.match_info["key"])
+        entry = await self._state.get(request.match_info["key"])
         if entry is None:
             raise web.HTTPNotFound(text=f"key {request.match_info['key']!r} was never written")
         return web.json_response(entry_json(entry))
 
     async def _entries(self, request: web.Request) -> web.Response:
         limit = _limit(request, 10_000)
-        entries = await self._node.state.entries()
+        entries = await self._state.entries()
         return web.json_response([entry_json(e) for e in entries[:limit]])
 
     async def _snapshot(self, request: web.Request) -> web.Response:
-        return web.json_response(snapshot_json(await self._node.state.snapshot()))
+        return web.json_response(snapshot_json(await self._state.snapshot()))
 
     async def _counter(self, request: web.Request) -> web.Response:
         key = request.match_info["key"]
-        return web.json_response({"key": key, "value": await self._node.state.counter(key)})
+        return web.json_response({"key": key, "value": await self._state.counter(key)})
 
     async def _zset(self, request: web.Request) -> web.Response:
         key = request.match_info["key"]
-        members = await self._node.state.zset(key)
+        members = await self._state.zset(key)
         return web.json_response({"key": key, "members": [member_json(m) for m in members]})
 
     async def _messages(self, request: web.Request) -> web.Response:
         origin = request.query.get("origin", "")
-        if origin not in self._node.topology.site_names:
-            raise web.HTTPBadRequest(text=f"origin must be one of {self._node.topology.site_names}")
+        if origin not in self._topology.site_names:
+            raise web.HTTPBadRequest(text=f"origin must be one of {self._topology.site_names}")
         stream = StreamId(origin, _int(request, "partition", 0))
         start, limit = _int(request, "from_seq", 1), _int(request, "limit", 1000)
         found: list[dict[str, object]] = []
         while len(found) < limit:
-            batches = await self._node.journal.read(stream, start, 1 << 20)
+            batches = await self._journal.read(stream, start, 1 << 20)
             if not batches:
                 break
             for batch in batches:
-                found += [message_json(m) for m in batch.messages() if m.seq >= start]
+                found += [MessageRecord.of(m).to_json() for m in batch.messages() if m.seq >= start]
             start = batches[-1].last_seq + 1
         return web.json_response(found[:limit])
 
     async def _batches(self, request: web.Request) -> web.Response:
         origin = request.query.get("origin", "")
-        if origin not in self._node.topology.site_names:
-            raise web.HTTPBadRequest(text=f"origin must be one of {self._node.topology.site_names}")
+        if origin not in self._topology.site_names:
+            raise web.HTTPBadRequest(text=f"origin must be one of {self._topology.site_names}")
         stream = StreamId(origin, _int(request, "partition", 0))
         start, last = _int(request, "from_seq", 1), _int(request, "to_seq", 0)
         chunks: list[bytes] = []
         while start <= last:
-            batches = await self._node.journal.read(stream, start, 4 << 20)
+            batches = await self._journal.read(stream, start, 4 << 20)
             batches = [b for b in batches if b.first_seq <= last]
             if not batches:
                 break
@@ -243,11 +240,11 @@ class AdminServer:
         return web.Response(body=b"".join(chunks), content_type="application/octet-stream")
 
     async def _last_reconcile(self, request: web.Request) -> web.Response:
-        report = self._node.reconciler.last
+        report = self._reconciler.last
         return web.json_response(None if report is None else report.to_json())
 
     async def _reconcile_now(self, request: web.Request) -> web.Response:
-        report = await self._node.reconciler.reconcile()
+        report = await self._reconciler.reconcile()
         return web.json_response(report.to_json())
 
     async def _replay(self, request: web.Request) -> web.Response:
@@ -259,41 +256,39 @@ class AdminServer:
         since, until = body.get("since_ms", 0), body.get("until_ms", 2**62)
         letters = [
             d
-            for d in await self._node.state.dead_letters(limit=DEAD_LETTER_COUNT_LIMIT)
+            for d in await self._state.dead_letters(limit=DEAD_LETTER_COUNT_LIMIT)
             if (not ids or d.id in ids)
             and (kind is None or d.type == kind)
             and since <= d.parked_ms <= until
         ]
-        return web.json_response(await self._node.reconciler.replay(letters))
+        result = await self._reconciler.replay(letters)
+        return web.json_response(result.to_json())
 
     async def _trace(self, request: web.Request) -> web.Response:
         request_id = request.match_info["id"]
-        found = await self._node.journal.lookup([request_id])
+        found = await self._journal.lookup([request_id])
         if request_id not in found:
-            return web.json_response({"site": self._node.name, "id": request_id, "found": False})
+            return web.json_response(TraceAnswer(self._site, request_id, False).to_json())
         position = found[request_id]
-        message = await self._node.find_message(position)
-        return web.json_response(
-            {
-                "site": self._node.name,
-                "id": request_id,
-                "found": True,
-                "position": list(position),
-                "message": None if message is None else message_json(message),
-                "here": await self._node.trace_position(position),
-            }
-        )
+        message = await self._journal.find_message(position)
+        answer = TraceAnswer(
+            self._site, request_id, True, (position.origin, position.partition, position.seq),
+            None if message is None else MessageRecord.of(message),
+            await self._inspector.trace_position(position),
+        )  # fmt: skip
+        return web.json_response(answer.to_json())
 
     async def _trace_position(self, request: web.Request) -> web.Response:
         origin = request.query.get("origin", "")
-        if origin not in self._node.topology.site_names:
-            raise web.HTTPBadRequest(text=f"origin must be one of {self._node.topology.site_names}")
+        if origin not in self._topology.site_names:
+            raise web.HTTPBadRequest(text=f"origin must be one of {self._topology.site_names}")
         position = Position(origin, _int(request, "partition", 0), _int(request, "seq", 1))
-        return web.json_response(await self._node.trace_position(position))
+        trace = await self._inspector.trace_position(position)
+        return web.json_response(trace.to_json())
 
     async def _dead_letters(self, request: web.Request) -> web.Response:
-        letters = await self._node.state.dead_letters(_limit(request, 1000))
-        return web.json_response([asdict(d) for d in letters])
+        letters = await self._state.dead_letters(_limit(request, 1000))
+        return web.json_response([d.to_json() for d in letters])
 
 
 def _limit(request: web.Request, default: int) -> int:

@@ -18,7 +18,8 @@ from prometheus_client.registry import Collector
 from multiactive.replication.links import LinkState
 
 if TYPE_CHECKING:
-    from multiactive.site.node import SiteStatistics, StreamLag
+    from multiactive.records import StreamLag
+    from multiactive.replication.inspector import SiteStatistics
 
 LINK_STATES: tuple[LinkState, ...] = ("connecting", "streaming", "stalled", "cut")
 _STREAM_GAUGES = (  # (StreamLag field, metric name, help)

@@ -47,7 +47,6 @@ from multiactive.chaos.model import (
     diff_snapshots,
     diff_views,
     members_from_json,
-    message_from_json,
     replay,
     snapshot_from_json,
 )
@@ -55,6 +54,7 @@ from multiactive.client import Ack, Client
 from multiactive.errors import ClusterError, ConfigError, MultiactiveError
 from multiactive.local.cluster import DEFAULT_SITES, LocalCluster
 from multiactive.model.message import Message, StreamId
+from multiactive.records import MessageRecord
 from multiactive.state.base import Op
 from multiactive.state.ops import COUNTER_ADD, KV_DEL, KV_SET, ZSET_ADD, ZSET_REM, Member, Snapshot
 
@@ -693,7 +693,7 @@ def _journal(cluster: LocalCluster, origin: str, partition: int) -> list[Message
         page = cluster.get(origin, path, ADMIN_TIMEOUT_S)
         if not page:
             return messages
-        messages += [message_from_json(m) for m in page]
+        messages += [MessageRecord.from_json(m).to_message() for m in page]
 
 
 def check_evidence(evidence: Evidence, acks: Sequence[AckedWrite], zset_cap: int) -> list[str]:

@@ -20,7 +20,6 @@ import base64
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from multiactive.model.message import Message
 from multiactive.state.base import Op
 from multiactive.state.ops import (
     BUILTIN_TYPES,
@@ -116,14 +115,6 @@ def members_from_json(members: Sequence[Mapping[str, Any]]) -> list[Member]:
     return [
         Member(_unb64(m["member"]), m["version"], m["origin"], bool(m["present"])) for m in members
     ]
-
-
-def message_from_json(data: Mapping[str, Any]) -> Message:
-    """The inverse of `admin.render.message_json`."""
-    return Message(
-        data["id"], data["origin"], data["partition"], data["seq"], data["type"], data["key"],
-        data["version"], data["created_ms"], _unb64(data["payload"]), dict(data["headers"]),
-    )  # fmt: skip
 
 
 def _unb64(text: str) -> bytes:

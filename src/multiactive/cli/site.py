@@ -105,7 +105,12 @@ async def _serve(node: SiteNode) -> None:
         loop.add_signal_handler(sig, stop.set)
     await node.start()
     _tune_gc()
-    admin = AdminServer(node) if node.config.admin is not None else None
+    admin = None
+    if node.config.admin is not None:
+        admin = AdminServer(
+            node.name, node.topology, node.journal, node.state, node.processor, node.reconciler,
+            node.inspector,
+        )  # fmt: skip
     try:
         if admin is not None:
             await admin.start()

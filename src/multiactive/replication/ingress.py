@@ -22,6 +22,7 @@ from multiactive.model.clock import HybridClock, wall_ms
 from multiactive.model.ids import IdGenerator, is_valid_id
 from multiactive.model.message import Row
 from multiactive.model.partition import partition_for
+from multiactive.model.record import Record
 from multiactive.model.topology import Limits
 from multiactive.state.ops import BUILTIN_TYPES, check_payload
 from multiactive.wire.protocol import RESULT_OK, RESULT_REFUSED
@@ -35,7 +36,7 @@ Result = list[Any]  # [0, partition, seq, duplicate, version] or [1, code, text]
 
 
 @dataclass(frozen=True, slots=True)
-class IngressStatistics:
+class IngressStatistics(Record):
     accepted: int
     duplicates: int
     refused: int

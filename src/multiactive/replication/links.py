@@ -23,6 +23,7 @@ from typing import Literal
 
 from multiactive.clock import SYSTEM_CLOCK, Clock
 from multiactive.errors import ProtocolError, UnknownSiteError
+from multiactive.model.record import Record
 from multiactive.model.topology import LinkConfig, Topology
 from multiactive.wire.protocol import Hello
 
@@ -32,7 +33,7 @@ RATE_WINDOW_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
-class LinkStatistics:
+class LinkStatistics(Record):
     name: str
     origin: str
     receiver: str

@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from multiactive import failpoints
 from multiactive.aio import Pulse, wait_until
@@ -21,6 +22,7 @@ from multiactive.journal.base import Journal
 from multiactive.model.batch import RecordBatch
 from multiactive.model.clock import wall_ms
 from multiactive.model.message import Message, StreamId, message_from_row
+from multiactive.model.record import Record
 from multiactive.model.topology import ReplicationSettings
 from multiactive.replication.handlers import Delivery, Handler, HandlerRegistry
 from multiactive.state.base import (
@@ -61,7 +63,7 @@ class ProcessorStatistics:
 
 
 @dataclass(frozen=True, slots=True)
-class RetryState:
+class RetryState(Record):
     """A stream waiting to retry a failed handler."""
 
     seq: int
@@ -82,6 +84,47 @@ class _Step:
 
 class _RetryLater(Exception):
     pass
+
+
+Observer = Callable[[StreamId, int, int, Sequence[DeadLetter]], None]
+
+
+class ProcessorView(Protocol):
+    """What the rest of a site asks of its processor, whether it runs inline (`Processor`) or
+    in the applier process (`site.applier.ProcessorProcess`)."""
+
+    observers: list[Observer]
+    progress: Pulse
+
+    def applied(self, stream: StreamId) -> int:
+        """The applied watermark of a stream."""
+        ...
+
+    def statistics(self) -> ProcessorStatistics: ...
+
+    def retry_state(self, stream: StreamId) -> RetryState | None:
+        """Why a stream is waiting, if a handler failed and will be retried."""
+        ...
+
+    def canaries(self) -> dict[str, dict[str, float]]:
+        """Per origin: age of its newest canary applied here, and its travel time."""
+        ...
+
+    def overdue_canaries(self, interval_s: float, sites: Sequence[str]) -> list[str]:
+        """Problems: origins whose canaries stopped arriving here."""
+        ...
+
+    async def reapply(self, message: Message, attempt: int) -> str | None:
+        """Run a parked message's handler again; None on success, else the error."""
+        ...
+
+    async def load(self) -> None: ...
+
+    async def run(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def wait_caught_up(self, timeout_s: float) -> bool: ...
 
 
 class Processor:
@@ -111,7 +154,7 @@ class Processor:
         self._holes: dict[StreamId, int] = {}  # stream -> first seq after a journal hole
         self._rotation = 0  # which due stream a round starts with
         # Called with (stream, first seq, last seq, dead letters) after each commit.
-        self.observers: list[Callable[[StreamId, int, int, Sequence[DeadLetter]], None]] = []
+        self.observers: list[Observer] = []
         self.started_ms = wall_ms()
         self._latencies: deque[int] = deque(maxlen=LATENCY_SAMPLES)
         self._totals = {"applied": 0, "parked": 0, "failures": 0}

@@ -30,7 +30,7 @@ import contextlib
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from multiactive.model.topology import Topology
 from multiactive.procs import die_with_parent
 from multiactive.replication.handlers import HandlerRegistry
 from multiactive.replication.processor import (
+    Observer,
     Processor,
     ProcessorStatistics,
     RetryState,
@@ -68,8 +69,6 @@ APPLIER_NICENESS = 10
 # applies them from memory; larger ones (a catch-up) it reads from the journal's storage.
 PASS_BATCH_BYTES = 64 * 1024
 PASS_BYTES_PER_MESSAGE = 1024 * 1024
-
-Observer = Callable[[StreamId, int, int, Sequence[DeadLetter]], None]
 
 log = get_logger("applier")
 

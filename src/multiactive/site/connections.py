@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine, Mapping
+from typing import Any
 
 from multiactive.aio import Backoff
+from multiactive.clock import SYSTEM_CLOCK, Clock
 from multiactive.errors import ConfigError, ConnectionLost, ProtocolError, RejectedError
+from multiactive.journal.base import Journal
 from multiactive.logs import get_logger
-from multiactive.model.topology import LinkConfig
+from multiactive.model.clock import HybridClock
+from multiactive.model.topology import LinkConfig, Topology
 from multiactive.replication.collector import Collector
-from multiactive.replication.links import link_for_hello
+from multiactive.replication.ingress import Ingress
+from multiactive.replication.links import LinkMonitor, link_for_hello
 from multiactive.replication.reship import Reship
+from multiactive.wire.base import Connection
 from multiactive.wire.connection import FrameConnection, serve
 from multiactive.wire.frames import Frame, FrameType
 from multiactive.wire.protocol import (
@@ -33,9 +38,6 @@ from multiactive.wire.protocol import (
     encode_published,
 )
 
-if TYPE_CHECKING:
-    from multiactive.site.node import SiteNode
-
 HELLO_TIMEOUT_S = 10.0
 STABLE_SESSION_S = 5.0  # a session that lasted this long resets the reconnect backoff
 
@@ -43,25 +45,42 @@ log = get_logger("connections")
 
 
 class Connections:
-    def __init__(self, node: SiteNode) -> None:
-        self._node = node
+    """Everything on the wire for one site: what it listens for and what it dials."""
+
+    def __init__(
+        self,
+        site: str,
+        topology: Topology,
+        journal: Journal,
+        ingress: Ingress,
+        monitors: Mapping[str, LinkMonitor],
+        versions: HybridClock,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self._site = site
+        self._topology = topology
+        self._journal = journal
+        self._ingress = ingress
+        self._monitors = monitors
+        self._versions = versions
+        self._clock = clock
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
-        self._publishers: set[FrameConnection] = set()
+        self._publishers: set[Connection] = set()
         self._sessions: dict[str, asyncio.Task[Any]] = {}
 
     # -- listening -----------------------------------------------------------------------
 
     async def listen(self) -> None:
-        address = self._node.config.listen
+        address = self._topology.site(self._site).listen
         try:
             self._server = await serve(
-                address, self._node.topology.limits.max_frame_bytes, self._accepted
+                address, self._topology.limits.max_frame_bytes, self._accepted
             )
         except OSError as exc:
             raise ConfigError(
-                f"site {self._node.name} cannot listen on {address} "
-                f"(sites[].listen in {self._node.topology.source}): {exc.strerror}"
+                f"site {self._site} cannot listen on {address} "
+                f"(sites[].listen in {self._topology.source}): {exc.strerror}"
             ) from exc
 
     def stop_listening(self) -> None:
@@ -73,46 +92,42 @@ class Connections:
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
 
-    async def _accept(self, conn: FrameConnection) -> None:
+    async def _accept(self, conn: Connection) -> None:
         try:
             hello = decode_hello(await conn.recv(HELLO_TIMEOUT_S))
             await self._dispatch(conn, hello)
         except (ProtocolError, ConfigError, RejectedError) as exc:
-            log.warning("connection_refused", site=self._node.name, peer=conn.peer, reason=exc)
+            log.warning("connection_refused", site=self._site, peer=conn.peer, reason=exc)
             await conn.fail(str(exc), "refused" if isinstance(exc, ConfigError) else "protocol")
         except TimeoutError:
-            log.warning(
-                "connection_refused", site=self._node.name, peer=conn.peer, reason="no HELLO"
-            )
+            log.warning("connection_refused", site=self._site, peer=conn.peer, reason="no HELLO")
             await conn.fail("no HELLO within 10 s")
         except ConnectionLost as exc:
-            log.info("connection_closed", site=self._node.name, peer=conn.peer, reason=exc)
+            log.info("connection_closed", site=self._site, peer=conn.peer, reason=exc)
         finally:
             await conn.close()
 
-    async def _dispatch(self, conn: FrameConnection, hello: Hello) -> None:
-        node = self._node
+    async def _dispatch(self, conn: Connection, hello: Hello) -> None:
+        site, cluster = self._site, self._topology.name
         if hello.role == "client":
-            conn.send(encode_hello(Hello(node.name, "reply", node.topology.name)))
+            conn.send(encode_hello(Hello(site, "reply", cluster)))
             await self._serve_publisher(conn)
             return
         if hello.role not in ("push", "pull"):
             raise ProtocolError(f"a connection cannot start with HELLO role {hello.role!r}")
-        link = link_for_hello(node.topology, node.name, hello)
+        link = link_for_hello(self._topology, site, hello)
         if hello.role == "push":
             heads = self._receiver_heads(link)
-            conn.send(
-                encode_hello(Hello(node.name, "reply", node.topology.name, link.origin, heads))
-            )
+            conn.send(encode_hello(Hello(site, "reply", cluster, link.origin, heads)))
             await self._session(link, self._collect(conn, link))
         else:
-            conn.send(encode_hello(Hello(node.name, "reply", node.topology.name, link.origin)))
+            conn.send(encode_hello(Hello(site, "reply", cluster, link.origin)))
             await self._session(link, self._reship(conn, link, hello.heads))
 
     # -- publishers ----------------------------------------------------------------------
 
-    async def _serve_publisher(self, conn: FrameConnection) -> None:
-        ingress = self._node.ingress
+    async def _serve_publisher(self, conn: Connection) -> None:
+        ingress = self._ingress
         self._publishers.add(conn)
         try:
             while True:
@@ -128,9 +143,9 @@ class Connections:
         finally:
             self._publishers.discard(conn)
 
-    def _publish(self, conn: FrameConnection, request: int, drafts: list[Any]) -> None:
+    def _publish(self, conn: Connection, request: int, drafts: list[Any]) -> None:
         try:
-            done = self._node.ingress.submit(drafts)
+            done = self._ingress.submit(drafts)
         except RejectedError as exc:
             refusal = [RESULT_REFUSED, "unavailable", str(exc)]
             conn.send(encode_published(request, [refusal] * len(drafts)))
@@ -151,19 +166,20 @@ class Connections:
     # -- links ---------------------------------------------------------------------------
 
     def _receiver_heads(self, link: LinkConfig) -> dict[int, int]:
-        return {s.partition: h for s, h in self._node.journal.heads(link.origin).items()}
+        return {s.partition: h for s, h in self._journal.heads(link.origin).items()}
 
-    async def _collect(self, conn: FrameConnection, link: LinkConfig) -> None:
-        node = self._node
-        monitor = node.monitors[link.name]
-        await Collector(node.journal, conn, monitor, node.clock, node.topology.replication).run()
+    async def _collect(self, conn: Connection, link: LinkConfig) -> None:
+        collector = Collector(
+            self._journal, conn, self._monitors[link.name], self._versions,
+            self._topology.replication, self._clock,
+        )  # fmt: skip
+        await collector.run()
 
-    async def _reship(self, conn: FrameConnection, link: LinkConfig, heads: dict[int, int]) -> None:
-        node = self._node
-        monitor = node.monitors[link.name]
+    async def _reship(self, conn: Connection, link: LinkConfig, heads: dict[int, int]) -> None:
         reship = Reship(
-            node.journal, conn, monitor, node.topology.partitions, node.topology.replication
-        )
+            self._journal, conn, self._monitors[link.name], self._topology.partitions,
+            self._topology.replication, self._clock,
+        )  # fmt: skip
         await reship.run(heads)
 
     async def _session(self, link: LinkConfig, body: Coroutine[Any, Any, None]) -> None:
@@ -173,8 +189,8 @@ class Connections:
             older.cancel()
         task = asyncio.ensure_future(body)
         self._sessions[link.name] = task
-        monitor = self._node.monitors[link.name]
-        log.info("link_up", site=self._node.name, link=link.name, mode=link.mode, side=monitor.side)
+        monitor = self._monitors[link.name]
+        log.info("link_up", site=self._site, link=link.name, mode=link.mode, side=monitor.side)
         current = asyncio.current_task()
         try:
             await task
@@ -191,49 +207,47 @@ class Connections:
 
     def dialers(self) -> list[Coroutine[Any, Any, None]]:
         """One reconnecting dialer per link this site dials."""
-        node = self._node
+        site = self._site
         return [
             self._dial(link)
-            for link in node.topology.links
-            if (link.mode == "push" and link.origin == node.name)
-            or (link.mode == "pull" and link.receiver == node.name)
+            for link in self._topology.links
+            if (link.mode == "push" and link.origin == site)
+            or (link.mode == "pull" and link.receiver == site)
         ]
 
     async def _dial(self, link: LinkConfig) -> None:
-        node = self._node
-        settings = node.topology.replication
+        settings = self._topology.replication
         backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
-        address = node.topology.dial_address(link)
-        monitor = node.monitors[link.name]
+        address = self._topology.dial_address(link)
+        monitor = self._monitors[link.name]
         while True:
-            started = asyncio.get_running_loop().time()
+            started = self._clock.monotonic()
             try:
-                conn = await FrameConnection.connect(address, node.topology.limits.max_frame_bytes)
+                conn = await FrameConnection.connect(address, self._topology.limits.max_frame_bytes)
                 try:
                     await self._dialed(conn, link)
                 finally:
                     await conn.close()
             except (ConnectionLost, ProtocolError, ConfigError) as exc:
                 monitor.disconnected(str(exc))
-                log.info("link_retry", site=node.name, link=link.name, address=address, reason=exc)
-            if asyncio.get_running_loop().time() - started > STABLE_SESSION_S:
+                log.info("link_retry", site=self._site, link=link.name, address=address, reason=exc)
+            if self._clock.monotonic() - started > STABLE_SESSION_S:
                 backoff.reset()
-            await asyncio.sleep(backoff.next_delay())
+            await self._clock.sleep(backoff.next_delay())
 
-    async def _dialed(self, conn: FrameConnection, link: LinkConfig) -> None:
-        node = self._node
-        cluster = node.topology.name
+    async def _dialed(self, conn: Connection, link: LinkConfig) -> None:
+        site, cluster = self._site, self._topology.name
         if link.mode == "push":
-            conn.send(encode_hello(Hello(node.name, "push", cluster, link.origin)))
+            conn.send(encode_hello(Hello(site, "push", cluster, link.origin)))
             reply = await self._reply(conn, link.receiver)
             await self._session(link, self._reship(conn, link, reply.heads))
         else:
             heads = self._receiver_heads(link)
-            conn.send(encode_hello(Hello(node.name, "pull", cluster, link.origin, heads)))
+            conn.send(encode_hello(Hello(site, "pull", cluster, link.origin, heads)))
             await self._reply(conn, link.origin)
             await self._session(link, self._collect(conn, link))
 
-    async def _reply(self, conn: FrameConnection, expected: str) -> Hello:
+    async def _reply(self, conn: Connection, expected: str) -> Hello:
         try:
             frame: Frame = await conn.recv(HELLO_TIMEOUT_S)
         except TimeoutError:

@@ -13,26 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import aiohttp
 
 from multiactive.audit import Auditor, SqliteAuditStore, Stage
+from multiactive.clock import SYSTEM_CLOCK, Clock
 from multiactive.errors import ConfigError, ConnectionLost, DecodeError, RejectedError
 from multiactive.journal import Journal, open_journal
 from multiactive.logs import get_logger
 from multiactive.model.batch import RecordBatch, split_batches
-from multiactive.model.clock import HybridClock, wall_ms
-from multiactive.model.message import Message, Position, StreamId
+from multiactive.model.clock import HybridClock
+from multiactive.model.message import StreamId
 from multiactive.model.partition import partition_for
 from multiactive.model.topology import SiteConfig, Topology
 from multiactive.replication.handlers import HandlerRegistry
-from multiactive.replication.ingress import Ingress, IngressStatistics
-from multiactive.replication.links import LinkMonitor, LinkStatistics
-from multiactive.replication.processor import CANARY_TYPE, Processor, ProcessorStatistics
+from multiactive.replication.ingress import Ingress
+from multiactive.replication.inspector import SiteInspector, SiteStatistics
+from multiactive.replication.links import LinkMonitor
+from multiactive.replication.processor import CANARY_TYPE, Processor, ProcessorView
 from multiactive.replication.reconciler import Reconciler
 from multiactive.site.applier import ApplierLaunch, ProcessorProcess
 from multiactive.site.connections import Connections
@@ -67,30 +66,6 @@ def canary_keys(site: str, partitions: int) -> list[str]:
     return [keys[p] for p in range(partitions)]
 
 
-@dataclass(frozen=True, slots=True)
-class StreamLag:
-    """How far this site is behind on one stream (origin, partition)."""
-
-    origin: str
-    partition: int
-    origin_head: int  # what the origin holds (as its last heartbeat said, for remote streams)
-    received: int  # journal head here
-    applied: int  # applied watermark here
-    lag_messages: int  # origin_head - applied
-    lag_s: float | None  # age of the oldest message the origin has and this site has not applied
-
-
-@dataclass(frozen=True, slots=True)
-class SiteStatistics:
-    site: str
-    cluster: str
-    uptime_s: float
-    heads: dict[StreamId, int]
-    ingress: IngressStatistics
-    processor: ProcessorStatistics
-    links: tuple[LinkStatistics, ...]
-
-
 class SiteNode:
     def __init__(
         self,
@@ -98,6 +73,7 @@ class SiteNode:
         site: str,
         registry: HandlerRegistry | None = None,
         applier: ApplierLaunch | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         """`applier`: how to start the processor in a child process (`site.applier`); without
         it, or with memory backends, or `separate_processor = false`, it runs inline."""
@@ -109,7 +85,7 @@ class SiteNode:
         self.journal: Journal = open_journal(self.config, topology.replication)
         self.state: StateBackend = open_state(topology, site)
         self.ingress = Ingress(site, self.journal, self.clock, topology.partitions, topology.limits)
-        self.processor: Processor | ProcessorProcess
+        self.processor: ProcessorView
         if (
             applier is not None
             and topology.replication.separate_processor
@@ -123,18 +99,27 @@ class SiteNode:
         stall_after_s = topology.replication.stall_after_s
         self.monitors = {
             link.name: LinkMonitor(
-                link, "sender" if link.origin == site else "receiver", stall_after_s
+                link, "sender" if link.origin == site else "receiver", stall_after_s, clock
             )
             for link in topology.links
             if site in (link.origin, link.receiver)
         }
-        self.connections = Connections(self)
+        self.connections = Connections(
+            site, topology, self.journal, self.ingress, self.monitors, self.clock, clock
+        )
         self.auditor = _auditor(topology, self.config)
         if self.auditor is not None:
             self._observe(self.auditor)
-        self.reconciler = Reconciler(self, self._fetch_range, self.auditor)
+        self.inspector = SiteInspector(
+            site, topology.name, self.journal, self.processor, self.state, self.ingress,
+            self.monitors, self.auditor, clock,
+        )  # fmt: skip
+        self.reconciler = Reconciler(
+            site, topology.site_names, topology.replication, self.journal, self.state,
+            self.processor, self.inspector, self._fetch_range, self.auditor, clock,
+        )  # fmt: skip
+        self._clock = clock
         self._http: aiohttp.ClientSession | None = None
-        self._started_s = 0.0
         self._tasks: list[asyncio.Task[None]] = []
 
     def _observe(self, auditor: Auditor) -> None:
@@ -163,7 +148,7 @@ class SiteNode:
         self.clock.observe(self.journal.max_version)
         await self.processor.load()
         await self.connections.listen()
-        self._started_s = time.monotonic()
+        self.inspector.started()
         log.info(
             "site_started",
             site=self.name,
@@ -216,9 +201,9 @@ class SiteNode:
     async def _maintain(self) -> None:
         """Trim what every peer holds and is older than retention (J4)."""
         while True:
-            await asyncio.sleep(TRIM_INTERVAL_S)
+            await self._clock.sleep(TRIM_INTERVAL_S)
             floors = await self.trim_floors()
-            older_than = wall_ms() - int(self.topology.replication.retention_s * 1000)
+            older_than = self._clock.wall_ms() - int(self.topology.replication.retention_s * 1000)
             dropped = await self.journal.trim(floors, older_than)
             if dropped:
                 log.info("journal_trimmed", site=self.name, batches=dropped)
@@ -234,7 +219,7 @@ class SiteNode:
             drafts = [["", CANARY_TYPE, key, {}, b""] for key in keys]
             with contextlib.suppress(RejectedError):
                 await self.ingress.submit(drafts, internal=True)
-            await asyncio.sleep(interval)
+            await self._clock.sleep(interval)
 
     async def _fetch_range(
         self, site: str, stream: StreamId, first: int, last: int
@@ -280,108 +265,5 @@ class SiteNode:
                 floors[stream] = self.processor.applied(stream)
         return floors
 
-    async def lag(self) -> list[StreamLag]:
-        """Per stream: what the origin holds, what is here, what is applied, and how old the
-        oldest missing message is."""
-        now_ms = wall_ms()
-        lags = []
-        for stream in sorted(set(self.journal.heads()) | set(self._remote_origin_heads())):
-            received = self.journal.head(stream)
-            applied = self.processor.applied(stream)
-            origin_head = max(received, self._remote_origin_heads().get(stream, 0))
-            oldest: int | None = None
-            if applied < received:
-                oldest = await self.journal.created_at(stream, applied + 1)
-            elif origin_head > received:
-                oldest = self.monitors[f"{stream.origin}->{self.name}"].oldest_unreceived_ms
-            lag_s = 0.0 if origin_head == applied else None
-            if oldest is not None:
-                lag_s = max(0.0, (now_ms - oldest) / 1000)
-            lags.append(
-                StreamLag(
-                    stream.origin, stream.partition, origin_head, received, applied,
-                    origin_head - applied, lag_s,
-                )
-            )  # fmt: skip
-        return lags
-
-    async def find_message(self, position: Position) -> Message | None:
-        """The journaled message at a position, if this site holds it."""
-        return await self.journal.find_message(position)
-
-    async def trace_position(self, position: Position) -> dict[str, Any]:
-        """Where one message stands here: received, applied, parked, retrying, and why not."""
-        stream = StreamId(position.origin, position.partition)
-        head, applied = self.journal.head(stream), self.processor.applied(stream)
-        parked = [
-            asdict(d)
-            for d in await self.state.dead_letters(limit=100_000)
-            if (d.origin, d.partition, d.seq) == tuple(position)
-        ]
-        retry = self.processor.retry_state(stream)
-        retrying = asdict(retry) if retry is not None and retry.seq == position.seq else None
-        trace: dict[str, Any] = {
-            "site": self.name,
-            "received": head >= position.seq,
-            "head": head,
-            "applied": applied >= position.seq and not parked,
-            "watermark": applied,
-            "dead_letter": parked[0] if parked else None,
-            "retrying": retrying,
-        }
-        trace["why"] = self._why_not(position, trace, retry)
-        if self.auditor is not None:
-            records = await self.auditor.store.covering(*position)
-            trace["audit"] = [
-                {"stage": r.stage, "at_ms": r.at_ms, "detail": r.detail}
-                for r in records
-                if r.site == self.name
-            ]
-        return trace
-
-    def _why_not(self, position: Position, trace: dict[str, Any], retry: Any) -> str:
-        if trace["dead_letter"] is not None:
-            letter = trace["dead_letter"]
-            return f"parked after {letter['attempts']} attempts: {letter['error']}"
-        if trace["applied"]:
-            return ""
-        if trace["retrying"] is not None:
-            r = trace["retrying"]
-            return (
-                f"handler failed {r['attempts']} times ({r['error']}); retry in {r['retry_in_s']} s"
-            )
-        if trace["received"]:
-            if retry is not None:
-                return f"waiting behind seq {retry.seq}, whose handler is failing: {retry.error}"
-            return "received; the processor has not reached it yet"
-        link = self.monitors.get(f"{position.origin}->{self.name}")
-        if link is None:
-            return "not received: no link from its origin to this site"
-        snap = link.snapshot()
-        detail = f"; last error: {snap.last_error}" if snap.last_error else ""
-        return (
-            f"not received: link {snap.name} is {snap.state}, {snap.backlog_messages} owed{detail}"
-        )
-
-    def _remote_origin_heads(self) -> dict[StreamId, int]:
-        heads: dict[StreamId, int] = {}
-        for monitor in self.monitors.values():
-            if monitor.side == "receiver":
-                origin = monitor.link.origin
-                heads.update({StreamId(origin, p): h for p, h in monitor.origin_heads.items()})
-        return heads
-
     def statistics(self) -> SiteStatistics:
-        own = {s.partition: h for s, h in self.journal.heads(self.name).items()}
-        for monitor in self.monitors.values():
-            if monitor.side == "sender":
-                monitor.origin_heads.update(own)  # current even while the link is down
-        return SiteStatistics(
-            self.name,
-            self.topology.name,
-            time.monotonic() - self._started_s if self._started_s else 0.0,
-            self.journal.heads(),
-            self.ingress.statistics(),
-            self.processor.statistics(),
-            tuple(m.snapshot() for m in self.monitors.values()),
-        )
+        return self.inspector.statistics()

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from multiactive.model.message import Message, StreamId
+from multiactive.model.record import Record
 from multiactive.state.ops import (
     BUILTIN_TYPES,
     COUNTER_ADD,
@@ -84,7 +85,7 @@ class Watermark:
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DeadLetter(Record):
     origin: str
     partition: int
     seq: int

@@ -12,13 +12,13 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from multiactive.admin.render import message_json, snapshot_json
+from multiactive.admin.render import snapshot_json
+from multiactive.records import MessageRecord
 from multiactive.chaos.model import (
     MAX_DIFFERENCES,
     capped_views,
     diff_snapshots,
     diff_views,
-    message_from_json,
     replay,
     snapshot_from_json,
 )
@@ -165,7 +165,7 @@ def test_many_differences_are_listed_up_to_a_bound_then_counted() -> None:
 
 
 def test_snapshots_and_messages_read_back_from_their_admin_json() -> None:
-    """snapshot_from_json and message_from_json invert the admin API's rendering."""
+    """snapshot_from_json and MessageRecord invert the admin API's rendering."""
     snapshot = replay(
         [
             Op("kv.set", "k", ms(1), "bj", b"\x00\xff"),
@@ -176,4 +176,4 @@ def test_snapshots_and_messages_read_back_from_their_admin_json() -> None:
     )
     assert snapshot_from_json(snapshot_json(snapshot)) == snapshot
     message = Message("id1", "gz", 3, 9, "kv.set", "k", ms(7), 123, b"\x01", {"h": "v"})
-    assert message_from_json(message_json(message)) == message
+    assert MessageRecord.from_json(MessageRecord.of(message).to_json()).to_message() == message
