@@ -2,6 +2,7 @@
 
 from multiactive.client import Ack, Client
 from multiactive.errors import (
+    BatchRejected,
     ConfigError,
     ConnectionLost,
     DecodeError,
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Ack",
+    "BatchRejected",
     "Client",
     "ConfigError",
     "ConnectionLost",

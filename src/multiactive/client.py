@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 from multiactive.errors import (
+    BatchRejected,
     ConnectionLost,
     PayloadTooLarge,
     ProtocolError,
@@ -59,16 +60,6 @@ class Ack(NamedTuple):
     seq: int
     duplicate: bool  # the id had been accepted before; this is that first acceptance
     version: int | None = None  # the write's hybrid-logical-clock version (None if duplicate)
-
-
-class BatchRejected(RejectedError):
-    """Some drafts of a batch were refused; `outcomes` has an Ack or the refusal for each,
-    in order (the acknowledged ones are journaled)."""
-
-    def __init__(self, outcomes: list[Ack | RejectedError]) -> None:
-        refused = [o for o in outcomes if isinstance(o, RejectedError)]
-        super().__init__(f"{len(refused)} of {len(outcomes)} drafts refused; first: {refused[0]}")
-        self.outcomes = outcomes
 
 
 class _Request:

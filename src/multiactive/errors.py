@@ -2,23 +2,26 @@
 
     MultiactiveError
     ├── ConfigError            a topology file or an option is wrong (names the field)
-    ├── DecodeError            bytes that do not decode as a message, batch or frame
+    │   └── UnknownSiteError   a site name the topology does not know
+    ├── DecodeError            bytes that do not decode as a message, batch, frame or record
     │   └── ProtocolError      a peer broke the wire protocol; only that connection closes
-    ├── RejectedError          a write was refused at ingress (the client may fix and retry)
-    │   └── PayloadTooLarge    the payload is over `max_payload_bytes`
+    ├── RejectedError          a write was refused at ingress; nothing was journaled for it
+    │   ├── PayloadTooLarge    the payload is over `max_payload_bytes`
+    │   └── BatchRejected      some drafts of a batch were refused (`outcomes` says which)
     ├── JournalError           a journal invariant would break (J1/J2)
     ├── StoreError             a storage server (Redis) cannot be reached or holds data this
     │                          process did not write (names the URL and the setting)
     ├── ConnectionLost         a connection closed before an answer arrived
     ├── ApplierError           the site's applier process did not start or exited
-    ├── ClusterError           processes started on this machine (a local cluster, a test
-    │                          server) did not reach the state a caller waited for
-    └── UnknownSiteError       a site name the topology does not know
+    └── ClusterError           processes started on this machine (a local cluster, a test
+                               server) did not reach the state a caller waited for
 
 Messages name the bad value, what was expected and the setting that controls it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 class MultiactiveError(Exception):
@@ -43,6 +46,16 @@ class RejectedError(MultiactiveError):
 
 class PayloadTooLarge(RejectedError):
     """A payload is over the configured limit."""
+
+
+class BatchRejected(RejectedError):
+    """Some drafts of a batch were refused; `outcomes` has, in order, the client's Ack for
+    each acknowledged draft (those are journaled) or the RejectedError of a refused one."""
+
+    def __init__(self, outcomes: Sequence[object]) -> None:
+        refused = [o for o in outcomes if isinstance(o, RejectedError)]
+        super().__init__(f"{len(refused)} of {len(outcomes)} drafts refused; first: {refused[0]}")
+        self.outcomes = list(outcomes)
 
 
 class JournalError(MultiactiveError):

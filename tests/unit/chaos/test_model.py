@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from multiactive.admin.render import snapshot_json
-from multiactive.records import MessageRecord
 from multiactive.chaos.model import (
     MAX_DIFFERENCES,
     capped_views,
@@ -24,6 +23,7 @@ from multiactive.chaos.model import (
 )
 from multiactive.model.clock import LOGICAL_BITS
 from multiactive.model.message import Message, StreamId
+from multiactive.records import MessageRecord
 from multiactive.state import Commit, MemoryState, Op
 from multiactive.state.ops import Entry, Member, Snapshot, sorted_snapshot
 
