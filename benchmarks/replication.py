@@ -83,8 +83,7 @@ def received(cluster: LocalCluster, site: str, origin: str) -> tuple[int, int]:
 
 
 def link_streaming(cluster: LocalCluster, site: str, link: str) -> bool:
-    links = cluster.status(site)["links"]
-    return any(x["name"] == link and x["state"] == "streaming" for x in links)
+    return cluster.link(site, link).state == "streaming"
 
 
 def catch_up(cluster: LocalCluster, total: int) -> tuple[float, float]:
@@ -131,7 +130,7 @@ def run(
         catch_up_s, applied_s = catch_up(cluster, messages)
         sent = asyncio.run(paced(cluster.client_address("a"), rate, duration_s))
         cluster.wait_converged(60)
-        processor = cluster.status("b")["processor"]
+        processor = cluster.status("b").processor.to_json()
     mib = messages * PAYLOAD_BYTES / (1 << 20)
     return {
         "messages": messages,

@@ -26,7 +26,10 @@ from typing import Any
 import aiohttp
 
 from multiactive.chaos.workload import Workload
+from multiactive.errors import ClusterError, DecodeError
 from multiactive.local.cluster import DEFAULT_SITES, LocalCluster
+from multiactive.model.record import encode
+from multiactive.records import OriginTotals, SiteStatus
 from multiactive.wan.shape import LinkShape
 
 PROGRESS_INTERVAL_S = 0.5
@@ -51,7 +54,7 @@ class DemoOptions:
 class Snapshot:
     phase: str
     elapsed_s: float
-    statuses: dict[str, dict[str, Any]]
+    statuses: dict[str, SiteStatus | None]  # None: the site did not answer
     workload: Workload
 
 
@@ -59,7 +62,7 @@ class Snapshot:
 class DemoResult:
     converged: bool
     digests: dict[str, str]
-    sites: dict[str, dict[str, Any]]
+    sites: dict[str, dict[str, OriginTotals]]  # per site and origin: received, applied
     acked: dict[str, int]
     failed: dict[str, int]
     write_s: float
@@ -72,7 +75,7 @@ class DemoResult:
         return {
             "converged": self.converged,
             "digests": self.digests,
-            "sites": self.sites,
+            "sites": {s: encode(origins) for s, origins in self.sites.items()},
             "acked": self.acked,
             "failed": self.failed,
             "write_s": round(self.write_s, 3),
@@ -137,7 +140,7 @@ async def _run(options: DemoOptions, root: Path, show: Callable[[Snapshot], None
     return DemoResult(
         converged=converged and not problems,
         digests=digests,
-        sites={site: status["origins"] for site, status in statuses.items()},
+        sites={site: status.origins for site, status in statuses.items() if status is not None},
         acked={site: c.acked for site, c in workload.counts.items()},
         failed={site: c.failed for site, c in workload.counts.items()},
         write_s=wrote - started,
@@ -170,21 +173,19 @@ async def _cut_and_heal(
     }
 
 
-def _own_heads(status: dict[str, Any], site: str) -> dict[tuple[str, int], int]:
-    return {
-        (s["origin"], s["partition"]): s["head"]
-        for s in status.get("streams", [])
-        if s["origin"] == site
-    }
+def _own_heads(status: SiteStatus | None, site: str) -> dict[tuple[str, int], int]:
+    streams = () if status is None else status.streams
+    return {(s.origin, s.partition): s.head for s in streams if s.origin == site}
 
 
 def _backlog(
-    statuses: dict[str, dict[str, Any]], heads: dict[str, dict[tuple[str, int], int]]
+    statuses: dict[str, SiteStatus | None], heads: dict[str, dict[tuple[str, int], int]]
 ) -> dict[str, int]:
     """Per site: messages the other sites hold that it has not received."""
     owed = {}
     for site, status in statuses.items():
-        have = {(s["origin"], s["partition"]): s["head"] for s in status.get("streams", [])}
+        streams = () if status is None else status.streams
+        have = {(s.origin, s.partition): s.head for s in streams}
         owed[site] = sum(
             max(0, head - have.get(stream, 0))
             for origin, origin_heads in heads.items()
@@ -205,7 +206,7 @@ async def _received_all(watch: _Watcher, heads: dict[str, dict[tuple[str, int], 
 async def _converge(cluster: LocalCluster) -> bool:
     try:
         await asyncio.to_thread(cluster.wait_converged, CONVERGE_TIMEOUT_S)
-    except AssertionError:
+    except ClusterError:
         return False
     return True
 
@@ -237,13 +238,14 @@ class _Watcher:
         self._show = show
         self._started = time.monotonic()
 
-    async def poll(self, phase: str) -> dict[str, dict[str, Any]]:
-        statuses = {}
+    async def poll(self, phase: str) -> dict[str, SiteStatus | None]:
+        statuses: dict[str, SiteStatus | None] = {}
         for site in self._cluster.sites:
             try:
-                statuses[site] = await _get(self._http, self._cluster, site, "/status")
-            except (aiohttp.ClientError, TimeoutError):
-                statuses[site] = {}
+                answer = await _get(self._http, self._cluster, site, "/status")
+                statuses[site] = SiteStatus.from_json(answer)
+            except (aiohttp.ClientError, TimeoutError, DecodeError):
+                statuses[site] = None
         self._show(Snapshot(phase, time.monotonic() - self._started, statuses, self._workload))
         return statuses
 

@@ -70,9 +70,9 @@ def assert_applied_exactly_once(cluster: LocalCluster) -> None:
     """Every site processed each journaled message exactly once: per stream, the count of
     messages applied (committed with the watermark) equals the head."""
     for site in cluster.sites:
-        for stream in cluster.status(site)["streams"]:
-            assert stream["applied"] == stream["head"], (site, stream)
-            assert stream["applied_count"] == stream["head"], (site, stream)
+        for stream in cluster.status(site).streams:
+            assert stream.applied == stream.head, (site, stream)
+            assert stream.applied_count == stream.head, (site, stream)
 
 
 def assert_same_digest(cluster: LocalCluster) -> None:

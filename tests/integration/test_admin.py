@@ -32,7 +32,7 @@ def test_heads_report_every_stream_head_and_applied_watermark(make_cluster: Clus
     heads = cluster.get("b", "/heads")
     assert heads["site"] == "b"
     status = {(s["origin"], s["partition"]): (s["head"], s["applied"])
-              for s in cluster.status("b")["streams"]}  # fmt: skip
+              for s in cluster.status("b").to_json()["streams"]}  # fmt: skip
     assert {(s["origin"], s["partition"]): (s["head"], s["applied"])
             for s in heads["streams"]} == status  # fmt: skip
     assert sum(head for head, _ in cluster.heads("b", "a").values()) == 200

@@ -45,7 +45,7 @@ def test_each_site_applies_in_a_child_process_and_converges(make_cluster: Cluste
     publish(cluster.client_address("b"), 300, lambda i: f"k{i % 50}")
     cluster.wait_converged(30)
     assert_same_digest(cluster)
-    assert cluster.status("b")["processor"]["applied_messages"] == 600
+    assert cluster.status("b").processor.applied_messages == 600
 
 
 def test_separate_processor_false_applies_inline(make_cluster: ClusterFactory) -> None:
@@ -73,9 +73,9 @@ def test_a_dead_applier_stops_its_site_with_the_reason(make_cluster: ClusterFact
     publish(cluster.client_address("a"), 100, lambda i: f"later{i}")
     cluster.wait_converged(30)
     assert_same_digest(cluster)
-    streams = cluster.status("b")["streams"]
+    streams = cluster.status("b").streams
     assert streams
-    assert all(s["applied_count"] == s["head"] for s in streams)
+    assert all(s.applied_count == s.head for s in streams)
 
 
 def test_a_killed_site_takes_its_applier_with_it(make_cluster: ClusterFactory) -> None:

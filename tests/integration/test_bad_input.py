@@ -49,7 +49,7 @@ def _error_text(frames: list[tuple[FrameType, bytes]]) -> str:
 
 
 def _durable(cluster: LocalCluster, site: str) -> tuple[object, str]:
-    return cluster.status(site)["streams"], cluster.digest(site)
+    return cluster.status(site).to_json()["streams"], cluster.digest(site)
 
 
 @pytest.fixture

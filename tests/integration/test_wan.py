@@ -28,8 +28,7 @@ PAYLOAD = b"p" * 1024
 
 
 def _link(cluster: LocalCluster, site: str, name: str) -> dict[str, object]:
-    links = {link["name"]: link for link in cluster.status(site)["links"]}
-    return links[name]
+    return cluster.link(site, name).to_json()
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -54,7 +54,7 @@ from multiactive.client import Ack, Client
 from multiactive.errors import ClusterError, ConfigError, MultiactiveError
 from multiactive.local.cluster import DEFAULT_SITES, LocalCluster
 from multiactive.model.message import Message, StreamId
-from multiactive.records import MessageRecord
+from multiactive.records import MessageRecord, SiteStatus, StreamStatus
 from multiactive.state.base import Op
 from multiactive.state.ops import COUNTER_ADD, KV_DEL, KV_SET, ZSET_ADD, ZSET_REM, Member, Snapshot
 
@@ -647,7 +647,7 @@ class Evidence:
     heads: dict[str, dict[StreamId, int]] = field(default_factory=dict)  # origin -> own heads
     snapshots: dict[str, Snapshot] = field(default_factory=dict)
     views: dict[str, dict[str, list[Member]]] = field(default_factory=dict)  # capped sets
-    streams: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # /status streams
+    streams: dict[str, tuple[StreamStatus, ...]] = field(default_factory=dict)  # /status
 
     @classmethod
     def collect(cls, cluster: LocalCluster, options: ChaosOptions, problems: list[str]) -> Evidence:
@@ -661,12 +661,10 @@ class Evidence:
         return evidence
 
     def _read_site(self, cluster: LocalCluster, site: str, partitions: int) -> None:
-        status = cluster.get(site, "/status", ADMIN_TIMEOUT_S)
-        self.streams[site] = status["streams"]
+        status = SiteStatus.from_json(cluster.get(site, "/status", ADMIN_TIMEOUT_S))
+        self.streams[site] = status.streams
         self.heads[site] = {
-            StreamId(s["origin"], s["partition"]): s["head"]
-            for s in status["streams"]
-            if s["origin"] == site
+            StreamId(s.origin, s.partition): s.head for s in status.streams if s.origin == site
         }
         self.journals[site] = [
             message for p in range(partitions) for message in _journal(cluster, site, p)
@@ -797,15 +795,15 @@ def _ack_differences(ack: AckedWrite, message: Message) -> list[str]:
 
 
 def check_streams(
-    site: str, streams: Sequence[Mapping[str, Any]], heads: Mapping[StreamId, int]
+    site: str, streams: Sequence[StreamStatus], heads: Mapping[StreamId, int]
 ) -> list[str]:
     """(d) every origin's stream is received and applied here up to the origin's head, and
     each of its messages was applied exactly once (`applied_count == head`)."""
-    here = {StreamId(s["origin"], s["partition"]): s for s in streams}
+    here = {StreamId(s.origin, s.partition): s for s in streams}
     problems = []
     for stream, head in sorted(heads.items()):
-        got = here.get(stream, {"head": 0, "applied": 0, "applied_count": 0})
-        figures = (got["head"], got["applied"], got["applied_count"])
+        got = here.get(stream)
+        figures = (0, 0, 0) if got is None else (got.head, got.applied, got.applied_count)
         if figures != (head, head, head):
             problems.append(
                 f"site {site} stream {stream}: received {figures[0]}, applied through "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 from rich import box
@@ -17,6 +16,7 @@ from rich.text import Text
 from multiactive import aio
 from multiactive.demo import DemoOptions, DemoResult, Snapshot, run_demo
 from multiactive.local.redis import redis_server_path
+from multiactive.records import OriginTotals, SiteStatus
 
 
 @click.command()
@@ -98,24 +98,25 @@ def _progress(snap: Snapshot) -> Group:
     table.caption = "per origin: received/applied here; apply latency in ms"
     for site, status in snap.statuses.items():
         counts = snap.workload.counts.get(site)
-        origins = status.get("origins", {})
+        origins = {} if status is None else status.origins
         cells = [_pair(origins.get(o)) for o in sites]
-        proc = status.get("processor", {})
-        latency = f"{proc.get('latency_ms_p50') or 0:.0f}/{proc.get('latency_ms_p99') or 0:.0f}"
+        p50 = 0.0 if status is None else status.processor.latency_ms_p50 or 0
+        p99 = 0.0 if status is None else status.processor.latency_ms_p99 or 0
+        latency = f"{p50:.0f}/{p99:.0f}"
         table.add_row(site, f"{counts.acked:,}" if counts else "-", *cells, latency)
     return Group(table, _links_line(snap.statuses))
 
 
-def _pair(totals: dict[str, int] | None) -> str:
-    return "-" if totals is None else f"{totals['head']:,}/{totals['applied']:,}"
+def _pair(totals: OriginTotals | None) -> str:
+    return "-" if totals is None else f"{totals.head:,}/{totals.applied:,}"
 
 
-def _links_line(statuses: dict[str, dict[str, Any]]) -> Text:
+def _links_line(statuses: dict[str, SiteStatus | None]) -> Text:
     states: dict[str, str] = {}
     for status in statuses.values():
-        for link in status.get("links", []):
-            if link["side"] == "receiver":
-                states[link["name"]] = link["state"]
+        for link in () if status is None else status.links:
+            if link.side == "receiver":
+                states[link.name] = link.state
     line = Text("links: ")
     colour = {"streaming": "green", "connecting": "yellow"}
     for name, state in sorted(states.items()):

@@ -15,8 +15,16 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from multiactive.errors import ConfigError
+from multiactive.errors import ConfigError, DecodeError
 from multiactive.model.topology import SiteConfig, Topology, load_topology
+from multiactive.records import (
+    ClusterLag,
+    ClusterTrace,
+    LinkStatistics,
+    PositionTrace,
+    SiteStatus,
+    TraceAnswer,
+)
 
 topology_option = click.option(
     "--topology", "topology_path", required=True, type=click.Path(path_type=Path),
@@ -25,19 +33,15 @@ topology_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
-def fetch_status(site: SiteConfig, timeout_s: float = 5.0) -> dict[str, Any] | None:
+def fetch_status(site: SiteConfig, timeout_s: float = 5.0) -> SiteStatus | None:
     """A site's /status, or None when it does not answer."""
     if site.admin is None:
         raise ConfigError(f"site {site.name} has no admin address (sites[].admin)")
-    try:
-        with urllib.request.urlopen(f"http://{site.admin}/status", timeout=timeout_s) as resp:
-            result: dict[str, Any] = json.load(resp)
-            return result
-    except (OSError, urllib.error.URLError, ValueError):
-        return None
+    answer = _get_json(site, "/status", timeout_s)
+    return None if answer is None else SiteStatus.from_json(answer)
 
 
-def _statuses(topology: Topology) -> dict[str, dict[str, Any] | None]:
+def _statuses(topology: Topology) -> dict[str, SiteStatus | None]:
     return {site.name: fetch_status(site) for site in topology.sites}
 
 
@@ -52,7 +56,7 @@ def status(topology_path: Path, as_json: bool) -> None:
     topology = load_topology(topology_path)
     statuses = _statuses(topology)
     if as_json:
-        click.echo(json.dumps(statuses, indent=2))
+        click.echo(json.dumps({n: s and s.to_json() for n, s in statuses.items()}, indent=2))
         return
     ends = _link_ends(statuses)
     table = Table(box=box.SIMPLE_HEAD, title=f"cluster {topology.name}", title_justify="left")
@@ -68,21 +72,19 @@ def status(topology_path: Path, as_json: bool) -> None:
         if not seen:
             table.add_row(link.name, link.mode, "[red]unknown[/]", *[""] * 6)
             continue
-        state = max((end["state"] for end in seen), key=lambda x: _STATE_RANK.get(x, 9))
+        state = max((end.state for end in seen), key=lambda x: _STATE_RANK.get(x, 9))
         info = receiver or sender
         flow = sender or receiver
         assert info is not None
         assert flow is not None
         table.add_row(
-            link.name, link.mode, _state(state), f"{info['backlog_messages']:,}",
-            _num(info["oldest_unreceived_age_s"], 1), _mib(flow["window_bytes"]),
-            _num(flow["rtt_ms"], 1), f"{flow['messages_per_s']:,.0f}",
-            str(max(end["connects"] for end in seen)),
+            link.name, link.mode, _state(state), f"{info.backlog_messages:,}",
+            _num(info.oldest_unreceived_age_s, 1), _mib(flow.window_bytes),
+            _num(flow.rtt_ms, 1), f"{flow.messages_per_s:,.0f}",
+            str(max(end.connects for end in seen)),
         )  # fmt: skip
         if state != "streaming":
-            errors += [
-                f"{link.name} ({e['side']}): {e['last_error']}" for e in seen if e["last_error"]
-            ]
+            errors += [f"{link.name} ({e.side}): {e.last_error}" for e in seen if e.last_error]
     console = Console()
     console.print(table)
     unreachable = [name for name, site_status in statuses.items() if site_status is None]
@@ -92,15 +94,16 @@ def status(topology_path: Path, as_json: bool) -> None:
         console.print(f"[dim]last error {error}[/]")
 
 
-def _link_ends(statuses: dict[str, dict[str, Any] | None]) -> dict[tuple[str, str], Any]:
-    ends = {}
-    for site_status in statuses.values():
-        for link in (site_status or {}).get("links", []):
-            ends[(link["name"], link["side"])] = link
-    return ends
+def _link_ends(statuses: dict[str, SiteStatus | None]) -> dict[tuple[str, str], LinkStatistics]:
+    return {
+        (link.name, link.side): link
+        for site_status in statuses.values()
+        if site_status is not None
+        for link in site_status.links
+    }
 
 
-def cluster_lags(statuses: dict[str, dict[str, Any] | None]) -> list[dict[str, Any]]:
+def cluster_lags(statuses: dict[str, SiteStatus | None]) -> list[ClusterLag]:
     """Per (site, origin): the cluster's best knowledge of how far the site is behind.
 
     A site alone knows an origin's heads only from that origin's heartbeats, which stop when
@@ -109,33 +112,31 @@ def cluster_lags(statuses: dict[str, dict[str, Any] | None]) -> list[dict[str, A
     """
     own = {name: _heads_of(st, name) for name, st in statuses.items() if st is not None}
     senders = {
-        (link["origin"], link["receiver"]): link
+        (link.origin, link.receiver): link
         for st in statuses.values()
-        for link in (st or {}).get("links", [])
-        if link["side"] == "sender"
+        if st is not None
+        for link in st.links
+        if link.side == "sender"
     }
     rows = []
     for site, site_status in statuses.items():
         if site_status is None:
             continue
-        for origin, totals in site_status["origins"].items():
-            origin_head = max(totals["origin_head"], sum(own.get(origin, {}).values()))
-            lag_s = totals["lag_s"]
+        for origin, totals in site_status.origins.items():
+            origin_head = max(totals.origin_head, sum(own.get(origin, {}).values()))
+            lag_s = totals.lag_s
             sender = senders.get((origin, site))
-            if sender is not None and sender["oldest_unreceived_age_s"] is not None:
-                lag_s = max(lag_s or 0.0, sender["oldest_unreceived_age_s"])
+            if sender is not None and sender.oldest_unreceived_age_s is not None:
+                lag_s = max(lag_s or 0.0, sender.oldest_unreceived_age_s)
             rows.append(
-                {
-                    "site": site, "origin": origin, "origin_head": origin_head,
-                    "received": totals["head"], "applied": totals["applied"],
-                    "lag_messages": origin_head - totals["applied"], "lag_s": lag_s,
-                }
+                ClusterLag(site, origin, origin_head, totals.head, totals.applied,
+                           origin_head - totals.applied, lag_s)
             )  # fmt: skip
     return rows
 
 
-def _heads_of(status: dict[str, Any], origin: str) -> dict[int, int]:
-    return {s["partition"]: s["head"] for s in status["streams"] if s["origin"] == origin}
+def _heads_of(status: SiteStatus, origin: str) -> dict[int, int]:
+    return {s.partition: s.head for s in status.streams if s.origin == origin}
 
 
 @click.command()
@@ -147,7 +148,7 @@ def lag(topology_path: Path, as_json: bool) -> None:
     statuses = _statuses(topology)
     rows = cluster_lags(statuses)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps([row.to_json() for row in rows], indent=2))
         return
     table = Table(box=box.SIMPLE_HEAD, title=f"cluster {topology.name}", title_justify="left")
     for column in ("site", "origin", "origin head", "received", "applied", "lag msgs", "lag s"):
@@ -156,8 +157,8 @@ def lag(topology_path: Path, as_json: bool) -> None:
         )
     for row in rows:
         table.add_row(
-            row["site"], row["origin"], f"{row['origin_head']:,}", f"{row['received']:,}",
-            f"{row['applied']:,}", f"{row['lag_messages']:,}", _num(row["lag_s"], 2),
+            row.site, row.origin, f"{row.origin_head:,}", f"{row.received:,}",
+            f"{row.applied:,}", f"{row.lag_messages:,}", _num(row.lag_s, 2),
         )  # fmt: skip
     console = Console()
     console.print(table)
@@ -189,21 +190,28 @@ def _get_json(site: SiteConfig, path: str, timeout_s: float = 5.0) -> Any:
         return None
 
 
-def trace_request(topology: Topology, request_id: str) -> dict[str, Any]:
+def trace_request(topology: Topology, request_id: str) -> ClusterTrace:
     """Find a request id at its origin, then ask every site where that message stands."""
-    origin = None
+    answer: TraceAnswer | None = None
     for site in topology.sites:
-        answer = _get_json(site, f"/trace/{urllib.parse.quote(request_id, safe='')}")
-        if answer is not None and answer.get("found"):
-            origin = answer
+        found = _get_json(site, f"/trace/{urllib.parse.quote(request_id, safe='')}")
+        if found is not None and found.get("found"):
+            answer = TraceAnswer.from_json(found)
             break
-    if origin is None:
-        return {"id": request_id, "found": False, "sites": {}}
-    site_name, partition, seq = origin["position"]
-    query = f"/trace/position?origin={site_name}&partition={partition}&seq={seq}"
-    sites = {site.name: _get_json(site, query) for site in topology.sites}
-    return {"id": request_id, "found": True, "origin": site_name, "message": origin["message"],
-            "sites": sites}  # fmt: skip
+    if answer is None or answer.position is None:
+        return ClusterTrace(request_id, False)
+    origin, partition, seq = answer.position
+    query = f"/trace/position?origin={origin}&partition={partition}&seq={seq}"
+    sites = {site.name: _trace_at(site, query) for site in topology.sites}
+    return ClusterTrace(request_id, True, origin, answer.message, sites)
+
+
+def _trace_at(site: SiteConfig, query: str) -> PositionTrace | None:
+    found = _get_json(site, query)
+    try:
+        return None if found is None else PositionTrace.from_json(found)
+    except DecodeError:
+        return None
 
 
 @click.command()
@@ -215,29 +223,27 @@ def trace(request_id: str, topology_path: Path, as_json: bool) -> None:
     topology = load_topology(topology_path)
     result = trace_request(topology, request_id)
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        click.echo(json.dumps(result.to_json(), indent=2))
         return
     console = Console()
-    if not result["found"]:
+    if not result.found or result.message is None:
         console.print(f"[red]{request_id}[/]: no site knows this request id (ids are indexed "
                       "at their origin; is the origin up, or was the id trimmed?)")  # fmt: skip
         raise SystemExit(1)
-    m = result["message"]
-    where = f"partition {m['partition']}, seq {m['seq']}, version {m['version']}"
-    console.print(
-        f"{request_id}: {m['type']} {m['key']!r} accepted at {result['origin']} ({where})"
-    )
+    m = result.message
+    where = f"partition {m.partition}, seq {m.seq}, version {m.version}"
+    console.print(f"{request_id}: {m.type} {m.key!r} accepted at {result.origin} ({where})")
     table = Table(box=box.SIMPLE_HEAD)
     for column in ("site", "received", "applied", "detail"):
         table.add_column(column, no_wrap=column != "detail")
-    for name, here in result["sites"].items():
+    for name, here in result.sites.items():
         if here is None:
             table.add_row(name, "?", "?", "[red]site unreachable[/]")
             continue
-        times = {r["stage"]: r["at_ms"] for r in here.get("audit", [])}
-        received = _yes(here["received"]) + _at(times.get("received") or times.get("accepted"))
-        applied = _yes(here["applied"]) + _at(times.get("applied"))
-        table.add_row(name, received, applied, here["why"])
+        times = {r.stage: r.at_ms for r in here.audit or ()}
+        received = _yes(here.received) + _at(times.get("received") or times.get("accepted"))
+        applied = _yes(here.applied) + _at(times.get("applied"))
+        table.add_row(name, received, applied, here.why)
     console.print(table)
 
 

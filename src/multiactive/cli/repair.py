@@ -7,7 +7,7 @@ import urllib.error
 import urllib.request
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich import box
@@ -16,7 +16,11 @@ from rich.table import Table
 
 from multiactive.cli.inspect import json_option, topology_option
 from multiactive.errors import ConfigError
+from multiactive.model.record import decode, encode
 from multiactive.model.topology import SiteConfig, Topology, load_topology
+from multiactive.records import DeadLetter, ReconcileReport, ReplayResult
+
+T = TypeVar("T")
 
 site_option = click.option("--site", "site_names", multiple=True,
                            help="Only this site (repeatable); default: every site.")  # fmt: skip
@@ -35,6 +39,11 @@ def _call(site: SiteConfig, method: str, path: str, body: Any = None) -> Any:
         return None
 
 
+def _record(kind: type[T], answer: Any) -> T | None:
+    """A site's answer as its record, or None when the site did not answer."""
+    return None if answer is None else decode(kind, answer)
+
+
 def _sites(topology: Topology, names: tuple[str, ...]) -> list[SiteConfig]:
     return [topology.site(n) for n in names] if names else list(topology.sites)
 
@@ -48,11 +57,11 @@ def reconcile(topology_path: Path, site_names: tuple[str, ...], now: bool, as_js
     """Each site's reconcile report: holes re-fetched, streams behind, dead letters re-driven."""
     topology = load_topology(topology_path)
     reports = {
-        site.name: _call(site, "POST" if now else "GET", "/reconcile")
+        site.name: _record(ReconcileReport, _call(site, "POST" if now else "GET", "/reconcile"))
         for site in _sites(topology, site_names)
     }
     if as_json:
-        click.echo(json.dumps(reports, indent=2))
+        click.echo(json.dumps({n: r and r.to_json() for n, r in reports.items()}, indent=2))
         return
     console = Console()
     table = Table(box=box.SIMPLE_HEAD, title="reconcile", title_justify="left")
@@ -64,13 +73,13 @@ def reconcile(topology_path: Path, site_names: tuple[str, ...], now: bool, as_js
         if r is None:
             table.add_row(name, "[red]unreachable or never ran[/]")
             continue
-        ran = datetime.fromtimestamp(r["started_ms"] / 1000).strftime("%H:%M:%S")
+        ran = datetime.fromtimestamp(r.started_ms / 1000).strftime("%H:%M:%S")
         table.add_row(
-            name, ran, f"{r['duration_ms']:.1f}", str(r["streams"]), str(r["holes_found"]),
-            str(r["messages_refetched"]), str(len(r["behind"])), str(r["dead_letters"]),
-            str(r["redriven"]), str(r["redrive_succeeded"]), str(r["given_up"]),
+            name, ran, f"{r.duration_ms:.1f}", str(r.streams), str(r.holes_found),
+            str(r.messages_refetched), str(len(r.behind)), str(r.dead_letters),
+            str(r.redriven), str(r.redrive_succeeded), str(r.given_up),
         )  # fmt: skip
-        problems += [f"{name}: {p}" for p in r["problems"]]
+        problems += [f"{name}: {p}" for p in r.problems]
     console.print(table)
     for problem in problems:
         console.print(f"[red]problem[/] {problem}")
@@ -85,17 +94,20 @@ def reconcile(topology_path: Path, site_names: tuple[str, ...], now: bool, as_js
 def deadletters(topology_path: Path, site_names: tuple[str, ...], as_json: bool) -> None:
     """Messages parked after their handler kept failing, per site, with their errors."""
     topology = load_topology(topology_path)
-    letters = {s.name: _call(s, "GET", "/deadletters") for s in _sites(topology, site_names)}
+    letters = {
+        s.name: _record(list[DeadLetter], _call(s, "GET", "/deadletters"))
+        for s in _sites(topology, site_names)
+    }
     if as_json:
-        click.echo(json.dumps(letters, indent=2))
+        click.echo(json.dumps({n: encode(held) for n, held in letters.items()}, indent=2))
         return
     table = Table(box=box.SIMPLE_HEAD)
     for column in ("site", "id", "type", "key", "origin/partition/seq", "attempts", "error"):
         table.add_column(column, no_wrap=column != "error")
     for name, held in letters.items():
         for d in held or []:
-            where = f"{d['origin']}/{d['partition']}/{d['seq']}"
-            table.add_row(name, d["id"], d["type"], d["key"], where, str(d["attempts"]), d["error"])
+            where = f"{d.origin}/{d.partition}/{d.seq}"
+            table.add_row(name, d.id, d.type, d.key, where, str(d.attempts), d.error)
     Console().print(table)
 
 
@@ -122,16 +134,17 @@ def replay(topology_path: Path, site_names: tuple[str, ...], ids: tuple[str, ...
     if not (ids or type_ or since or until):
         raise click.UsageError("choose what to replay: --id, --type, --since or --until")
     results = {
-        s.name: _call(s, "POST", "/deadletters/replay", body) for s in _sites(topology, site_names)
+        s.name: _record(ReplayResult, _call(s, "POST", "/deadletters/replay", body))
+        for s in _sites(topology, site_names)
     }
     if as_json:
-        click.echo(json.dumps(results, indent=2))
+        click.echo(json.dumps({n: r and r.to_json() for n, r in results.items()}, indent=2))
         return
     console = Console()
     for name, result in results.items():
         if result is None:
             console.print(f"{name}: [red]unreachable[/]")
             continue
-        console.print(f"{name}: replayed {result['replayed']}, succeeded {result['succeeded']}")
-        for failure in result["failed"]:
-            console.print(f"  [red]still failing[/] {failure['id']}: {failure['error']}")
+        console.print(f"{name}: replayed {result.replayed}, succeeded {result.succeeded}")
+        for failure in result.failed:
+            console.print(f"  [red]still failing[/] {failure.id}: {failure.error}")

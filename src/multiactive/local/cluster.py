@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from multiactive.errors import ClusterError
 from multiactive.model.topology import Address
 from multiactive.procs import die_with_parent, free_port
+from multiactive.records import HeadsAnswer, LinkStatistics, SiteStatus
 from multiactive.wan.shape import LinkShape
 
 if TYPE_CHECKING:
@@ -320,15 +321,19 @@ class LocalCluster:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
             return json.load(response)
 
-    def status(self, site: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.get(site, "/status")
-        return result
+    def status(self, site: str) -> SiteStatus:
+        return SiteStatus.from_json(self.get(site, "/status"))
+
+    def link(self, site: str, name: str) -> LinkStatistics:
+        """One link's statistics at one end (`site`), from its /status."""
+        links = {link.name: link for link in self.status(site).links}
+        return links[name]
 
     def heads(self, site: str, origin: str) -> dict[int, tuple[int, int]]:
         """Per partition of `origin`'s streams at `site`: (journal head, applied watermark),
         from the site's memory (`/heads`: cheap, unlike `/status`, while the site is busy)."""
-        streams = self.get(site, "/heads")["streams"]
-        return {s["partition"]: (s["head"], s["applied"]) for s in streams if s["origin"] == origin}
+        answer = HeadsAnswer.from_json(self.get(site, "/heads"))
+        return {s.partition: (s.head, s.applied) for s in answer.streams if s.origin == origin}
 
     def digest(self, site: str) -> str:
         return str(self.get(site, "/state/digest")["digest"])
@@ -352,11 +357,11 @@ class LocalCluster:
         statuses = {site: self.status(site) for site in chosen}
         own = {site: _stream_heads(statuses[site], only_origin=site) for site in chosen}
         for status in statuses.values():
-            streams = {(s["origin"], s["partition"]): s for s in status["streams"]}
+            streams = {(s.origin, s.partition): s for s in status.streams}
             for heads in own.values():
                 for stream, head in heads.items():
                     got = streams.get(stream)
-                    if got is None or got["head"] != head or got["applied"] != head:
+                    if got is None or got.head != head or got.applied != head:
                         return False
         return True
 
@@ -370,7 +375,7 @@ class LocalCluster:
             except (OSError, urllib.error.URLError):
                 pass
             time.sleep(0.05)
-        report = {site: self.status(site)["origins"] for site in chosen}
+        report = {site: self.status(site).to_json()["origins"] for site in chosen}
         raise ClusterError(f"not converged within {timeout_s} s: {json.dumps(report)}")
 
 
@@ -378,12 +383,8 @@ def wan_link_name(origin: str, receiver: str) -> str:
     return f"{origin}-to-{receiver}"
 
 
-def _stream_heads(status: Mapping[str, Any], only_origin: str) -> dict[tuple[str, int], int]:
-    return {
-        (s["origin"], s["partition"]): s["head"]
-        for s in status["streams"]
-        if s["origin"] == only_origin
-    }
+def _stream_heads(status: SiteStatus, only_origin: str) -> dict[tuple[str, int], int]:
+    return {(s.origin, s.partition): s.head for s in status.streams if s.origin == only_origin}
 
 
 def _toml(value: Any) -> str:

@@ -21,6 +21,7 @@ from multiactive.chaos.checker import (
 from multiactive.chaos.model import replay
 from multiactive.errors import ConfigError
 from multiactive.model.message import Message, StreamId
+from multiactive.records import StreamStatus
 from multiactive.state import Op
 
 OPTIONS = ChaosOptions(seed=3, duration_s=30.0)
@@ -118,7 +119,7 @@ def test_a_journal_gap_or_a_request_journaled_twice_is_reported() -> None:
 
 def test_a_stream_applied_more_often_than_its_head_is_reported() -> None:
     """Applied exactly once: applied_count must equal the origin's head at every site."""
-    streams = [{"origin": "bj", "partition": 0, "head": 5, "applied": 5, "applied_count": 6}]
+    streams = [StreamStatus("bj", 0, 5, 5, 5, 0, 0.0, head=5, applied_count=6)]
     assert check_streams("gz", streams, {StreamId("bj", 0): 5}) == [
         "site gz stream bj/0: received 5, applied through 5, applied 6 messages; "
         "its origin's head is 5"
