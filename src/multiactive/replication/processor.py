@@ -10,7 +10,6 @@ letter with its error, and the stream moves on.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,9 +17,9 @@ from typing import Protocol
 
 from multiactive import failpoints
 from multiactive.aio import Pulse, wait_until
+from multiactive.clock import SYSTEM_CLOCK, Clock
 from multiactive.journal.base import Journal
 from multiactive.model.batch import RecordBatch
-from multiactive.model.clock import wall_ms
 from multiactive.model.message import Message, StreamId, message_from_row
 from multiactive.model.record import Record
 from multiactive.model.topology import ReplicationSettings
@@ -135,8 +134,10 @@ class Processor:
         state: StateBackend,
         registry: HandlerRegistry,
         settings: ReplicationSettings,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.site = site
+        self._clock = clock
         self._journal = journal
         self._state = state
         self._registry = registry
@@ -155,7 +156,7 @@ class Processor:
         self._rotation = 0  # which due stream a round starts with
         # Called with (stream, first seq, last seq, dead letters) after each commit.
         self.observers: list[Observer] = []
-        self.started_ms = wall_ms()
+        self.started_ms = clock.wall_ms()
         self._latencies: deque[int] = deque(maxlen=LATENCY_SAMPLES)
         self._totals = {"applied": 0, "parked": 0, "failures": 0}
         # A testing aid (`multiactive.failpoints`): break counters on purpose.
@@ -175,17 +176,22 @@ class Processor:
 
     async def run(self) -> None:
         while True:
-            if not await self._round():
+            if not await self.step():
                 await self._journal.appended.wait(self._next_retry_in())
 
     def caught_up(self) -> bool:
         return all(self.applied(s) >= h for s, h in self._journal.heads().items())
 
+    async def step(self) -> bool:
+        """One round (what `run` loops on; tests drive it on a FakeClock): False when no
+        stream had work that is due."""
+        return await self._round()
+
     async def _round(self) -> bool:
         """Advance the streams that have work, about ROUND_BYTES of batches in all, starting
         one stream further each round (none waits behind the others for long), then commit
         all their steps at once."""
-        now = time.monotonic()
+        now = self._clock.monotonic()
         due = [
             stream
             for stream, head in self._journal.heads().items()
@@ -204,7 +210,7 @@ class Processor:
     def _next_retry_in(self) -> float | None:
         if not self._retry_at:
             return None
-        return max(0.0, min(self._retry_at.values()) - time.monotonic())
+        return max(0.0, min(self._retry_at.values()) - self._clock.monotonic())
 
     async def _advance(self, stream: StreamId, max_bytes: int) -> int:
         """Apply the stream's next batches, about `max_bytes`; return the bytes read."""
@@ -215,7 +221,7 @@ class Processor:
                     # A hole in the journal (J1 broken by damage): never skip over it; the
                     # reconciler refills it from another site, then this stream goes on.
                     self._holes[stream] = batch.first_seq
-                    self._retry_at[stream] = time.monotonic() + HOLE_RECHECK_S
+                    self._retry_at[stream] = self._clock.monotonic() + HOLE_RECHECK_S
                     return 0
                 if self._holes.pop(stream, None) is not None:
                     self._retry_at.pop(stream, None)  # refilled: no more re-checks
@@ -260,12 +266,12 @@ class Processor:
                 step.through_seq = offset
                 step.processed += 1
         self._created[stream] = batch.created_ms
-        now = wall_ms()
+        now = self._clock.wall_ms()
         self._latencies.extend(now - row[4] for row in tail[:: 1 + len(tail) // LATENCY_PER_BATCH])
 
     async def _user_message(self, stream: StreamId, message: Message) -> None:
         if message.type == CANARY_TYPE:
-            self._canaries[message.origin] = (message.created_ms, wall_ms())
+            self._canaries[message.origin] = (message.created_ms, self._clock.wall_ms())
             return
         handler = self._registry.get(message.type)
         if handler is None:
@@ -294,7 +300,7 @@ class Processor:
             if attempt < self._settings.apply_max_attempts:
                 self._attempts[key] = attempt
                 backoff_s = self._settings.apply_retry_backoff_ms / 1000 * 2 ** (attempt - 1)
-                self._retry_at[stream] = time.monotonic() + backoff_s
+                self._retry_at[stream] = self._clock.monotonic() + backoff_s
                 self._failing[stream] = (message.seq, attempt, f"{type(exc).__name__}: {exc}")
                 raise _RetryLater from exc
             self._step(stream).dead.append(
@@ -314,7 +320,7 @@ class Processor:
             message.key,
             error,
             attempts,
-            wall_ms(),
+            self._clock.wall_ms(),
         )
 
     async def _flush(self) -> None:
@@ -351,7 +357,7 @@ class Processor:
 
     def canaries(self) -> dict[str, dict[str, float]]:
         """Per origin: age of its newest canary applied here, and how long it took to arrive."""
-        return canary_ages(self._canaries)
+        return canary_ages(self._canaries, self._clock.wall_ms())
 
     def canary_times(self) -> dict[str, tuple[int, int]]:
         """Per origin: (created, applied) wall-clock ms of its newest canary applied here."""
@@ -360,7 +366,9 @@ class Processor:
     def overdue_canaries(self, interval_s: float, sites: Sequence[str]) -> list[str]:
         """Origins whose canaries stopped arriving here: a link that may look connected but
         does not deliver."""
-        return overdue_canaries(self.site, self._canaries, self.started_ms, interval_s, sites)
+        return overdue_canaries(
+            self.site, self._canaries, self.started_ms, interval_s, sites, self._clock.wall_ms()
+        )
 
     def totals(self) -> tuple[int, int, int]:
         """Messages applied, parked, and handler failures since start (cheap)."""
@@ -381,7 +389,7 @@ class Processor:
         if failing is None:
             return None
         seq, attempts, error = failing
-        wait = max(0.0, self._retry_at.get(stream, 0.0) - time.monotonic())
+        wait = max(0.0, self._retry_at.get(stream, 0.0) - self._clock.monotonic())
         return RetryState(seq, attempts, round(wait, 3), error)
 
     def statistics(self) -> ProcessorStatistics:
@@ -414,8 +422,8 @@ class Processor:
         return await wait_until(self.caught_up, self.progress, timeout_s)
 
 
-def canary_ages(times: dict[str, tuple[int, int]]) -> dict[str, dict[str, float]]:
-    now = wall_ms()
+def canary_ages(times: dict[str, tuple[int, int]], now: int) -> dict[str, dict[str, float]]:
+    """Per origin: age at wall-clock ms `now` of its newest canary, and its travel time."""
     return {
         origin: {"age_s": (now - created) / 1000, "latency_s": (applied - created) / 1000}
         for origin, (created, applied) in times.items()
@@ -428,11 +436,13 @@ def overdue_canaries(
     started_ms: int,
     interval_s: float,
     sites: Sequence[str],
+    now: int,
 ) -> list[str]:
-    """Origins whose newest canary here is older than CANARY_OVERDUE_INTERVALS intervals."""
+    """Origins whose newest canary here is, at wall-clock ms `now`, older than
+    CANARY_OVERDUE_INTERVALS intervals."""
     if interval_s <= 0:
         return []
-    now, limit = wall_ms(), interval_s * CANARY_OVERDUE_INTERVALS * 1000
+    limit = interval_s * CANARY_OVERDUE_INTERVALS * 1000
     overdue = []
     for origin in sites:
         created, _ = times.get(origin, (started_ms, 0))

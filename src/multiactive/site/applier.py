@@ -276,11 +276,13 @@ class ProcessorProcess:
         )}  # fmt: skip
 
     def canaries(self) -> dict[str, dict[str, float]]:
-        return canary_ages(self._canary_times())
+        return canary_ages(self._canary_times(), wall_ms())
 
     def overdue_canaries(self, interval_s: float, sites: Sequence[str]) -> list[str]:
         started = self._stats.get("started_ms", self.started_ms)
-        return overdue_canaries(self.site, self._canary_times(), started, interval_s, sites)
+        return overdue_canaries(
+            self.site, self._canary_times(), started, interval_s, sites, wall_ms()
+        )
 
     def retry_state(self, stream: StreamId) -> RetryState | None:
         for origin, partition, seq, attempts, wait, error in self._stats.get("retrying", []):

@@ -94,7 +94,7 @@ class SiteNode:
             self.processor = ProcessorProcess(site, self.journal, applier)
         else:
             self.processor = Processor(
-                site, self.journal, self.state, self.registry, topology.replication
+                site, self.journal, self.state, self.registry, topology.replication, clock
             )
         stall_after_s = topology.replication.stall_after_s
         self.monitors = {
