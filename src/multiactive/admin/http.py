@@ -8,6 +8,8 @@ GET /state/digest       digest of the state and its entry count
 GET /state/kv/{key}     one entry (tombstones included), 404 when never written
 GET /state/entries      every entry (?limit=N, default 10000)
 GET /deadletters        parked messages (?limit=N, default 1000)
+
+Every endpoint with its answer record: docs/admin-api.md.
 """
 
 from __future__ import annotations
