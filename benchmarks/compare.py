@@ -1,14 +1,21 @@
 """Side by side on this machine: multiactive, a NATS JetStream mirror, a RabbitMQ shovel (issue 3).
 
     .venv/bin/python benchmarks/compare.py [--messages 200000] [--json FILE]
-        [--only ours,nats,rabbitmq]
+        [--only ours,nats,rabbitmq] [--runs 3]
 
 Each system runs two nodes whose traffic crosses one link of our WAN emulator, at 0 ms and at
 40 ms round trip, and is measured the same way (1 KiB messages, one client process):
 
 - catch-up: N messages preloaded at the origin, then the time until the other node has them;
 - end-to-end latency p50/p99 at 1 000 msg/s;
-- acknowledged ingress from one client process, as fast as acknowledgements come back.
+- acknowledged ingress from one client process, as fast as acknowledgements come back;
+- for each phase, the CPU microseconds per message of every process involved (the servers,
+  our applier, the client; the WAN emulator apart), read from /proc: a figure that a busy
+  machine disturbs far less than a rate (`peers/cpu.py`).
+
+With `--runs N` the systems are measured interleaved (ours, NATS, ours, NATS, ...) and a
+summary gives, per system and RTT, the min / median / max of catch-up and ingress and, per
+run, the ratio of our catch-up to each peer's.
 
 Installs the Debian packages `nats-server` and `rabbitmq-server` when they are missing (as
 root; otherwise prints the command and exits 1). Prints one table, then the JSON of
@@ -44,8 +51,9 @@ DEBIAN_PACKAGES = {"nats": "nats-server", "rabbitmq": "rabbitmq-server"}
 PYTHON_CLIENTS = {"nats": ("nats",), "rabbitmq": ("aio_pika", "pika")}
 COLUMNS = (
     "system", "RTT", "catch-up msg/s", "catch-up MiB/s", "e2e p50/p99 ms", "ingress msg/s",
-    "durability",
+    "CPU us/msg ingress / catch-up / e2e", "receiver CPU ms/MiB", "durability",
 )  # fmt: skip
+PHASES = ("ingress", "catch_up", "e2e")
 
 Runner = Callable[[float, int], dict[str, Any]]
 
@@ -62,11 +70,21 @@ def main() -> int:
         "messages": args.messages,
         "latency_rate_msgs_per_s": RATE,
         "latency_duration_s": DURATION_S,
-        "results": [_measure(name, rtt, args.messages) for name in chosen for rtt in RTTS_MS],
+        "runs": args.runs,
+        "results": [
+            {"run": run, **_measure(name, rtt, args.messages)}
+            for run in range(1, args.runs + 1)
+            for name in chosen
+            for rtt in RTTS_MS
+        ],
     }
+    report["summary"] = summary(report["results"])
     report["seconds"] = round(time.monotonic() - started)
     report["load_average_after"] = os.getloadavg()
     print(table(report["results"]))
+    if args.runs > 1:
+        print()
+        print(summary_table(report["summary"]))
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
@@ -79,7 +97,10 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--messages", type=int, default=200_000, help="backlog size")
     parser.add_argument("--json", type=Path, help="also write the JSON report here")
     parser.add_argument("--only", default=",".join(SYSTEMS), help="comma-separated systems")
+    parser.add_argument("--runs", type=int, default=1, help="interleaved runs of every system")
     args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = set(args.only) - set(SYSTEMS)
     if unknown:
@@ -190,7 +211,8 @@ def _row(result: dict[str, Any], mark: Callable[[str], str]) -> list[str]:
     system = f"{result['system']} {result.get('version', '')}".strip()
     rtt = f"{result['rtt_ms']:g} ms"
     if "error" in result:
-        return [system, rtt, "error " + mark(f"{system} at {rtt}: {result['error']}"), *[""] * 4]
+        error = "error " + mark(f"{system} at {rtt}: {result['error']}")
+        return [system, rtt, error, *[""] * (len(COLUMNS) - 3)]
     return [
         system,
         rtt,
@@ -198,8 +220,101 @@ def _row(result: dict[str, Any], mark: Callable[[str], str]) -> list[str]:
         f"{result['catch_up_mib_per_s']}",
         f"{result['latency_p50_ms']} / {result['latency_p99_ms']}",
         f"{result['ingress_msgs_per_s']:,}",
+        _cpu(result),
+        f"{result.get('catch_up_receiver_cpu_ms_per_mib', '-')}",
         mark(f"{result['system']}: {result['durability']}"),
     ]
+
+
+def _cpu(result: dict[str, Any]) -> str:
+    figures = result.get("cpu_us_per_msg", {})
+    return " / ".join(f"{figures[p]['total']:g}" if p in figures else "-" for p in PHASES)
+
+
+# -- summary over runs -------------------------------------------------------------------
+
+
+def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per system and RTT: min / median / max of the rates and CPU figures over the runs; per
+    run and RTT: our catch-up over each peer's."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for result in results:
+        if "error" not in result:
+            groups.setdefault((result["system"], result["rtt_ms"]), []).append(result)
+    figures = {
+        "catch_up_msgs_per_s": lambda r: r["catch_up_msgs_per_s"],
+        "ingress_msgs_per_s": lambda r: r["ingress_msgs_per_s"],
+        "latency_p50_ms": lambda r: r["latency_p50_ms"],
+        "latency_p99_ms": lambda r: r["latency_p99_ms"],
+        **{
+            f"cpu_us_per_msg_{phase}": (lambda r, p=phase: r["cpu_us_per_msg"][p]["total"])
+            for phase in PHASES
+        },
+    }
+    spread = {
+        f"{system} @ {rtt:g} ms": {
+            name: _spread([get(r) for r in runs if _has(get, r)]) for name, get in figures.items()
+        }
+        for (system, rtt), runs in groups.items()
+    }
+    ratios: list[dict[str, Any]] = []
+    by_run = {(r["run"], r["system"], r["rtt_ms"]): r for g in groups.values() for r in g}
+    for (run, system, rtt), ours in by_run.items():
+        if system != "multiactive":
+            continue
+        for (other_run, peer, other_rtt), theirs in by_run.items():
+            if (other_run, other_rtt) == (run, rtt) and peer != "multiactive":
+                ratio = ours["catch_up_msgs_per_s"] / theirs["catch_up_msgs_per_s"]
+                ratios.append({"run": run, "rtt_ms": rtt, "peer": peer, "catch_up_ratio": ratio})
+    return {"spread": spread, "catch_up_ratios": ratios}
+
+
+def _has(get: Callable[[dict[str, Any]], Any], result: dict[str, Any]) -> bool:
+    try:
+        return get(result) is not None
+    except KeyError:
+        return False
+
+
+def _spread(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    low, high = ordered[0], ordered[-1]
+    return {
+        "min": low,
+        "median": median,
+        "max": high,
+        "max_over_min": round(high / low, 2) if low else 0.0,
+    }
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    lines = [
+        "| system @ RTT | catch-up min / median / max msg/s | spread | ingress median msg/s "
+        "| CPU us/msg median ingress / catch-up / e2e |",
+        "|---|---|---|---|---|",
+    ]
+    for group, figures in report["spread"].items():
+        catch_up, ingress = figures["catch_up_msgs_per_s"], figures["ingress_msgs_per_s"]
+        cpu = " / ".join(
+            f"{figures[f'cpu_us_per_msg_{p}']['median']:g}"
+            if figures[f"cpu_us_per_msg_{p}"]
+            else "-"
+            for p in PHASES
+        )
+        lines.append(
+            f"| {group} | {catch_up['min']:,} / {catch_up['median']:,.0f} / {catch_up['max']:,} "
+            f"| {catch_up['max_over_min']}x | {ingress['median']:,.0f} | {cpu} |"
+        )
+    for ratio in report["catch_up_ratios"]:
+        lines.append(
+            f"\nrun {ratio['run']}, {ratio['rtt_ms']:g} ms: our catch-up / {ratio['peer']} = "
+            f"{ratio['catch_up_ratio']:.2f}x"
+        )
+    return "\n".join(lines)
 
 
 def _line(cells: Sequence[str], widths: list[int]) -> str:

@@ -26,7 +26,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -254,6 +254,8 @@ class Measured:
     rate: float
     latencies: Latencies
     link_bytes: int
+    cpu_us_per_msg: dict[str, dict[str, float]] = field(default_factory=dict)
+    receiver_cpu_s: float = 0.0  # the receiving server's CPU during the catch-up
 
     def result(self) -> dict[str, Any]:
         mib = self.catch_up_messages * PAYLOAD_BYTES / (1 << 20)
@@ -272,6 +274,8 @@ class Measured:
             "latency_p50_ms": self.latencies.percentile(0.50),
             "latency_p99_ms": self.latencies.percentile(0.99),
             "link_mib_carried": round(self.link_bytes / (1 << 20), 1),
+            "cpu_us_per_msg": self.cpu_us_per_msg,
+            "catch_up_receiver_cpu_ms_per_mib": round(self.receiver_cpu_s * 1000 / mib, 2),
             "durability": self.durability,
         }
 

@@ -53,6 +53,7 @@ from .common import (
     wait_until,
     workspace,
 )
+from .cpu import CpuMeter
 
 SYSTEM = "NATS JetStream"
 ORIGIN_DOMAIN = "origin"
@@ -86,7 +87,10 @@ def _measure(rtt_ms: float, messages: int, rate: float, duration_s: float) -> di
         raise PeerError("nats-server is not installed (apt-get install nats-server)")
     with workspace("nats") as procs:
         servers = _start_servers(procs, binary, rtt_ms)
-        ingress, catch_up_s, latencies = asyncio.run(_load(servers, messages, rate, duration_s))
+        roles = {"origin": "origin", "receiver": "leaf", "wan": "wan"}
+        meter = CpuMeter(lambda: {role: procs.children[name].pid for role, name in roles.items()})
+        loaded = _load(servers, messages, rate, duration_s, meter)
+        ingress, catch_up_s, latencies = asyncio.run(loaded)
         link_bytes = servers.link.bytes_carried()
     return Measured(
         system=SYSTEM,
@@ -100,6 +104,8 @@ def _measure(rtt_ms: float, messages: int, rate: float, duration_s: float) -> di
         rate=rate,
         latencies=latencies,
         link_bytes=link_bytes,
+        cpu_us_per_msg=meter.per_message(),
+        receiver_cpu_s=meter.seconds["catch_up"].get("receiver", 0.0),
     ).result()
 
 
@@ -152,7 +158,7 @@ def _version(binary: str) -> str:
 
 
 async def _load(
-    servers: Servers, messages: int, rate: float, duration_s: float
+    servers: Servers, messages: int, rate: float, duration_s: float, meter: CpuMeter
 ) -> tuple[Stopwatch, float, Latencies]:
     """Ingress, catch-up (seconds) and latency, in that order."""
     origin_nc = await nats.connect(f"nats://127.0.0.1:{servers.origin_port}")
@@ -167,10 +173,12 @@ async def _load(
         async def publish(payload: bytes) -> object:
             return await (await origin.publish_async(SUBJECT, payload))
 
-        with Stopwatch() as ingress:
+        with meter.phase("ingress", messages, client=True), Stopwatch() as ingress:
             await _ingress(origin, messages)
-        catch_up_s = await _catch_up(leaf, messages)
+        catch_up_s = await _catch_up(leaf, messages, meter)
+        meter.start("e2e", client=True)
         latencies = await _latency(leaf, publish, rate, duration_s)
+        meter.stop("e2e", len(latencies.samples_ms))
     finally:
         await origin_nc.close()
         await leaf_nc.close()
@@ -185,15 +193,18 @@ async def _ingress(origin: JetStreamContext, count: int) -> None:
     await asyncio.gather(*acks)
 
 
-async def _catch_up(leaf: JetStreamContext, total: int) -> float:
+async def _catch_up(leaf: JetStreamContext, total: int, meter: CpuMeter) -> float:
     """Create MIRROR on the leaf; seconds from its creation until it holds `total`."""
     mirror = StreamSource(name="ORIGIN", external=ExternalStream(api=f"$JS.{ORIGIN_DOMAIN}.API"))
+    meter.start("catch_up")
     await leaf.add_stream(StreamConfig(name="MIRROR", storage=StorageType.FILE, mirror=mirror))
     created = time.perf_counter()
     while True:
         info = await leaf.stream_info("MIRROR")
         if info.state.messages >= total:
-            return time.perf_counter() - created
+            seconds = time.perf_counter() - created
+            meter.stop("catch_up", total)
+            return seconds
         await asyncio.sleep(POLL_S)
 
 

@@ -59,6 +59,7 @@ from .common import (
     wait_until,
     workspace,
 )
+from .cpu import CpuMeter
 
 SYSTEM = "RabbitMQ shovel"
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")  # the Debian /usr/sbin wrappers switch user
@@ -110,9 +111,13 @@ def _measure(rtt_ms: float, messages: int, rate: float, duration_s: float) -> di
     with workspace("rabbitmq") as procs:
         nodes = _start_nodes(procs, rtt_ms)
         version = _ctl(nodes, nodes.a, "version").strip()
+        roles = {"origin": "bench-a", "receiver": "bench-b", "wan": "wan"}
+        meter = CpuMeter(lambda: {role: procs.children[name].pid for role, name in roles.items()})
         ingress = Stopwatch()
-        _ConfirmedPublisher(nodes.a.url, messages, ingress).run(timeout_s=600.0)
-        moved, catch_up_s, latencies = asyncio.run(_replicate(nodes, messages, rate, duration_s))
+        with meter.phase("ingress", messages, client=True):
+            _ConfirmedPublisher(nodes.a.url, messages, ingress).run(timeout_s=600.0)
+        replicated = _replicate(nodes, messages, rate, duration_s, meter)
+        moved, catch_up_s, latencies = asyncio.run(replicated)
         link_bytes = nodes.link.bytes_carried()
     return Measured(
         system=SYSTEM,
@@ -126,6 +131,8 @@ def _measure(rtt_ms: float, messages: int, rate: float, duration_s: float) -> di
         rate=rate,
         latencies=latencies,
         link_bytes=link_bytes,
+        cpu_us_per_msg=meter.per_message(),
+        receiver_cpu_s=meter.seconds["catch_up"].get("receiver", 0.0),
     ).result()
 
 
@@ -300,7 +307,7 @@ class _ConfirmedPublisher:
 
 
 async def _replicate(
-    nodes: Nodes, messages: int, rate: float, duration_s: float
+    nodes: Nodes, messages: int, rate: float, duration_s: float, meter: CpuMeter
 ) -> tuple[int, float, Latencies]:
     """Create the shovel, then catch-up (messages moved while the clock ran, seconds) and
     latency; A's queue holds the messages of the ingress phase."""
@@ -316,8 +323,10 @@ async def _replicate(
             return await channel_a.default_exchange.publish(message, routing_key=QUEUE)
 
         _create_shovel(nodes)  # rabbitmqctl; blocks this loop briefly, nothing else runs yet
-        moved, catch_up_s = await _catch_up(channel_b, messages)
+        moved, catch_up_s = await _catch_up(channel_b, messages, meter)
+        meter.start("e2e", client=True)
         latencies = await _latency(channel_b, publish, rate, duration_s)
+        meter.stop("e2e", len(latencies.samples_ms))
     finally:
         await conn_a.close()
         await conn_b.close()
@@ -329,7 +338,7 @@ async def _depth(channel: AbstractChannel) -> int:
     return int(queue.declaration_result.message_count or 0)
 
 
-async def _catch_up(channel_b: AbstractChannel, total: int) -> tuple[int, float]:
+async def _catch_up(channel_b: AbstractChannel, total: int, meter: CpuMeter) -> tuple[int, float]:
     """Messages moved to B and seconds, from the first poll that sees some on B until B
     holds `total`."""
     first = 0
@@ -338,12 +347,15 @@ async def _catch_up(channel_b: AbstractChannel, total: int) -> tuple[int, float]
         first = await _depth(channel_b)
     if first >= total:
         raise PeerError(f"all {total} messages moved within one poll: too few to time")
+    meter.start("catch_up")
     started = time.perf_counter()
     depth = first
     while depth < total:
         await asyncio.sleep(POLL_S)
         depth = await _depth(channel_b)
-    return total - first, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    meter.stop("catch_up", total - first)
+    return total - first, seconds
 
 
 async def _latency(
