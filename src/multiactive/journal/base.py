@@ -145,6 +145,11 @@ class Journal(abc.ABC):
         # Called with (local, batches) once batches are durable: the audit trail listens.
         self.observers: list[Callable[[bool, Sequence[RecordBatch]], None]] = []
         self._tail = TailCache()
+        # Keep received batches in the tail cache: only a processor in this process reads
+        # them (links ship only their origin's own streams); the node turns this off when its
+        # processor runs in the applier process, so received frames' buffers are freed (and
+        # used again) as soon as they are stored.
+        self.cache_remote = True
         self.max_version = 0  # greatest message version stored: a restarted clock starts beyond
         self._heads: dict[StreamId, int] = {}
         self._counters = dict.fromkeys(
@@ -197,7 +202,8 @@ class Journal(abc.ABC):
         """Store batches received from their origin, applying J2 to each."""
         result = await self._append_remote(batches)
         if result.stored:
-            self._tail.add(list(result.batches))
+            if self.cache_remote:
+                self._tail.add(list(result.batches))
             self.appended.fire()
             self._tell(False, result.batches)
         return result

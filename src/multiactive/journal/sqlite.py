@@ -639,10 +639,10 @@ class SqliteJournal(Journal):
         """Run a write on the writer thread; a `small` one runs right here instead when the
         thread has nothing queued or running and every earlier caller has resumed (so writes
         stay one at a time, and callers see their results in the order they were made)."""
-        if small and self._writer_idle():
+        if self._writer_idle() and small:
             return fn()
         job = self._writer.submit(fn)
-        self._jobs.append(job)
+        self._jobs.append(job)  # done jobs are dropped by the next call: they hold results
         self._waiting += 1
         try:
             return await asyncio.wrap_future(job)

@@ -92,6 +92,7 @@ class SiteNode:
             and "memory" not in (self.config.journal, self.config.state)
         ):
             self.processor = ProcessorProcess(site, self.journal, applier)
+            self.journal.cache_remote = False  # the applier reads them from storage
         else:
             self.processor = Processor(
                 site, self.journal, self.state, self.registry, topology.replication, clock

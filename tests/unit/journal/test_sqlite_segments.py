@@ -21,6 +21,7 @@ from multiactive.journal import SqliteJournal
 from multiactive.journal import sqlite as sqlite_journal
 from multiactive.journal.base import LocalGroup
 from multiactive.journal.segments import segment_numbers, segment_path
+from multiactive.model.batch import build_batch, split_batches
 from multiactive.model.message import Position, StreamId
 
 from .test_journal import PEER, SITE, all_ids, all_seqs, group, remote, row
@@ -351,3 +352,41 @@ def test_a_trim_reads_at_most_trim_bytes_of_local_batches_per_commit(
             await journal.close()
 
     asyncio.run(main())
+
+
+def test_stored_remote_batches_are_not_kept_once_appended(tmp_path: Path) -> None:
+    """A catch-up is a long run of large appends on the writer thread: once appended, the
+    journal keeps no reference to their batches (with `cache_remote` off, as when the applier
+    process reads them), so the receive buffers they are views of can be used again. The
+    writer's finished jobs, which hold each append's result, were kept until the next small
+    append: a whole backlog stayed in memory."""
+
+    async def main() -> None:
+        journal = await _opened(tmp_path)
+        journal.cache_remote = False
+        buffers: list[bytearray] = []
+        try:
+            for n in range(20):
+                rows = [row(f"{PEER}-{80 * n + i}", payload=b"x" * 1024) for i in range(80)]
+                buffer = bytearray(build_batch(PEER, 0, 80 * n + 1, rows, created_ms=1000).data)
+                buffers.append(buffer)
+                result = await journal.append_remote(split_batches(buffer))
+                assert result.stored == 1
+            del result
+            held = [b for b in buffers if not _unreferenced(b)]
+            assert len(held) <= 1  # the newest job's result until the next append
+            assert await all_seqs(journal, StreamId(PEER, 0)) == list(range(1, 1601))
+        finally:
+            await journal.close()
+
+    asyncio.run(main())
+
+
+def _unreferenced(buffer: bytearray) -> bool:
+    """No view of `buffer` is alive (a bytearray with live views cannot be resized)."""
+    try:
+        buffer.append(0)
+    except BufferError:
+        return False
+    del buffer[-1:]
+    return True
