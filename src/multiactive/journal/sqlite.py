@@ -27,15 +27,11 @@ beside the writer.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
 
 from multiactive.errors import ConfigError, DecodeError, JournalError
 from multiactive.journal.base import Journal, LocalAppend, LocalGroup, RemoteResult
@@ -56,6 +52,7 @@ from multiactive.model.batch import (
     scan_batches,
 )
 from multiactive.model.message import Position, StreamId
+from multiactive.sqlitedb import SqliteDb
 
 SCHEMA_VERSION = "3"
 # An append of less than this runs on the event loop when the writer thread is idle: the two
@@ -95,8 +92,6 @@ CREATE TABLE IF NOT EXISTS peer_heads(
 
 log = get_logger("journal")
 
-T = TypeVar("T")
-
 
 class SqliteJournal(Journal):
     backend = "sqlite"
@@ -114,14 +109,9 @@ class SqliteJournal(Journal):
         self.path = Path(path)
         self.segments_folder = self.path.with_suffix(".segments")
         self._fsync = fsync
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"journal-w-{site}")
-        # Writer jobs handed to the thread and not done yet (a cancelled one is done), and the
-        # callers still waiting for theirs.
-        self._jobs: deque[Future[Any]] = deque()
-        self._waiting = 0
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"journal-r-{site}")
-        self._wconn: sqlite3.Connection | None = None
-        self._rconn: sqlite3.Connection | None = None
+        # Writes on one thread (small appends inline when it is idle), reads on another.
+        self._writer = SqliteDb(self.path, "journal", thread=f"journal-w-{site}", inline_small=True)
+        self._reader = SqliteDb(self.path, "journal", thread=f"journal-r-{site}")
         self._stream_ids: dict[StreamId, int] = {}
         self._segments = SegmentWriter(self.segments_folder, max_bytes=segment_bytes, fsync=fsync)
         self._segment_reader = SegmentReader(self.segments_folder)
@@ -131,19 +121,12 @@ class SqliteJournal(Journal):
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        await self._on_writer(self._open_writer)
-        await self._on_reader(self._open_reader)
+        # synchronous=NORMAL: the segments are the durable record; a lost index commit is
+        # re-indexed at open.
+        await self._writer.open(self._open_writer)
+        await self._reader.open()
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        # The segments are the durable record; a lost index commit is re-indexed at open.
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=10000")
-        return conn
-
-    def _open_writer(self) -> None:
-        conn = self._wconn = self._connect()
+    def _open_writer(self, conn: sqlite3.Connection) -> None:
         conn.executescript(_SCHEMA)
         self._claim(conn)
         for stream_id, origin, partition, head, max_version in conn.execute(
@@ -252,18 +235,14 @@ class SqliteJournal(Journal):
         self._heads[stream] = batch.last_seq
         self.max_version = max(self.max_version, batch.max_version)
 
-    def _open_reader(self) -> None:
-        self._rconn = self._connect()
-
     async def open_for_reading(self) -> None:
         """The index read-only, heads as committed (the writing site recovered the segments
         when it opened, before it started its applier)."""
-        await self._on_reader(self._open_reader_only)
-
-    def _open_reader_only(self) -> None:
         if not self.path.exists():
             raise JournalError(f"{self.path} does not exist; the site opens its journal first")
-        conn = self._rconn = self._connect()
+        await self._reader.open(self._open_follower)
+
+    def _open_follower(self, conn: sqlite3.Connection) -> None:
         self._load_stream_ids(conn)
         for origin, partition, head in conn.execute("SELECT origin, partition, head FROM streams"):
             self._heads[StreamId(origin, partition)] = head
@@ -275,25 +254,15 @@ class SqliteJournal(Journal):
             self._stream_ids[StreamId(origin, partition)] = stream_id
 
     async def close(self) -> None:
-        if self._wconn is not None:
-            await self._on_writer(self._close_writer)
-        if self._rconn is not None:
-            await self._on_reader(self._close_reader)
-        self._writer.shutdown(wait=True)
-        self._reader.shutdown(wait=True)
+        await self._writer.close(self._close_writer)
+        await self._reader.close(self._close_reader)
 
-    def _close_writer(self) -> None:
-        assert self._wconn is not None
-        self._wconn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        self._wconn.close()
-        self._wconn = None
+    def _close_writer(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         self._segments.close()
         self._trim_reader.close()
 
-    def _close_reader(self) -> None:
-        assert self._rconn is not None
-        self._rconn.close()
-        self._rconn = None
+    def _close_reader(self, conn: sqlite3.Connection) -> None:
         self._segment_reader.close()
 
     # -- appends (writer thread) -----------------------------------------------------------
@@ -302,12 +271,12 @@ class SqliteJournal(Journal):
         self, groups: Sequence[LocalGroup]
     ) -> tuple[LocalAppend, list[RecordBatch]]:
         small = _local_bytes(groups, INLINE_APPEND_BYTES) < INLINE_APPEND_BYTES
-        return await self._on_writer(lambda: self._append_local_sync(groups), small=small)
+        return await self._writer.run(lambda: self._append_local_sync(groups), small=small)
 
     def _append_local_sync(
         self, groups: Sequence[LocalGroup]
     ) -> tuple[LocalAppend, list[RecordBatch]]:
-        conn = self._writing()
+        conn = self._writer.conn
         plan = self.plan_local(groups, lambda ids: self._known_ids(conn, ids))
         self._store(conn, plan.batches, plan.index)
         self.commit_plan(plan.batches, deduplicated=len(plan.result.duplicates))
@@ -326,12 +295,12 @@ class SqliteJournal(Journal):
 
     async def _append_remote(self, batches: Sequence[RecordBatch]) -> RemoteResult:
         small = sum(batch.size for batch in batches) < INLINE_APPEND_BYTES
-        return await self._on_writer(lambda: self._append_remote_sync(batches), small=small)
+        return await self._writer.run(lambda: self._append_remote_sync(batches), small=small)
 
     def _append_remote_sync(self, batches: Sequence[RecordBatch]) -> RemoteResult:
         plan = self.plan_remote(batches)
         if plan.batches:
-            self._store(self._writing(), plan.batches, [])
+            self._store(self._writer.conn, plan.batches, [])
         self.commit_plan(plan.batches)
         return self.remote_result(plan)
 
@@ -410,18 +379,18 @@ class SqliteJournal(Journal):
     async def _read(self, stream: StreamId, from_seq: int, max_bytes: int) -> list[RecordBatch]:
         if from_seq > self.head(stream):
             return []
-        return await self._on_reader(lambda: self._read_sync(stream, from_seq, max_bytes))
+        return await self._reader.run(lambda: self._read_sync(stream, from_seq, max_bytes))
 
     def _read_sync(self, stream: StreamId, from_seq: int, max_bytes: int) -> list[RecordBatch]:
         stream_id = self._stream_ids.get(stream)
-        if stream_id is None and self._wconn is None:  # following: the writer made it since
-            self._load_stream_ids(self._reading())
+        if stream_id is None and not self._writer.is_open:  # following: the writer made it since
+            self._load_stream_ids(self._reader.conn)
             stream_id = self._stream_ids.get(stream)
         if stream_id is None:
             return []
         out: list[RecordBatch] = []
         total = 0
-        cursor = self._reading().execute(
+        cursor = self._reader.conn.execute(
             "SELECT first_seq, count, created_ms, max_version, codec, segment, offset, size "
             "FROM batches WHERE stream = ? AND last_seq >= ? ORDER BY last_seq LIMIT ?",
             (stream_id, from_seq, _READ_ROWS),
@@ -440,14 +409,10 @@ class SqliteJournal(Journal):
         head = self.head(stream)
         if stream_id is None or head == 0:
             return []
-        stored, low = await self._on_reader(
-            lambda: (
-                self._reading()
-                .execute(
-                    "SELECT SUM(count), MIN(first_seq) FROM batches WHERE stream = ?", (stream_id,)
-                )
-                .fetchone()
-            )
+        stored, low = await self._reader.run(
+            lambda: self._reader.conn.execute(
+                "SELECT SUM(count), MIN(first_seq) FROM batches WHERE stream = ?", (stream_id,)
+            ).fetchone()
         )
         if stored is None:
             return [(1, head)] if head else []  # head recorded, every batch gone
@@ -456,41 +421,35 @@ class SqliteJournal(Journal):
         return await super().holes(stream)
 
     async def _store_repair(self, batch: RecordBatch) -> None:
-        await self._on_writer(lambda: self._store_repair_sync(batch))
+        await self._writer.run(lambda: self._store_repair_sync(batch))
 
     def _store_repair_sync(self, batch: RecordBatch) -> None:
-        self._store(self._writing(), [batch], [], move_heads=False)
+        self._store(self._writer.conn, [batch], [], move_heads=False)
 
     async def created_at(self, stream: StreamId, seq: int) -> int | None:
         stream_id = self._stream_ids.get(stream)
         if stream_id is None:
             return None
-        row = await self._on_reader(
-            lambda: (
-                self._reading()
-                .execute(
-                    "SELECT first_seq, created_ms FROM batches WHERE stream = ? AND last_seq >= ? "
-                    "ORDER BY last_seq LIMIT 1",
-                    (stream_id, seq),
-                )
-                .fetchone()
-            )
+        row = await self._reader.run(
+            lambda: self._reader.conn.execute(
+                "SELECT first_seq, created_ms FROM batches WHERE stream = ? AND last_seq >= ? "
+                "ORDER BY last_seq LIMIT 1",
+                (stream_id, seq),
+            ).fetchone()
         )
         return int(row[1]) if row is not None and row[0] <= seq else None
 
     async def lookup(self, ids: Sequence[str]) -> dict[str, Position]:
-        return await self._on_reader(lambda: self._known_ids(self._reading(), list(ids)))
+        return await self._reader.run(lambda: self._known_ids(self._reader.conn, list(ids)))
 
     async def low_water(self, stream: StreamId) -> int:
         stream_id = self._stream_ids.get(stream)
         if stream_id is None:
             return 1
-        (low,) = await self._on_reader(
-            lambda: (
-                self._reading()
-                .execute("SELECT MIN(first_seq) FROM batches WHERE stream = ?", (stream_id,))
-                .fetchone()
-            )
+        (low,) = await self._reader.run(
+            lambda: self._reader.conn.execute(
+                "SELECT MIN(first_seq) FROM batches WHERE stream = ?", (stream_id,)
+            ).fetchone()
         )
         return int(low) if low is not None else self.head(stream) + 1
 
@@ -500,13 +459,13 @@ class SqliteJournal(Journal):
         dropped = 0
         more = True
         while more:
-            count, emptied, more = await self._on_writer(
+            count, emptied, more = await self._writer.run(
                 lambda: self._trim_sync(floors, older_than_ms)
             )
             dropped += count
             if emptied:
-                await self._on_reader(partial(self._segment_reader.forget, emptied))
-                await self._on_writer(partial(self._forget_segments, emptied))
+                await self._reader.run(partial(self._segment_reader.forget, emptied))
+                await self._writer.run(partial(self._forget_segments, emptied))
         return dropped
 
     def _forget_segments(self, numbers: list[int]) -> None:
@@ -519,7 +478,7 @@ class SqliteJournal(Journal):
         """Drop index rows, up to TRIM_BATCHES_PER_COMMIT a stream; return how many, the
         segments no row refers to any more, and whether a stream has more to drop. The commit
         is synced, so a crash can never bring back rows of a deleted segment."""
-        conn = self._writing()
+        conn = self._writer.conn
         dropped = 0
         more = False
         conn.execute("PRAGMA synchronous=FULL")
@@ -600,10 +559,10 @@ class SqliteJournal(Journal):
         return rows
 
     async def save_peer_heads(self, peer: str, heads: dict[StreamId, int]) -> None:
-        await self._on_writer(lambda: self._save_peer_heads_sync(peer, heads))
+        await self._writer.run(lambda: self._save_peer_heads_sync(peer, heads))
 
     def _save_peer_heads_sync(self, peer: str, heads: dict[StreamId, int]) -> None:
-        conn = self._writing()
+        conn = self._writer.conn
         now_ms = time.time_ns() // 1_000_000
         rows = [
             (peer, self._stream_id(conn, stream), head, now_ms) for stream, head in heads.items()
@@ -614,49 +573,13 @@ class SqliteJournal(Journal):
 
     async def peer_heads(self) -> dict[str, dict[StreamId, int]]:
         names = {stream_id: stream for stream, stream_id in self._stream_ids.items()}
-        rows = await self._on_reader(
-            lambda: self._reading().execute("SELECT peer, stream, head FROM peer_heads").fetchall()
-        )
+        sql = "SELECT peer, stream, head FROM peer_heads"
+        rows = await self._reader.run(lambda: self._reader.conn.execute(sql).fetchall())
         out: dict[str, dict[StreamId, int]] = {}
         for peer, stream_id, head in rows:
             if stream_id in names:
                 out.setdefault(peer, {})[names[stream_id]] = head
         return out
-
-    # -- threads ---------------------------------------------------------------------------
-
-    def _writing(self) -> sqlite3.Connection:
-        if self._wconn is None:
-            raise RuntimeError(f"journal {self.path} is not open")
-        return self._wconn
-
-    def _reading(self) -> sqlite3.Connection:
-        if self._rconn is None:
-            raise RuntimeError(f"journal {self.path} is not open")
-        return self._rconn
-
-    async def _on_writer(self, fn: Callable[[], T], *, small: bool = False) -> T:
-        """Run a write on the writer thread; a `small` one runs right here instead when the
-        thread has nothing queued or running and every earlier caller has resumed (so writes
-        stay one at a time, and callers see their results in the order they were made)."""
-        if small and self._writer_idle():
-            return fn()
-        job = self._writer.submit(fn)
-        self._jobs.append(job)
-        self._waiting += 1
-        try:
-            return await asyncio.wrap_future(job)
-        finally:
-            self._waiting -= 1
-
-    def _writer_idle(self) -> bool:
-        jobs = self._jobs
-        while jobs and jobs[0].done():
-            jobs.popleft()
-        return not jobs and not self._waiting
-
-    async def _on_reader(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._reader, fn)
 
 
 def _local_bytes(groups: Sequence[LocalGroup], enough: int) -> int:

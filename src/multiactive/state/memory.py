@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from multiactive.errors import StaleStep
 from multiactive.model.message import StreamId
 from multiactive.state.base import (
     COUNTER_ADD,
@@ -49,10 +50,7 @@ class MemoryState(StateBackend):
         for step in steps:
             current = marks.get(step.stream, Watermark())
             if step.through_seq <= current.applied:
-                raise ValueError(
-                    f"watermark of {step.stream} would move from {current.applied} "
-                    f"to {step.through_seq}"
-                )
+                raise StaleStep(step.stream, current.applied, step.through_seq)
             marks[step.stream] = Watermark(step.through_seq, current.count + step.processed)
         for step in steps:
             for op in step.builtin:

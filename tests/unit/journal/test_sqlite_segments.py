@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from multiactive.errors import JournalError
+from multiactive.errors import JournalError, StoreError
 from multiactive.journal import SqliteJournal
 from multiactive.journal import sqlite as sqlite_journal
 from multiactive.journal.base import LocalGroup
@@ -155,7 +155,7 @@ def test_a_failed_index_commit_leaves_no_bytes_to_index_later(tmp_path: Path) ->
                 "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
             )
         db.close()
-        with pytest.raises(sqlite3.IntegrityError, match="injected failure"):
+        with pytest.raises(StoreError, match="injected failure"):
             await journal.append_local([group(0, "refused")])
         assert journal.heads() == {STREAM: 1}
         await journal.close()
