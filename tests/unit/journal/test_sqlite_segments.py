@@ -18,9 +18,9 @@ import pytest
 
 from multiactive.errors import JournalError, StoreError
 from multiactive.journal import SqliteJournal
-from multiactive.journal import sqlite as sqlite_journal
 from multiactive.journal.base import LocalGroup
 from multiactive.journal.segments import segment_numbers, segment_path
+from multiactive.journal.sqlite import trim as sqlite_trim
 from multiactive.model.message import Position, StreamId
 
 from .test_journal import PEER, SITE, all_ids, all_seqs, group, remote, row
@@ -226,7 +226,7 @@ def test_a_trim_of_many_batches_commits_in_parts_and_forgets_their_ids(
     appends wait for one short commit) and goes on until the floor: one call drops them all,
     and the request ids of the dropped local messages, read back from the segments, are
     forgotten while the kept ones still deduplicate."""
-    monkeypatch.setattr(sqlite_journal, "TRIM_BATCHES_PER_COMMIT", 3)
+    monkeypatch.setattr(sqlite_trim, "TRIM_BATCHES_PER_COMMIT", 3)
 
     async def main() -> None:
         journal = await _opened(tmp_path, segment_bytes=4096)
@@ -334,7 +334,7 @@ def test_a_trim_reads_at_most_trim_bytes_of_local_batches_per_commit(
 ) -> None:
     """Each commit of a trim reads back at most TRIM_BYTES_PER_COMMIT of local batches (but
     always one batch), so a trim of large batches is many short transactions."""
-    monkeypatch.setattr(sqlite_journal, "TRIM_BYTES_PER_COMMIT", 1)
+    monkeypatch.setattr(sqlite_trim, "TRIM_BYTES_PER_COMMIT", 1)
 
     async def main() -> None:
         journal = await _opened(tmp_path)
