@@ -6,13 +6,14 @@ In one process, on files in a temporary folder (fsync on, as a site runs; `--no-
 the disk out, to compare the code's own cost):
 
 1. small local appends one at a time (one 1 KiB message each): the inline path, which runs on
-   the event loop while the writer thread is idle (median and mean microseconds);
+   the event loop while the writer thread is idle (median microseconds, and CPU microseconds
+   of the process per append: what a loaded machine disturbs least);
 2. small local appends from 8 tasks at once: most go through the writer thread (appends/s);
 3. remote appends of 1 000-message batches of 1 KiB (a receiver's catch-up; MiB/s);
 4. reads of that stream back, 4 MiB at a time, after a reopen (from the index and the
    segments, not the tail cache; MiB/s);
 5. one-message state commits, on the state's thread and inline as the applier runs it
-   (median microseconds).
+   (median microseconds, CPU microseconds per commit).
 
 Each figure is the best of three passes (a shared machine only slows runs down). Prints a
 table and a JSON document (also written to --json FILE when given).
@@ -48,24 +49,28 @@ def local_group(n: int) -> LocalGroup:
     return LocalGroup(0, [(f"id-{n}", "kv.set", f"key{n}", n + 1, 1000, {}, PAYLOAD)], 1000)
 
 
-async def timed_each(count: int, step: Callable[[int], Awaitable[object]]) -> list[float]:
-    """Microseconds of each of `count` awaited steps."""
+async def timed_each(
+    count: int, step: Callable[[int], Awaitable[object]]
+) -> tuple[list[float], float]:
+    """Microseconds of each of `count` awaited steps, and the process's CPU microseconds per
+    step (every thread's: a loaded machine stretches the first, hardly the second)."""
     took = []
+    cpu = time.process_time()
     for n in range(count):
         started = time.perf_counter()
         await step(n)
         took.append((time.perf_counter() - started) * 1e6)
-    return took
+    return took, (time.process_time() - cpu) * 1e6 / count
 
 
 async def small_appends(folder: Path, count: int, fsync: bool) -> tuple[float, float]:
     journal = SqliteJournal("a", folder / "journal.sqlite3", fsync=fsync)
     await journal.open()
     try:
-        took = await timed_each(count, lambda n: journal.append_local([local_group(n)]))
+        took, cpu = await timed_each(count, lambda n: journal.append_local([local_group(n)]))
     finally:
         await journal.close()
-    return statistics.median(took), statistics.fmean(took)
+    return statistics.median(took), cpu
 
 
 async def concurrent_appends(folder: Path, count: int, fsync: bool) -> float:
@@ -117,7 +122,7 @@ async def remote_and_reads(
         await journal.close()
 
 
-async def state_commits(folder: Path, count: int, inline: bool) -> float:
+async def state_commits(folder: Path, count: int, inline: bool) -> tuple[float, float]:
     state = SqliteState("a", folder / "state.sqlite3", inline=inline)
     await state.open()
     stream = StreamId("b", 0)
@@ -127,7 +132,8 @@ async def state_commits(folder: Path, count: int, inline: bool) -> float:
         return state.commit(Commit(stream, n + 1, 1, builtin=[op]))
 
     try:
-        return statistics.median(await timed_each(count, commit))
+        took, cpu = await timed_each(count, commit)
+        return statistics.median(took), cpu
     finally:
         await state.close()
 
@@ -138,17 +144,21 @@ async def one_pass(
     dirs = [folder / name for name in ("small", "many", "remote", "state", "inline")]
     for path in dirs:
         path.mkdir()
-    median, mean = await small_appends(dirs[0], appends, fsync)
+    median, cpu = await small_appends(dirs[0], appends, fsync)
     many = await concurrent_appends(dirs[1], appends, fsync)
     appended, read = await remote_and_reads(dirs[2], batches, fsync)
+    thread = await state_commits(dirs[3], appends, inline=False)
+    inline = await state_commits(dirs[4], appends, inline=True)
     return {
         "small_append_p50_us": median,
-        "small_append_mean_us": mean,
+        "small_append_cpu_us": cpu,
         "concurrent_small_appends_per_s": many,
         "remote_append_mib_per_s": appended,
         "read_mib_per_s": read,
-        "state_commit_thread_p50_us": await state_commits(dirs[3], appends, inline=False),
-        "state_commit_inline_p50_us": await state_commits(dirs[4], appends, inline=True),
+        "state_commit_thread_p50_us": thread[0],
+        "state_commit_thread_cpu_us": thread[1],
+        "state_commit_inline_p50_us": inline[0],
+        "state_commit_inline_cpu_us": inline[1],
     }
 
 
@@ -181,16 +191,20 @@ def run(appends: int, megabytes: int, fsync: bool) -> dict[str, Any]:
     }
 
 
+def _us(result: dict[str, Any], name: str) -> str:
+    return f"p50 {result[name + '_p50_us']:.0f} us, CPU {result[name + '_cpu_us']:.0f} us"
+
+
 def table(result: dict[str, Any]) -> str:
     r = result
     rows = [
         ("small local append, one at a time",
-         f"p50 {r['small_append_p50_us']:.0f} us, mean {r['small_append_mean_us']:.0f} us"),
+         f"p50 {r['small_append_p50_us']:.0f} us, CPU {r['small_append_cpu_us']:.0f} us"),
         (f"small local appends, {TASKS} tasks", f"{r['concurrent_small_appends_per_s']:,.0f}/s"),
         ("remote appends, 1 000 x 1 KiB batches", f"{r['remote_append_mib_per_s']:.0f} MiB/s"),
         ("reads, 4 MiB at a time", f"{r['read_mib_per_s']:.0f} MiB/s"),
-        ("state commit of one message, thread", f"p50 {r['state_commit_thread_p50_us']:.0f} us"),
-        ("state commit of one message, inline", f"p50 {r['state_commit_inline_p50_us']:.0f} us"),
+        ("state commit of one message, thread", _us(r, "state_commit_thread")),
+        ("state commit of one message, inline", _us(r, "state_commit_inline")),
     ]  # fmt: skip
     width = max(len(name) for name, _ in rows)
     lines = [f"{'figure':<{width}}  value", f"{'-' * width}  {'-' * 30}"]
