@@ -269,8 +269,11 @@ def _by_family(ops: Sequence[OpTuple]) -> dict[str, list[OpTuple]]:
     """Ops grouped by the table they change, order kept within each (the common case, a
     batch of one family, costs one pass)."""
     families: dict[str, list[OpTuple]] = {}
-    for op in ops:
-        families.setdefault(_FAMILY[op[0]], []).append(op)
+    try:
+        for op in ops:
+            families.setdefault(_FAMILY[op[0]], []).append(op)
+    except KeyError as exc:  # a caller's bug, as in the other backends
+        raise ValueError(f"{exc.args[0]!r} is not a built-in operation") from None
     return families
 
 

@@ -312,6 +312,23 @@ def test_a_stale_step_is_a_state_error_naming_stream_applied_and_attempted_seq(
     run(main())
 
 
+def test_a_commit_of_an_operation_that_is_not_built_in_is_a_caller_error(
+    backend: Backend,
+) -> None:
+    """Only built-in operations reach a state (the processor hands every other type to its
+    handler): any other is a ValueError naming it, in every backend, and nothing moves."""
+
+    async def main() -> None:
+        async with backend.opened() as state:
+            wrong = Op("user.signup", "k", 1, "bj", b"v")
+            with pytest.raises(ValueError, match=r"'user\.signup' is not a built-in operation"):
+                await state.commit(Commit(STREAM, 1, 1, builtin=[message("a", 1), wrong]))
+            assert await state.watermarks() == {}
+            assert await state.entries() == []
+
+    run(main())
+
+
 def test_redis_refuses_a_step_another_process_already_applied(redis_url: str) -> None:
     """When Redis holds a watermark past this process's (another process committed), the
     script refuses a step not above it as StaleStep naming what Redis holds."""
