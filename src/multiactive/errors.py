@@ -9,8 +9,11 @@
     │   ├── PayloadTooLarge    the payload is over `max_payload_bytes`
     │   └── BatchRejected      some drafts of a batch were refused (`outcomes` says which)
     ├── JournalError           a journal invariant would break (J1/J2)
-    ├── StoreError             a storage server (Redis) cannot be reached or holds data this
-    │                          process did not write (names the URL and the setting)
+    ├── StateError             a state invariant would break (P1-P3)
+    │   └── StaleStep          a step whose watermark is not above the applied one (P3)
+    ├── StoreError             a store (a Redis server, a SQLite file) cannot be reached, fails,
+    │                          or holds data this process did not write (names the URL or the
+    │                          file, and the setting)
     ├── ConnectionLost         a connection closed before an answer arrived
     ├── ApplierError           the site's applier process did not start or exited
     └── ClusterError           processes started on this machine (a local cluster, a test
@@ -62,8 +65,27 @@ class JournalError(MultiactiveError):
     """An append would break a journal invariant."""
 
 
+class StateError(MultiactiveError):
+    """A state commit would break a state invariant; nothing of it was applied."""
+
+
+class StaleStep(StateError):
+    """A step whose watermark is not above the stream's applied one (P3: a message applies
+    once). The whole commit was refused; `stream`, `applied` and `attempted` say which step."""
+
+    def __init__(self, stream: tuple[str, int], applied: int, attempted: int) -> None:
+        super().__init__(
+            f"watermark of {stream} would move from {applied} to {attempted}; a step must go "
+            f"past the applied seq {applied} (each message applies once)"
+        )
+        self.stream = stream
+        self.applied = applied
+        self.attempted = attempted
+
+
 class StoreError(MultiactiveError):
-    """A storage server is unreachable, or its data is not what this process left there."""
+    """A store (a Redis server, a SQLite file) is unreachable or fails, or its data is not
+    what this process left there."""
 
 
 class ApplierError(MultiactiveError):

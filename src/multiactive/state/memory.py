@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from multiactive.errors import StaleStep
 from multiactive.model.message import StreamId
 from multiactive.state.base import (
+    BUILTIN_TYPES,
     COUNTER_ADD,
     DEFAULT_ZSET_CAP,
     KV_DEL,
@@ -49,11 +51,11 @@ class MemoryState(StateBackend):
         for step in steps:
             current = marks.get(step.stream, Watermark())
             if step.through_seq <= current.applied:
-                raise ValueError(
-                    f"watermark of {step.stream} would move from {current.applied} "
-                    f"to {step.through_seq}"
-                )
+                raise StaleStep(step.stream, current.applied, step.through_seq)
             marks[step.stream] = Watermark(step.through_seq, current.count + step.processed)
+            for op in step.builtin:  # refuse before any effect, as one transaction would
+                if op[0] not in BUILTIN_TYPES:
+                    raise ValueError(f"{op[0]!r} is not a built-in operation")
         for step in steps:
             for op in step.builtin:
                 self._apply(op)

@@ -32,7 +32,7 @@ from typing import Any
 
 import msgpack
 
-from multiactive.errors import ConfigError, StoreError
+from multiactive.errors import ConfigError, StaleStep, StoreError
 from multiactive.model.message import StreamId
 from multiactive.model.partition import partition_for
 from multiactive.model.topology import DEFAULT_PARTITIONS
@@ -129,10 +129,7 @@ class RedisState(StateBackend):
         for step in steps:
             current = marks.get(step.stream, Watermark())
             if step.through_seq <= current.applied:
-                raise ValueError(
-                    f"watermark of {step.stream} would move from {current.applied} "
-                    f"to {step.through_seq}"
-                )
+                raise StaleStep(step.stream, current.applied, step.through_seq)
             calls.append(self._step_call(step, current.applied))
             marks[step.stream] = Watermark(step.through_seq, current.count + step.processed)
         results = await self._open_db().run(calls)
@@ -182,9 +179,7 @@ class RedisState(StateBackend):
         reason, _, held = str(exc).partition(" ")
         db = self._open_db()
         if reason == "WATERMARK":
-            return ValueError(
-                f"watermark of {step.stream} would move from {held} to {step.through_seq}"
-            )
+            return StaleStep(step.stream, int(held), step.through_seq)
         if reason == "LOST":
             return StoreError(
                 f"Redis at {db.where}: watermark of {step.stream} is {held}, not what this "

@@ -17,15 +17,13 @@ lost suffix of commits is re-applied from it (see `state.base`).
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
 
-from multiactive.errors import ConfigError
+from multiactive.errors import ConfigError, StaleStep
 from multiactive.model.message import StreamId
+from multiactive.sqlitedb import SqliteDb
 from multiactive.state.base import (
     COUNTER_ADD,
     DEFAULT_ZSET_CAP,
@@ -45,7 +43,6 @@ from multiactive.state.base import (
 from multiactive.state.ops import sorted_snapshot
 
 SCHEMA_VERSION = "1"
-T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -107,18 +104,15 @@ class SqliteState(StateBackend):
         self.site = site
         self.zset_cap = zset_cap
         self.path = Path(path)
-        self._thread = None if inline else ThreadPoolExecutor(1, thread_name_prefix=f"state-{site}")
-        self._conn: sqlite3.Connection | None = None
+        # synchronous=NORMAL: no fsync needed (see state.base); the busy timeout because the
+        # site and its applier share the file.
+        self._db = SqliteDb(self.path, "state", thread=None if inline else f"state-{site}")
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        await self._run(self._open_sync)
+        await self._db.open(self._setup)
 
-    def _open_sync(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")  # no fsync needed: see state.base
-        conn.execute("PRAGMA busy_timeout=10000")  # the site and its applier share the file
+    def _setup(self, conn: sqlite3.Connection) -> None:
         conn.executescript(_SCHEMA)
         found = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         if not found:
@@ -130,30 +124,23 @@ class SqliteState(StateBackend):
                 f"{self.path} is the state of site {found.get('site')!r}, not {self.site!r}; "
                 "check --site and data_dir"
             )
-        self._conn = conn
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._run(self._conn.close)
-            self._conn = None
-        if self._thread is not None:
-            self._thread.shutdown(wait=True)
+        await self._db.close()
 
     async def watermarks(self) -> dict[StreamId, Watermark]:
-        rows = await self._run(
-            lambda: (
-                self._db()
-                .execute("SELECT origin, partition, applied, count FROM watermarks")
-                .fetchall()
-            )
+        rows = await self._db.run(
+            lambda: self._db.conn.execute(
+                "SELECT origin, partition, applied, count FROM watermarks"
+            ).fetchall()
         )
         return {StreamId(o, p): Watermark(a, c) for o, p, a, c in rows}
 
     async def commit(self, *steps: Commit) -> None:
-        await self._run(lambda: self._commit_sync(steps))
+        await self._db.run(lambda: self._commit_sync(steps))
 
     def _commit_sync(self, steps: tuple[Commit, ...]) -> None:
-        conn = self._db()
+        conn = self._db.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             for step in steps:
@@ -176,9 +163,7 @@ class SqliteState(StateBackend):
         ).fetchone()
         applied = 0 if row is None else row[0]
         if step.through_seq <= applied:
-            raise ValueError(
-                f"watermark of {step.stream} would move from {applied} to {step.through_seq}"
-            )
+            raise StaleStep(step.stream, applied, step.through_seq)
         conn.execute(
             "INSERT INTO watermarks VALUES (?, ?, ?, ?) ON CONFLICT(origin, partition) "
             "DO UPDATE SET applied = excluded.applied, count = count + excluded.count",
@@ -186,20 +171,18 @@ class SqliteState(StateBackend):
         )
 
     async def get(self, key: str) -> Entry | None:
-        row = await self._run(
-            lambda: (
-                self._db()
-                .execute("SELECT key, value, version, origin FROM kv WHERE key = ?", (key,))
-                .fetchone()
-            )
+        row = await self._db.run(
+            lambda: self._db.conn.execute(
+                "SELECT key, value, version, origin FROM kv WHERE key = ?", (key,)
+            ).fetchone()
         )
         return None if row is None else Entry(*row)
 
     async def put(self, entries: Sequence[Entry]) -> int:
-        return await self._run(lambda: self._put_sync(entries))
+        return await self._db.run(lambda: self._put_sync(entries))
 
     def _put_sync(self, entries: Sequence[Entry]) -> int:
-        conn = self._db()
+        conn = self._db.conn
         before = conn.total_changes
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -211,42 +194,36 @@ class SqliteState(StateBackend):
         return conn.total_changes - before
 
     async def entries(self) -> list[Entry]:
-        rows = await self._run(
-            lambda: (
-                self._db()
-                .execute("SELECT key, value, version, origin FROM kv ORDER BY key")
-                .fetchall()
-            )
+        rows = await self._db.run(
+            lambda: self._db.conn.execute(
+                "SELECT key, value, version, origin FROM kv ORDER BY key"
+            ).fetchall()
         )
         return [Entry(*row) for row in rows]
 
     async def counter(self, key: str) -> int:
-        row = await self._run(
-            lambda: (
-                self._db().execute("SELECT value FROM counters WHERE key = ?", (key,)).fetchone()
-            )
+        row = await self._db.run(
+            lambda: self._db.conn.execute(
+                "SELECT value FROM counters WHERE key = ?", (key,)
+            ).fetchone()
         )
         return 0 if row is None else int(row[0])
 
     async def members(self, key: str) -> list[Member]:
-        rows = await self._run(
-            lambda: (
-                self._db()
-                .execute(
-                    "SELECT member, version, origin, present FROM members WHERE key = ? "
-                    "ORDER BY member",
-                    (key,),
-                )
-                .fetchall()
-            )
+        rows = await self._db.run(
+            lambda: self._db.conn.execute(
+                "SELECT member, version, origin, present FROM members WHERE key = ? "
+                "ORDER BY member",
+                (key,),
+            ).fetchall()
         )
         return [Member(bytes(m), v, o, bool(p)) for m, v, o, p in rows]
 
     async def snapshot(self) -> Snapshot:
-        return await self._run(self._snapshot_sync)
+        return await self._db.run(self._snapshot_sync)
 
     def _snapshot_sync(self) -> Snapshot:
-        conn = self._db()
+        conn = self._db.conn
         conn.execute("BEGIN")  # one consistent read of all three tables
         try:
             entries = [
@@ -265,10 +242,10 @@ class SqliteState(StateBackend):
         return sorted_snapshot(entries, counters, zsets.items())
 
     async def forget_dead_letters(self, positions: Sequence[tuple[str, int, int]]) -> int:
-        return await self._run(lambda: self._forget_sync(positions))
+        return await self._db.run(lambda: self._forget_sync(positions))
 
     def _forget_sync(self, positions: Sequence[tuple[str, int, int]]) -> int:
-        conn = self._db()
+        conn = self._db.conn
         before = conn.total_changes
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(
@@ -279,35 +256,24 @@ class SqliteState(StateBackend):
         return conn.total_changes - before
 
     async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
-        rows = await self._run(
-            lambda: (
-                self._db()
-                .execute(
-                    "SELECT * FROM dead_letters ORDER BY parked_ms, origin, partition, seq LIMIT ?",
-                    (limit,),
-                )
-                .fetchall()
-            )
+        rows = await self._db.run(
+            lambda: self._db.conn.execute(
+                "SELECT * FROM dead_letters ORDER BY parked_ms, origin, partition, seq LIMIT ?",
+                (limit,),
+            ).fetchall()
         )
         return [DeadLetter(*row) for row in rows]
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise RuntimeError(f"state {self.path} is not open")
-        return self._conn
-
-    async def _run(self, fn: Callable[[], T]) -> T:
-        if self._thread is None:
-            return fn()
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
 
 
 def _by_family(ops: Sequence[OpTuple]) -> dict[str, list[OpTuple]]:
     """Ops grouped by the table they change, order kept within each (the common case, a
     batch of one family, costs one pass)."""
     families: dict[str, list[OpTuple]] = {}
-    for op in ops:
-        families.setdefault(_FAMILY[op[0]], []).append(op)
+    try:
+        for op in ops:
+            families.setdefault(_FAMILY[op[0]], []).append(op)
+    except KeyError as exc:  # a caller's bug, as in the other backends
+        raise ValueError(f"{exc.args[0]!r} is not a built-in operation") from None
     return families
 
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from multiactive.errors import JournalError
+from multiactive.errors import JournalError, StoreError
 from multiactive.journal import SqliteJournal
-from multiactive.journal import sqlite as sqlite_journal
 from multiactive.journal.base import LocalGroup
 from multiactive.journal.segments import segment_numbers, segment_path
+from multiactive.journal.sqlite import trim as sqlite_trim
 from multiactive.model.batch import build_batch, split_batches
 from multiactive.model.message import Position, StreamId
 
@@ -156,7 +156,7 @@ def test_a_failed_index_commit_leaves_no_bytes_to_index_later(tmp_path: Path) ->
                 "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
             )
         db.close()
-        with pytest.raises(sqlite3.IntegrityError, match="injected failure"):
+        with pytest.raises(StoreError, match="injected failure"):
             await journal.append_local([group(0, "refused")])
         assert journal.heads() == {STREAM: 1}
         await journal.close()
@@ -227,7 +227,7 @@ def test_a_trim_of_many_batches_commits_in_parts_and_forgets_their_ids(
     appends wait for one short commit) and goes on until the floor: one call drops them all,
     and the request ids of the dropped local messages, read back from the segments, are
     forgotten while the kept ones still deduplicate."""
-    monkeypatch.setattr(sqlite_journal, "TRIM_BATCHES_PER_COMMIT", 3)
+    monkeypatch.setattr(sqlite_trim, "TRIM_BATCHES_PER_COMMIT", 3)
 
     async def main() -> None:
         journal = await _opened(tmp_path, segment_bytes=4096)
@@ -335,7 +335,7 @@ def test_a_trim_reads_at_most_trim_bytes_of_local_batches_per_commit(
 ) -> None:
     """Each commit of a trim reads back at most TRIM_BYTES_PER_COMMIT of local batches (but
     always one batch), so a trim of large batches is many short transactions."""
-    monkeypatch.setattr(sqlite_journal, "TRIM_BYTES_PER_COMMIT", 1)
+    monkeypatch.setattr(sqlite_trim, "TRIM_BYTES_PER_COMMIT", 1)
 
     async def main() -> None:
         journal = await _opened(tmp_path)

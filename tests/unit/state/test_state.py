@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from multiactive.errors import ConfigError, StoreError
+from multiactive.errors import ConfigError, StaleStep, StateError, StoreError
 from multiactive.model.message import StreamId
 from multiactive.model.partition import partition_for
 from multiactive.redisdb import Keys, RedisDb
@@ -282,10 +282,66 @@ def test_commit_refuses_a_watermark_that_does_not_advance(
             refused = Commit(
                 STREAM, through_seq, 1, builtin=[message("k", 9), message("z", 9)], dead=[dead(5)]
             )
-            with pytest.raises(ValueError, match="watermark of bj/0 would move from 5"):
+            with pytest.raises(StaleStep, match="watermark of bj/0 would move from 5"):
                 await state.commit(refused)
             after = (await state.entries(), await state.watermarks(), await state.dead_letters())
             assert after == before
+
+    run(main())
+
+
+def test_a_stale_step_is_a_state_error_naming_stream_applied_and_attempted_seq(
+    backend: Backend,
+) -> None:
+    """The P3 refusal is `StaleStep` (a StateError of the one tree) carrying the stream, the
+    applied seq and the seq the step tried to move to."""
+
+    async def main() -> None:
+        async with backend.opened() as state:
+            await state.commit(Commit(STREAM, 7, 7))
+            with pytest.raises(StaleStep) as caught:
+                await state.commit(Commit(StreamId("gz", 1), 1, 1), Commit(STREAM, 6, 1))
+            assert isinstance(caught.value, StateError)
+            assert (caught.value.stream, caught.value.applied, caught.value.attempted) == (
+                STREAM,
+                7,
+                6,
+            )
+            assert "watermark of bj/0 would move from 7 to 6" in str(caught.value)
+
+    run(main())
+
+
+def test_a_commit_of_an_operation_that_is_not_built_in_is_a_caller_error(
+    backend: Backend,
+) -> None:
+    """Only built-in operations reach a state (the processor hands every other type to its
+    handler): any other is a ValueError naming it, in every backend, and nothing moves."""
+
+    async def main() -> None:
+        async with backend.opened() as state:
+            wrong = Op("user.signup", "k", 1, "bj", b"v")
+            with pytest.raises(ValueError, match=r"'user\.signup' is not a built-in operation"):
+                await state.commit(Commit(STREAM, 1, 1, builtin=[message("a", 1), wrong]))
+            assert await state.watermarks() == {}
+            assert await state.entries() == []
+
+    run(main())
+
+
+def test_redis_refuses_a_step_another_process_already_applied(redis_url: str) -> None:
+    """When Redis holds a watermark past this process's (another process committed), the
+    script refuses a step not above it as StaleStep naming what Redis holds."""
+
+    async def main() -> None:
+        async with Backend("redis", Path(), redis_url).opened(name="s") as state:
+            await state.commit(Commit(STREAM, 2, 2))
+            async with raw_redis(redis_url) as db:
+                await db.call("HSET", f"{Keys('bj', 's').tag(0)}wm", "applied:bj", 9)
+            with pytest.raises(StaleStep) as caught:
+                await state.commit(Commit(STREAM, 5, 3, builtin=[message("j", 1)]))
+            assert (caught.value.applied, caught.value.attempted) == (9, 5)
+            assert await state.get("j") is None
 
     run(main())
 
@@ -315,7 +371,7 @@ def test_commit_of_several_steps_is_all_or_nothing(backend: Backend) -> None:
         async with backend.opened() as state:
             await state.commit(Commit(STREAM, 3, 3))
             other = StreamId("gz", 1)
-            with pytest.raises(ValueError, match="watermark of bj/0 would move from 5 to 5"):
+            with pytest.raises(StaleStep, match="watermark of bj/0 would move from 5 to 5"):
                 await state.commit(
                     Commit(other, 1, 1, builtin=[message("b", 1, "gz")], dead=[dead(1)]),
                     Commit(STREAM, 5, 2, builtin=[message("a", 1)]),
@@ -334,7 +390,7 @@ def test_refused_commit_is_rolled_back_on_disk(durable: Backend) -> None:
     async def main() -> None:
         async with durable.opened(name="state.sqlite3") as state:
             await state.commit(Commit(STREAM, 2, 2, builtin=[message("k", 1, value=b"kept")]))
-            with pytest.raises(ValueError, match="would move"):
+            with pytest.raises(StaleStep, match="would move"):
                 await state.commit(Commit(STREAM, 2, 1, builtin=[message("k", 9)]))
             await state.commit(Commit(STREAM, 3, 1, builtin=[message("j", 2)]))
         async with durable.opened(name="state.sqlite3") as state:
@@ -601,7 +657,7 @@ def test_counter_totals_are_the_sum_of_distinct_messages_in_any_order(
         async with backend.opened() as state:
             for step in steps:
                 await state.commit(step)
-            with pytest.raises(ValueError, match="would move"):
+            with pytest.raises(StaleStep, match="would move"):
                 await state.commit(steps[-1])
             assert {key: await state.counter(key) for key in expected} == expected
             assert (await state.snapshot()).counters == tuple(sorted(expected.items()))

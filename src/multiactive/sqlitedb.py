@@ -1,0 +1,175 @@
+"""SQLite access shared by the journal, the state and the audit store: connecting with the
+project's pragmas, one thread per connection, and translating SQLite's errors.
+
+A `SqliteDb` is one connection to one file, used from one thread: its own worker thread
+(`thread=` names it), or, with `thread=None`, the caller's (a process whose event loop does
+nothing else, such as the applier, where two thread hand-offs cost more than the statement).
+`run(fn)` runs `fn` there; `fn` reads the connection as `db.conn`. With `inline_small=True`,
+`run(fn, small=True)` runs `fn` right on the event loop instead when the thread has nothing
+queued or running and every earlier caller has resumed: the journal's small appends, for which
+the hand-offs cost more than the append with its fdatasync. Work stays one call at a time
+either way, and callers see their results in the order they were made.
+
+Pragmas: WAL (readers proceed beside the writer), `synchronous=NORMAL` (each store says why
+no sync per commit is needed: the journal's segments, the state's journal, the audit's
+nature), and a busy timeout of BUSY_TIMEOUT_MS (a site and its applier share files).
+
+Errors from sqlite3 are translated here, as `redisdb` does for Redis: a file that cannot be
+opened, read or written (locked past the busy timeout, read-only, disk full, I/O error,
+damaged or not a database, a constraint another writer broke) raises `StoreError` naming the
+file, the setting and what to do. `ProgrammingError` and `InterfaceError` (a wrong use of the
+API, a bug here rather than a state of the file) pass through as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from multiactive.errors import StoreError
+
+BUSY_TIMEOUT_MS = 10_000
+T = TypeVar("T")
+
+_HINTS = {
+    sqlite3.SQLITE_BUSY: "another process held it locked past the busy timeout "
+    "({busy_s:g} s): is a second site process using this {setting}?",
+    sqlite3.SQLITE_LOCKED: "another connection held it locked: is a second site process "
+    "using this {setting}?",
+    sqlite3.SQLITE_READONLY: "it cannot be written: check the permissions and the mount of "
+    "{setting}",
+    sqlite3.SQLITE_FULL: "the disk is full: free space where {setting} lies",
+    sqlite3.SQLITE_IOERR: "the disk failed to read or write it: check the disk under {setting}",
+    sqlite3.SQLITE_CANTOPEN: "it cannot be opened: {setting} must be a folder this process "
+    "may write, and the file a regular file",
+    sqlite3.SQLITE_CORRUPT: "it is damaged: restore it from a backup or move it away",
+    sqlite3.SQLITE_NOTADB: "it is not an SQLite database (damaged or replaced): restore it "
+    "from a backup or move it away",
+    sqlite3.SQLITE_CONSTRAINT: "a write broke a constraint of data this process had read: "
+    "another process may be writing this file (one site process per {setting})",
+}
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit) with the project's pragmas,
+    usable from the thread that runs it (not only the one that made it)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class SqliteDb:
+    """One connection to one SQLite file, on one thread; every error names the file."""
+
+    def __init__(
+        self,
+        path: Path,
+        what: str,
+        *,
+        thread: str | None,
+        setting: str = "data_dir",
+        inline_small: bool = False,
+    ) -> None:
+        """`what` names the store in messages ("journal", "state"); `setting` is what
+        decides where the file lies."""
+        self.path = path
+        self.what = what
+        self.setting = setting
+        self._thread = None if thread is None else ThreadPoolExecutor(1, thread_name_prefix=thread)
+        self._conn: sqlite3.Connection | None = None
+        # With inline_small: jobs handed to the thread and not done yet (a cancelled one is
+        # done), and the callers still waiting for theirs.
+        self._inline_small = inline_small and self._thread is not None
+        self._jobs: deque[Future[Any]] = deque()
+        self._waiting = 0
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The connection, for functions `run` runs."""
+        if self._conn is None:
+            raise RuntimeError(f"{self.what} {self.path} is not open")
+        return self._conn
+
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None
+
+    async def open(self, setup: Callable[[sqlite3.Connection], None] | None = None) -> None:
+        """Connect on the db's thread, then run `setup` (schema, claim) there. If `setup`
+        fails the connection stays, for `close`."""
+        await self.run(lambda: self._open_sync(setup))
+
+    def _open_sync(self, setup: Callable[[sqlite3.Connection], None] | None) -> None:
+        conn = self._conn = connect(self.path)
+        if setup is not None:
+            setup(conn)
+
+    async def close(self, finish: Callable[[sqlite3.Connection], None] | None = None) -> None:
+        """Run `finish` (a checkpoint, say), close the connection, stop the thread."""
+        if self._conn is not None:
+            await self.run(lambda: self._close_sync(finish))
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+
+    def _close_sync(self, finish: Callable[[sqlite3.Connection], None] | None) -> None:
+        conn = self.conn
+        if finish is not None:
+            finish(conn)
+        conn.close()
+        self._conn = None
+
+    async def run(self, fn: Callable[[], T], *, small: bool = False) -> T:
+        """`fn()` on the db's thread (or inline: see the module docstring); a SQLite error
+        becomes a StoreError naming the file."""
+        try:
+            if self._thread is None:
+                return fn()
+            if not self._inline_small:
+                return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+            if self.idle() and small:
+                return fn()
+            job = self._thread.submit(fn)
+            self._jobs.append(job)  # done jobs are dropped by the next call: they hold results
+            self._waiting += 1
+            try:
+                return await asyncio.wrap_future(job)
+            finally:
+                self._waiting -= 1
+        except sqlite3.ProgrammingError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise self.fail(exc) from exc
+
+    def idle(self) -> bool:
+        """Nothing queued or running on the thread, and every caller resumed (inline_small)."""
+        jobs = self._jobs
+        while jobs and jobs[0].done():
+            jobs.popleft()
+        return not jobs and not self._waiting
+
+    def fail(self, exc: sqlite3.Error) -> StoreError:
+        """The StoreError for a SQLite error of this file."""
+        return StoreError(describe(exc, f"{self.what} {self.path}", self.setting))
+
+
+def describe(exc: sqlite3.Error, where: str, setting: str) -> str:
+    """What failed, where, why and what to do: `state /d/state.sqlite3 (data_dir): it is not
+    an SQLite database (...): restore it ... [SQLITE_NOTADB: file is not a database]`."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    hint = _HINTS.get(code & 0xFF) if isinstance(code, int) else None
+    if hint is None:
+        hint = "SQLite failed"
+    text = hint.format(setting=setting, busy_s=BUSY_TIMEOUT_MS / 1000)
+    return f"{where} ({setting}): {text} [{name}: {exc}]"

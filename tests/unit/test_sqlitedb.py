@@ -1,0 +1,197 @@
+"""SQLite errors translated at the boundary: a file that is damaged, locked, read-only, full,
+not openable or written by a second process raises StoreError naming the file and the setting,
+from the journal, the state and the audit store alike."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from multiactive import sqlitedb
+from multiactive.audit import SqliteAuditStore
+from multiactive.errors import MultiactiveError, StoreError
+from multiactive.journal import SqliteJournal
+from multiactive.model.message import StreamId
+from multiactive.sqlitedb import SqliteDb
+from multiactive.state import Commit, SqliteState
+
+from .journal.test_journal import PEER, SITE, remote
+
+Store = SqliteJournal | SqliteState | SqliteAuditStore
+STORES: dict[str, Callable[[Path], Store]] = {
+    "journal": lambda folder: SqliteJournal(SITE, folder / "journal.sqlite3"),
+    "state": lambda folder: SqliteState(SITE, folder / "state.sqlite3"),
+    "audit store": lambda folder: SqliteAuditStore(folder / "audit.sqlite3"),
+}
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(main)
+
+
+async def refused_open(store: Store) -> StoreError:
+    with pytest.raises(StoreError) as caught:
+        await store.open()
+    await store.close()
+    return caught.value
+
+
+@pytest.mark.parametrize("what", list(STORES))
+def test_a_file_that_is_not_a_database_names_the_file_and_the_setting(
+    what: str, tmp_path: Path
+) -> None:
+    """A damaged or replaced file is refused at open with StoreError (not a raw sqlite3
+    error) naming the store, the file and data_dir; the file is left as it was."""
+    store = STORES[what](tmp_path)
+    garbage = b"this is not an SQLite file\n" * 200
+    store.path.write_bytes(garbage)
+
+    async def main() -> None:
+        error = await refused_open(store)
+        assert f"{what} {store.path} (data_dir): it is not an SQLite database" in str(error)
+        assert "SQLITE_NOTADB" in str(error)
+        assert isinstance(error, MultiactiveError)
+        assert store.path.read_bytes() == garbage
+
+    run(main())
+
+
+@pytest.mark.parametrize("what", list(STORES))
+def test_a_folder_where_the_file_should_be_cannot_be_opened(what: str, tmp_path: Path) -> None:
+    """A path that cannot be opened as a file raises StoreError saying what data_dir needs."""
+    store = STORES[what](tmp_path)
+    store.path.mkdir()
+
+    async def main() -> None:
+        error = await refused_open(store)
+        assert f"{what} {store.path} (data_dir): it cannot be opened" in str(error)
+        assert "SQLITE_CANTOPEN" in str(error)
+
+    run(main())
+
+
+def test_a_state_locked_past_the_busy_timeout_is_a_store_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit that waits past the busy timeout for another process's lock raises StoreError
+    asking about a second process; once the lock is gone commits go on."""
+    monkeypatch.setattr(sqlitedb, "BUSY_TIMEOUT_MS", 50)
+    stream = StreamId(SITE, 0)
+
+    async def main() -> None:
+        state = SqliteState(SITE, tmp_path / "state.sqlite3")
+        await state.open()
+        try:
+            other = sqlite3.connect(state.path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StoreError) as caught:
+                await state.commit(Commit(stream, 1, 1))
+            other.execute("ROLLBACK")
+            other.close()
+            assert f"state {state.path} (data_dir): another process held it locked" in str(
+                caught.value
+            )
+            assert "(0.05 s): is a second site process using this data_dir?" in str(caught.value)
+            await state.commit(Commit(stream, 1, 1))
+            assert (await state.watermarks())[stream].applied == 1
+        finally:
+            await state.close()
+
+    run(main())
+
+
+def test_a_journal_locked_past_the_busy_timeout_refuses_the_append(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An append whose index commit cannot get the lock raises StoreError and journals
+    nothing; the next append after the lock is gone is stored."""
+    monkeypatch.setattr(sqlitedb, "BUSY_TIMEOUT_MS", 50)
+    stream = StreamId(PEER, 0)
+
+    async def main() -> None:
+        journal = SqliteJournal(SITE, tmp_path / "journal.sqlite3")
+        await journal.open()
+        try:
+            other = sqlite3.connect(journal.path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StoreError, match="another process held it locked"):
+                await journal.append_remote([remote(1, 1)])
+            other.execute("ROLLBACK")
+            other.close()
+            assert journal.head(stream) == 0
+            await journal.append_remote([remote(1, 1)])
+            assert journal.head(stream) == 1
+        finally:
+            await journal.close()
+
+    run(main())
+
+
+def test_a_second_writer_on_the_same_journal_is_named(tmp_path: Path) -> None:
+    """Two processes appending to one journal: the second one's stale view breaks a
+    constraint, and that is a StoreError saying one site process writes a data_dir."""
+
+    async def main() -> None:
+        first = SqliteJournal(SITE, tmp_path / "journal.sqlite3")
+        second = SqliteJournal(SITE, tmp_path / "journal.sqlite3")
+        await first.open()
+        await second.open()
+        try:
+            await first.append_remote([remote(1, 1)])
+            with pytest.raises(StoreError) as caught:
+                await second.append_remote([remote(1, 1)])
+            assert "another process may be writing this file" in str(caught.value)
+            assert "one site process per data_dir" in str(caught.value)
+            assert "SQLITE_CONSTRAINT" in str(caught.value)
+        finally:
+            await second.close()
+            await first.close()
+
+    run(main())
+
+
+def test_a_read_only_file_and_a_full_disk_are_named(tmp_path: Path) -> None:
+    """SQLITE_READONLY and SQLITE_FULL, raised for real by SQLite (the tests run as root,
+    whom file modes do not stop, so the connection is made read-only and its size capped with
+    pragmas), become StoreErrors saying what to check."""
+
+    async def main() -> None:
+        db = SqliteDb(tmp_path / "state.sqlite3", "state", thread="test-db")
+        await db.open(lambda conn: conn.execute("CREATE TABLE t(v BLOB)") and None)
+        try:
+            await db.run(lambda: db.conn.execute("PRAGMA query_only=1"))
+            with pytest.raises(StoreError) as readonly:
+                await db.run(lambda: db.conn.execute("INSERT INTO t VALUES (x'00')"))
+            assert "(data_dir): it cannot be written: check the permissions" in str(readonly.value)
+            await db.run(lambda: db.conn.execute("PRAGMA query_only=0"))
+            await db.run(lambda: db.conn.execute("PRAGMA max_page_count=3"))
+            with pytest.raises(StoreError) as full:
+                await db.run(lambda: db.conn.execute("INSERT INTO t VALUES (zeroblob(1 << 20))"))
+            assert "(data_dir): the disk is full" in str(full.value)
+            assert "SQLITE_FULL" in str(full.value)
+        finally:
+            await db.close()
+
+    run(main())
+
+
+def test_a_wrong_use_of_the_api_is_not_dressed_as_a_store_error(tmp_path: Path) -> None:
+    """ProgrammingError (a bug here, not a state of the file) passes through unchanged."""
+
+    async def main() -> None:
+        db = SqliteDb(tmp_path / "x.sqlite3", "state", thread=None)
+        await db.open()
+        try:
+            with pytest.raises(sqlite3.ProgrammingError):
+                await db.run(lambda: db.conn.execute("SELECT ?", ()))
+        finally:
+            await db.close()
+        with pytest.raises(RuntimeError, match=r"state .*x\.sqlite3 is not open"):
+            await db.run(lambda: db.conn)
+
+    run(main())
