@@ -2,7 +2,8 @@
 
     MultiactiveError
     ├── ConfigError            a topology file or an option is wrong (names the field)
-    │   └── UnknownSiteError   a site name the topology does not know
+    │   ├── UnknownSiteError   a site name the topology does not know
+    │   └── DataDirLocked      another process holds the data dir's lock (names its pid)
     ├── DecodeError            bytes that do not decode as a message, batch, frame or record
     │   └── ProtocolError      a peer broke the wire protocol; only that connection closes
     ├── RejectedError          a write was refused at ingress; nothing was journaled for it
@@ -80,6 +81,10 @@ class ConnectionLost(MultiactiveError):
 
 class UnknownSiteError(ConfigError):
     """A site name that is not in the topology."""
+
+
+class DataDirLocked(ConfigError):
+    """Another process holds the lock of this data dir (`site.lock`, `applier.lock`)."""
 
 
 def format_bytes(n: int) -> str:

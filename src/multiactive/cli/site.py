@@ -15,7 +15,13 @@ from multiactive import aio, logs
 from multiactive.admin.http import AdminServer
 from multiactive.model.topology import Topology, load_topology
 from multiactive.replication.handlers import HandlerRegistry
-from multiactive.site.applier import APPLIER_NICENESS, ApplierLaunch, serve_applier
+from multiactive.site.applier import (
+    APPLIER_LOCK_WAIT_S,
+    APPLIER_NICENESS,
+    ApplierLaunch,
+    serve_applier,
+)
+from multiactive.site.lock import DataDirLock
 from multiactive.site.node import SiteNode
 
 
@@ -51,8 +57,9 @@ def run_site(
     """Run one site until SIGTERM or SIGINT, then drain and stop cleanly."""
     topology, registry = _prepare(topology_path, site_name, handlers, log_level)
     applier = ApplierLaunch(topology_path, handlers, log_level)
-    node = SiteNode(topology, site_name, registry, applier)
-    aio.run(_serve(node))
+    with DataDirLock(topology.site(site_name).data_dir, "site"):
+        node = SiteNode(topology, site_name, registry, applier)
+        aio.run(_serve(node))
 
 
 @site.command("apply", hidden=True)
@@ -69,7 +76,12 @@ def apply_site(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the site, which stops us
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.nice(APPLIER_NICENESS)
-    aio.run(serve_applier(topology, site_name, registry, channel_fd))
+    lock = DataDirLock(topology.site(site_name).data_dir, "applier")
+    lock.acquire(wait_s=APPLIER_LOCK_WAIT_S)  # the applier of a killed site may be exiting
+    try:
+        aio.run(serve_applier(topology, site_name, registry, channel_fd))
+    finally:
+        lock.release()
 
 
 def _prepare(

@@ -59,6 +59,9 @@ from multiactive.state import open_state
 from multiactive.state.base import DeadLetter
 
 READY_TIMEOUT_S = 60.0
+# A new applier waits this long for the data dir's `applier.lock`: after its site was killed,
+# the old applier exits at once (PR_SET_PDEATHSIG) but may still finish its current commit.
+APPLIER_LOCK_WAIT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 STATS_INTERVAL_S = 0.25
 # The applier runs at a lower CPU priority than its site: when cores are short, relaying
