@@ -11,7 +11,10 @@
     │   └── BatchRejected      some drafts of a batch were refused (`outcomes` says which)
     ├── JournalError           a journal invariant would break (J1/J2)
     ├── StoreError             a storage server (Redis) cannot be reached or holds data this
-    │                          process did not write (names the URL and the setting)
+    │   │                      process did not write (names the URL and the setting)
+    │   └── StoreOutcomeUnknown  a write was sent and its answer lost: it may be stored
+    ├── OutcomeUnknown         the site could not tell whether a write was journaled;
+    │                          publishing it again with the same id is safe
     ├── ConnectionLost         a connection closed before an answer arrived
     ├── ApplierError           the site's applier process did not start or exited
     └── ClusterError           processes started on this machine (a local cluster, a test
@@ -42,7 +45,12 @@ class ProtocolError(DecodeError):
 
 
 class RejectedError(MultiactiveError):
-    """A write was refused at ingress; nothing was journaled for it."""
+    """A write was refused at ingress; nothing was journaled for it. `code` is the refusal
+    code of the wire protocol (`multiactive.wire.protocol.REFUSAL_CODES`)."""
+
+    def __init__(self, message: str, code: str = "refused") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class PayloadTooLarge(RejectedError):
@@ -55,7 +63,8 @@ class BatchRejected(RejectedError):
 
     def __init__(self, outcomes: Sequence[object]) -> None:
         refused = [o for o in outcomes if isinstance(o, RejectedError)]
-        super().__init__(f"{len(refused)} of {len(outcomes)} drafts refused; first: {refused[0]}")
+        first = f"; first: {refused[0]}" if refused else ""
+        super().__init__(f"{len(refused)} of {len(outcomes)} drafts refused{first}")
         self.outcomes = list(outcomes)
 
 
@@ -65,6 +74,22 @@ class JournalError(MultiactiveError):
 
 class StoreError(MultiactiveError):
     """A storage server is unreachable, or its data is not what this process left there."""
+
+
+class StoreOutcomeUnknown(StoreError):
+    """A write reached the storage server, or may have, and no answer came back (the
+    connection broke mid-pipeline): it may be stored or not."""
+
+
+class OutcomeUnknown(MultiactiveError):
+    """The site could not tell whether a write was journaled (its storage failed mid-write).
+    The write is stored at most once: publish it again with the same id, and the site answers
+    with its first position if it was. For a batch, `outcomes` holds per draft the Ack, the
+    RejectedError, or this error."""
+
+    def __init__(self, message: str, outcomes: Sequence[object] = ()) -> None:
+        super().__init__(message)
+        self.outcomes = list(outcomes)
 
 
 class ApplierError(MultiactiveError):

@@ -83,6 +83,7 @@ class _SiteCollector(Collector):
             ("ingress_refused", ingress.refused, "Drafts refused at ingress."),
             ("ingress_flushes", ingress.flushes, "Group commits (journal appends)."),
             ("ingress_journal_errors", ingress.journal_errors, "Failed journal appends."),
+            ("ingress_unknown", ingress.unknown, "Drafts answered outcome unknown."),
         ):
             family = self._counter(name, doc, [])
             family.add_metric([site], value)
@@ -90,6 +91,9 @@ class _SiteCollector(Collector):
         pending = self._gauge("ingress_pending", "Drafts waiting for a group commit.", [])
         pending.add_metric([site], ingress.pending)
         yield pending
+        available = self._gauge("ingress_available", "1 if the journal can be written now.", [])
+        available.add_metric([site], 0 if ingress.unavailable else 1)
+        yield available
 
     def _streams(self) -> Iterator[Metric]:
         site = self._scrape.stats.site

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from multiactive import failpoints
-from multiactive.aio import Pulse, wait_until
+from multiactive.aio import Backoff, Pulse, wait_until
 from multiactive.clock import SYSTEM_CLOCK, Clock
+from multiactive.errors import StoreError
 from multiactive.journal.base import Journal
+from multiactive.logs import get_logger
 from multiactive.model.batch import RecordBatch
 from multiactive.model.message import Message, StreamId, message_from_row
 from multiactive.model.record import Record
@@ -40,6 +42,10 @@ CANARY_OVERDUE_INTERVALS = 3
 HOLE_RECHECK_S = 1.0
 LATENCY_SAMPLES = 4096
 LATENCY_PER_BATCH = 16  # samples taken from one batch, evenly spaced
+STORE_RETRY_MIN_S = 0.05  # a failing storage server is tried again after this, doubling
+STORE_RETRY_MAX_S = 2.0
+
+log = get_logger("processor")
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,9 +181,40 @@ class Processor:
         self._restarted = set(self._applied) | set(self._journal.heads())
 
     async def run(self) -> None:
+        """Apply until cancelled. A storage server that fails (a Redis restarting) is tried
+        again with backoff; a commit whose answer was lost is read back from the state."""
+        backoff = Backoff(STORE_RETRY_MIN_S, STORE_RETRY_MAX_S)
+        stale = False
         while True:
-            if not await self.step():
+            try:
+                if stale:
+                    await self._reload()
+                    stale = False
+                worked = await self.step()
+            except StoreError as exc:
+                stale = True
+                log.warning("processor_store_failed", site=self.site, reason=exc)
+                await self._clock.sleep(backoff.next_delay())
+                continue
+            backoff.reset()
+            if not worked:
                 await self._journal.appended.wait(self._next_retry_in())
+
+    async def _reload(self) -> None:
+        """Watermarks as the state holds them, after a commit whose outcome is unknown:
+        observers hear of commits that went through; uncommitted steps are done again (a
+        user handler among them is told it is a retry)."""
+        self._steps = {}
+        for stream, mark in (await self._state.watermarks()).items():
+            before = self.applied(stream)
+            if mark.applied > before:
+                self._applied[stream] = mark.applied
+                self._counts[stream] = mark.count
+                for observer in self.observers:
+                    observer(stream, before + 1, mark.applied, [])
+        self._restarted |= set(self._journal.heads())
+        self.progress.fire()
+        log.info("processor_resumed", site=self.site)
 
     def caught_up(self) -> bool:
         return all(self.applied(s) >= h for s, h in self._journal.heads().items())

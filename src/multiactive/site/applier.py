@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from multiactive.aio import Pulse, run_together, wait_until
-from multiactive.errors import ApplierError, ConnectionLost, ProtocolError
+from multiactive.errors import ApplierError, ConnectionLost, ProtocolError, StoreError
 from multiactive.journal import Journal, open_journal
 from multiactive.logs import get_logger
 from multiactive.model.batch import RecordBatch, parse_batch
@@ -361,11 +361,15 @@ class _Applier:
     async def _reapply(
         self, number: int, origin: str, partition: int, seq: int, attempt: int
     ) -> None:
-        message = await self._journal.find_message(Position(origin, partition, seq))
-        if message is None:
-            error: str | None = f"{origin}/{partition}@{seq} is not in the journal any more"
-        else:
-            error = await self._processor.reapply(message, attempt)
+        error: str | None
+        try:
+            message = await self._journal.find_message(Position(origin, partition, seq))
+            if message is None:
+                error = f"{origin}/{partition}@{seq} is not in the journal any more"
+            else:
+                error = await self._processor.reapply(message, attempt)
+        except StoreError as exc:
+            error = str(exc)
         self._channel.send(["reapplied", number, error])
 
     async def _report(self) -> None:
