@@ -17,6 +17,7 @@
     │                          publishing it again with the same id is safe
     ├── ConnectionLost         a connection closed before an answer arrived
     ├── ApplierError           the site's applier process did not start or exited
+    ├── HandlerTimeout         a user handler ran past its timeout (the attempt failed)
     └── ClusterError           processes started on this machine (a local cluster, a test
                                server) did not reach the state a caller waited for
 
@@ -94,6 +95,10 @@ class OutcomeUnknown(MultiactiveError):
 
 class ApplierError(MultiactiveError):
     """The site's applier process (its processor) did not start, or exited."""
+
+
+class HandlerTimeout(MultiactiveError):
+    """A user handler did not return within its timeout; the attempt counts as failed."""
 
 
 class ClusterError(MultiactiveError):

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from multiactive.replication.links import LinkState
+from multiactive.replication.processor import RunningHandler
 
 if TYPE_CHECKING:
     from multiactive.records import StreamLag
@@ -129,6 +130,18 @@ class _SiteCollector(Collector):
         yield from gauges.values()
         yield from counters.values()
 
+    def _stuck(self, site: str, stuck: tuple[RunningHandler, ...]) -> Iterator[Metric]:
+        """Handlers running longer than STUCK_AFTER_S, each named with its message."""
+        count = self._gauge("stuck_handlers", "User handlers running for over a second.", [])
+        count.add_metric([site], len(stuck))
+        yield count
+        labels = ["origin", "partition", "seq", "id", "type"]
+        running = self._gauge("stuck_handler_seconds", "How long a stuck handler has run.", labels)
+        for r in stuck:
+            running.add_metric([site, r.origin, str(r.partition), str(r.seq), r.id, r.type],
+                               r.running_s)  # fmt: skip
+        yield running
+
     def _processor(self) -> Iterator[Metric]:
         site, proc = self._scrape.stats.site, self._scrape.stats.processor
         for name, count, doc in (
@@ -149,6 +162,7 @@ class _SiteCollector(Collector):
         dead = self._gauge("dead_letters", "Dead letters held here.", [])
         dead.add_metric([site], self._scrape.dead_letters)
         yield dead
+        yield from self._stuck(site, proc.stuck_handlers)
         age = self._gauge(
             "canary_age_seconds", "Age of the newest canary from an origin.", ["origin"]
         )

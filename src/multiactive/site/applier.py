@@ -50,6 +50,7 @@ from multiactive.replication.processor import (
     Processor,
     ProcessorStatistics,
     RetryState,
+    RunningHandler,
     StreamProgress,
     canary_ages,
     overdue_canaries,
@@ -270,8 +271,15 @@ class ProcessorProcess:
             )  # fmt: skip
         return ProcessorStatistics(
             stats.get("applied", 0), stats.get("parked", 0), stats.get("failures", 0),
-            streams, stats.get("p50"), stats.get("p99"),
+            streams, stats.get("p50"), stats.get("p99"), tuple(self.stuck_handlers()),
         )  # fmt: skip
+
+    def stuck_handlers(self) -> list[RunningHandler]:
+        since = time.monotonic() - self._stats_at
+        return [
+            RunningHandler(o, p, seq, id_, type_, attempt, round(running + since, 3), timeout)
+            for o, p, seq, id_, type_, attempt, running, timeout in self._stats.get("stuck", [])
+        ]
 
     def _canary_times(self) -> dict[str, tuple[int, int]]:
         return {origin: (created, applied) for origin, created, applied in self._stats.get(
@@ -313,6 +321,7 @@ async def serve_applier(
         try:
             await _Applier(channel, journal, processor).serve()
         finally:
+            await processor.close()
             await channel.close()
     finally:
         await state.close()
@@ -415,5 +424,6 @@ class _Applier:
             "started_ms": processor.started_ms,
             "streams": streams,
             "retrying": retrying,
+            "stuck": [list(astuple(r)) for r in processor.stuck_handlers()],
             "canaries": [[o, c, a] for o, (c, a) in processor.canary_times().items()],
         }
