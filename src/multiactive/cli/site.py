@@ -7,12 +7,15 @@ import contextlib
 import gc
 import os
 import signal
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
 from multiactive import aio, logs
 from multiactive.admin.http import AdminServer
+from multiactive.errors import ConfigError, MultiactiveError
 from multiactive.model.topology import Topology, load_topology
 from multiactive.replication.handlers import HandlerRegistry
 from multiactive.site.applier import (
@@ -23,6 +26,8 @@ from multiactive.site.applier import (
 )
 from multiactive.site.lock import DataDirLock
 from multiactive.site.node import SiteNode
+
+log = logs.get_logger("site")
 
 
 @click.group()
@@ -59,7 +64,39 @@ def run_site(
     applier = ApplierLaunch(topology_path, handlers, log_level)
     with DataDirLock(topology.site(site_name).data_dir, "site"):
         node = SiteNode(topology, site_name, registry, applier)
-        aio.run(_serve(node))
+        try:
+            aio.run(_serve(node))
+        except BaseExceptionGroup as group:
+            _fail(_cause(group, site_name))
+        except MultiactiveError as exc:
+            _fail(exc)
+
+
+def _fail(error: BaseException) -> NoReturn:
+    """Exit status 2 for a configuration the site cannot run with (restarting will not
+    help), 1 for a failure while running (a supervisor restarts the site)."""
+    if isinstance(error, ConfigError) or not isinstance(error, MultiactiveError):
+        raise error
+    click.echo(f"error: {error}", err=True)
+    sys.exit(1)
+
+
+def _cause(group: BaseExceptionGroup[BaseException], site: str) -> BaseException:
+    """The error that ended the site, out of its task group: our own error is reported in one
+    line (`error: ...`, exit status 2); anything else keeps its traceback."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(reversed(exc.exceptions))
+        else:
+            leaves.append(exc)
+    ours = [exc for exc in leaves if isinstance(exc, MultiactiveError)]
+    if ours and len(ours) == len(leaves):
+        log.error("site_failed", site=site, error=type(ours[0]).__name__, reason=ours[0])
+        return ours[0]
+    return group
 
 
 @site.command("apply", hidden=True)
