@@ -3,6 +3,7 @@
 GET /health             liveness: {"site", "status": "ok", "pid"} while the process answers
 GET /ready              readiness: {"site", "ready", "checks": {"journal", "state", "ingress"}}
                         each "ok" or what fails; HTTP 503 when not ready (a backend down)
+Any endpoint answers 503 {"error"} while a backend it reads cannot be reached.
 GET /status             statistics of the whole site (heads, links, processor, ingress)
 GET /heads              per stream: journal head and applied watermark, from memory (cheap
                         enough to poll while the site is busy)
@@ -24,11 +25,12 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from multiactive.admin.metrics import Scrape, render_metrics
 from multiactive.admin.render import entry_json, member_json, snapshot_json, topology_json
-from multiactive.errors import ConfigError, MultiactiveError
+from multiactive.errors import ConfigError, MultiactiveError, StoreError
 from multiactive.journal.base import Journal
 from multiactive.model.message import Position, StreamId
 from multiactive.model.topology import Address, Topology
@@ -66,7 +68,7 @@ class AdminServer:
         self._http: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[_store_unavailable])
         app.add_routes(
             [
                 web.get("/", self._to_dashboard),
@@ -311,6 +313,16 @@ class AdminServer:
     async def _dead_letters(self, request: web.Request) -> web.Response:
         letters = await self._state.dead_letters(_limit(request, 1000))
         return web.json_response([d.to_json() for d in letters])
+
+
+@web.middleware
+async def _store_unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A backend that cannot answer (a Redis server restarting) is a 503 naming it, not a 500
+    with a traceback in the log."""
+    try:
+        return await handler(request)
+    except StoreError as exc:
+        return web.json_response({"error": str(exc)}, status=503)
 
 
 async def _probe(check: Awaitable[object]) -> str:

@@ -117,9 +117,12 @@ def test_stuck_handler_is_reported_with_its_message() -> None:
     asyncio.run(main())
 
 
-def test_hold_keeps_retrying_and_holds_the_stream_instead_of_parking() -> None:
+def test_hold_keeps_retrying_and_holds_the_stream_instead_of_parking(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A type registered with on_exhausted="hold" is never parked: its stream waits, retried,
-    until the handler succeeds; then the messages behind it apply."""
+    until the handler succeeds; then the messages behind it apply. Each failure is a WARNING
+    with the message id and the handler's traceback."""
 
     async def main() -> None:
         journal, state = await opened_memory()
@@ -135,7 +138,13 @@ def test_hold_keeps_retrying_and_holds_the_stream_instead_of_parking() -> None:
         assert await state.dead_letters() == []
         assert await state.get("key-behind") is not None
 
-    asyncio.run(main())
+    with caplog.at_level(logging.WARNING, logger="multiactive"):
+        asyncio.run(main())
+    failed = [r for r in caplog.records if r.getMessage().startswith("handler_failed ")]
+    assert len(failed) == 5
+    assert all(r.levelno == logging.WARNING and "id=pay-1" in r.getMessage() for r in failed)
+    assert all(r.exc_info is not None for r in failed)  # the traceback follows the line
+    assert "holding_stream=True" in failed[-1].getMessage()
 
 
 def test_handler_that_ignores_cancellation_does_not_hold_its_stream() -> None:
