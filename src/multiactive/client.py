@@ -11,7 +11,9 @@ throughput comes from concurrency (`asyncio.gather`, or `publish_many`), not fro
 Every message carries a request id (made here unless given). If the connection drops before
 the answer, the publish raises `ConnectionLost`: the outcome is unknown, and publishing again
 with the same `id` is safe, because the site acknowledges a known id again instead of
-journaling it twice.
+journaling it twice. The same holds for `OutcomeUnknown`: the site's storage failed while
+the write was being journaled (a Redis server restarting); it is stored once or not at all.
+`RejectedError` (with its `code`) means nothing was journaled.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, NamedTuple
 from multiactive.errors import (
     BatchRejected,
     ConnectionLost,
+    OutcomeUnknown,
     PayloadTooLarge,
     ProtocolError,
     RejectedError,
@@ -35,6 +38,7 @@ from multiactive.wire.connection import FrameConnection
 from multiactive.wire.frames import FrameType
 from multiactive.wire.protocol import (
     RESULT_OK,
+    RESULT_UNKNOWN,
     Draft,
     Hello,
     decode_error,
@@ -78,9 +82,13 @@ class _Request:
         self.batch = batch
 
 
-def _refusal(result: list[Any]) -> RejectedError:
+def _refusal(result: list[Any]) -> RejectedError | OutcomeUnknown:
+    """The error of a result that is not an acceptance: a refusal (nothing journaled), or an
+    unknown outcome (`RESULT_UNKNOWN`: publish again with the same id)."""
+    if result[0] == RESULT_UNKNOWN:
+        return OutcomeUnknown(str(result[2]))
     kind = PayloadTooLarge if result[1] == "payload_too_large" else RejectedError
-    return kind(str(result[2]))
+    return kind(str(result[2]), str(result[1]))
 
 
 class Client:
@@ -219,7 +227,7 @@ class Client:
         if request is None or len(request.ids) != len(results):
             raise ProtocolError(f"answer to unknown request {number}")
         site = self.site
-        outcomes: list[Ack | RejectedError] = [
+        outcomes: list[Ack | RejectedError | OutcomeUnknown] = [
             Ack(id_, site, r[1], r[2], bool(r[3]), r[4] if len(r) > 4 else None)
             if r[0] == RESULT_OK
             else _refusal(r)
@@ -228,8 +236,12 @@ class Client:
         if request.batch is not None:
             if not request.batch.done():
                 refused = [o for o in outcomes if isinstance(o, RejectedError)]
+                unknown = [o for o in outcomes if isinstance(o, OutcomeUnknown)]
                 if refused:
                     request.batch.set_exception(BatchRejected(outcomes))
+                elif unknown:
+                    message = f"{len(unknown)} of {len(outcomes)} drafts: {unknown[0]}"
+                    request.batch.set_exception(OutcomeUnknown(message, outcomes))
                 else:
                     request.batch.set_result(outcomes)  # type: ignore[arg-type]
             return
@@ -237,7 +249,7 @@ class Client:
         for future, outcome in zip(request.futures, outcomes, strict=True):
             if future.done():
                 continue
-            if isinstance(outcome, RejectedError):
+            if isinstance(outcome, RejectedError | OutcomeUnknown):
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)

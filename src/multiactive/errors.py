@@ -2,7 +2,8 @@
 
     MultiactiveError
     ├── ConfigError            a topology file or an option is wrong (names the field)
-    │   └── UnknownSiteError   a site name the topology does not know
+    │   ├── UnknownSiteError   a site name the topology does not know
+    │   └── DataDirLocked      another process holds the data dir's lock (names its pid)
     ├── DecodeError            bytes that do not decode as a message, batch, frame or record
     │   └── ProtocolError      a peer broke the wire protocol; only that connection closes
     ├── RejectedError          a write was refused at ingress; nothing was journaled for it
@@ -12,10 +13,14 @@
     ├── StateError             a state invariant would break (P1-P3)
     │   └── StaleStep          a step whose watermark is not above the applied one (P3)
     ├── StoreError             a store (a Redis server, a SQLite file) cannot be reached, fails,
-    │                          or holds data this process did not write (names the URL or the
-    │                          file, and the setting)
+    │   │                      or holds data this process did not write (names the URL or the
+    │   │                      file, and the setting)
+    │   └── StoreOutcomeUnknown  a write was sent and its answer lost: it may be stored
+    ├── OutcomeUnknown         the site could not tell whether a write was journaled;
+    │                          publishing it again with the same id is safe
     ├── ConnectionLost         a connection closed before an answer arrived
     ├── ApplierError           the site's applier process did not start or exited
+    ├── HandlerTimeout         a user handler ran past its timeout (the attempt failed)
     └── ClusterError           processes started on this machine (a local cluster, a test
                                server) did not reach the state a caller waited for
 
@@ -44,7 +49,12 @@ class ProtocolError(DecodeError):
 
 
 class RejectedError(MultiactiveError):
-    """A write was refused at ingress; nothing was journaled for it."""
+    """A write was refused at ingress; nothing was journaled for it. `code` is the refusal
+    code of the wire protocol (`multiactive.wire.protocol.REFUSAL_CODES`)."""
+
+    def __init__(self, message: str, code: str = "refused") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class PayloadTooLarge(RejectedError):
@@ -57,7 +67,8 @@ class BatchRejected(RejectedError):
 
     def __init__(self, outcomes: Sequence[object]) -> None:
         refused = [o for o in outcomes if isinstance(o, RejectedError)]
-        super().__init__(f"{len(refused)} of {len(outcomes)} drafts refused; first: {refused[0]}")
+        first = f"; first: {refused[0]}" if refused else ""
+        super().__init__(f"{len(refused)} of {len(outcomes)} drafts refused{first}")
         self.outcomes = list(outcomes)
 
 
@@ -88,8 +99,28 @@ class StoreError(MultiactiveError):
     what this process left there."""
 
 
+class StoreOutcomeUnknown(StoreError):
+    """A write reached the storage server, or may have, and no answer came back (the
+    connection broke mid-pipeline): it may be stored or not."""
+
+
+class OutcomeUnknown(MultiactiveError):
+    """The site could not tell whether a write was journaled (its storage failed mid-write).
+    The write is stored at most once: publish it again with the same id, and the site answers
+    with its first position if it was. For a batch, `outcomes` holds per draft the Ack, the
+    RejectedError, or this error."""
+
+    def __init__(self, message: str, outcomes: Sequence[object] = ()) -> None:
+        super().__init__(message)
+        self.outcomes = list(outcomes)
+
+
 class ApplierError(MultiactiveError):
     """The site's applier process (its processor) did not start, or exited."""
+
+
+class HandlerTimeout(MultiactiveError):
+    """A user handler did not return within its timeout; the attempt counts as failed."""
 
 
 class ClusterError(MultiactiveError):
@@ -102,6 +133,10 @@ class ConnectionLost(MultiactiveError):
 
 class UnknownSiteError(ConfigError):
     """A site name that is not in the topology."""
+
+
+class DataDirLocked(ConfigError):
+    """Another process holds the lock of this data dir (`site.lock`, `applier.lock`)."""
 
 
 def format_bytes(n: int) -> str:

@@ -21,10 +21,12 @@ class EventLogger:
     def __init__(self, logger: logging.Logger) -> None:
         self._logger = logger
 
-    def _log(self, level: int, event: str, fields: dict[str, Any]) -> None:
+    def _log(
+        self, level: int, event: str, fields: dict[str, Any], exc: BaseException | None = None
+    ) -> None:
         if self._logger.isEnabledFor(level):
             text = " ".join([event, *(f"{k}={_value(v)}" for k, v in fields.items())])
-            self._logger.log(level, text)
+            self._logger.log(level, text, exc_info=exc)
 
     def debug(self, event: str, **fields: Any) -> None:
         self._log(logging.DEBUG, event, fields)
@@ -32,11 +34,12 @@ class EventLogger:
     def info(self, event: str, **fields: Any) -> None:
         self._log(logging.INFO, event, fields)
 
-    def warning(self, event: str, **fields: Any) -> None:
-        self._log(logging.WARNING, event, fields)
+    def warning(self, event: str, *, exc: BaseException | None = None, **fields: Any) -> None:
+        """`exc`: an exception whose traceback follows the line."""
+        self._log(logging.WARNING, event, fields, exc)
 
-    def error(self, event: str, **fields: Any) -> None:
-        self._log(logging.ERROR, event, fields)
+    def error(self, event: str, *, exc: BaseException | None = None, **fields: Any) -> None:
+        self._log(logging.ERROR, event, fields, exc)
 
 
 def _value(value: Any) -> str:

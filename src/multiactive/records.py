@@ -18,7 +18,7 @@ from multiactive.model.message import Message
 from multiactive.model.record import Record
 from multiactive.replication.ingress import IngressStatistics
 from multiactive.replication.links import LinkState, LinkStatistics
-from multiactive.replication.processor import RetryState
+from multiactive.replication.processor import RetryState, RunningHandler
 from multiactive.state.base import DeadLetter
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "ReplayFailure",
     "ReplayResult",
     "RetryState",
+    "RunningHandler",
     "SiteStatus",
     "StreamHeads",
     "StreamLag",
@@ -94,6 +95,9 @@ class ProcessorSummary(Record):
     handler_failures: int
     latency_ms_p50: float | None  # origin acceptance -> applied here, recent messages
     latency_ms_p99: float | None
+    stuck_handlers: tuple[
+        RunningHandler, ...
+    ] = ()  # running > STUCK_AFTER_S, each holding its stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +161,7 @@ class PositionTrace(Record):
     retrying: RetryState | None
     why: str
     audit: tuple[AuditEntry, ...] | None = None
+    running: RunningHandler | None = None  # the handler of this stream running now, if stuck
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 
 from multiactive.local.cluster import LocalCluster
@@ -58,24 +57,8 @@ def test_separate_processor_false_applies_inline(make_cluster: ClusterFactory) -
     assert_same_digest(cluster)
 
 
-def test_a_dead_applier_stops_its_site_with_the_reason(make_cluster: ClusterFactory) -> None:
-    """An applier that dies takes its site down (exit code != 0, the reason logged), so a
-    supervisor restarts both; after a restart nothing is applied twice."""
-    cluster = make_cluster()
-    cluster.start()
-    publish(cluster.client_address("a"), 200, lambda i: f"k{i}")
-    cluster.wait_converged(30)
-    (applier,) = _appliers(cluster, "b")
-    os.kill(applier, signal.SIGKILL)
-    assert cluster.processes["b"].wait(30) != 0
-    assert "the applier of site b exited" in cluster.processes["b"].log_tail(60)
-    cluster.start(["b"])
-    publish(cluster.client_address("a"), 100, lambda i: f"later{i}")
-    cluster.wait_converged(30)
-    assert_same_digest(cluster)
-    streams = cluster.status("b").streams
-    assert streams
-    assert all(s.applied_count == s.head for s in streams)
+# A dead applier is restarted by its site, and past a bound the site exits cleanly:
+# tests/integration/test_applier_death.py.
 
 
 def test_a_killed_site_takes_its_applier_with_it(make_cluster: ClusterFactory) -> None:

@@ -1,6 +1,9 @@
 """The admin HTTP API of one site (JSON), served with aiohttp.
 
-GET /health             liveness: {"site", "status": "ok"}
+GET /health             liveness: {"site", "status": "ok", "pid"} while the process answers
+GET /ready              readiness: {"site", "ready", "checks": {"journal", "state", "ingress"}}
+                        each "ok" or what fails; HTTP 503 when not ready (a backend down)
+Any endpoint answers 503 {"error"} while a backend it reads cannot be reached.
 GET /status             statistics of the whole site (heads, links, processor, ingress)
 GET /heads              per stream: journal head and applied watermark, from memory (cheap
                         enough to poll while the site is busy)
@@ -14,16 +17,20 @@ Every endpoint with its answer record: docs/admin-api.md.
 
 from __future__ import annotations
 
+import asyncio
+import os
+from collections.abc import Awaitable
 from importlib import resources
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from multiactive.admin.metrics import Scrape, render_metrics
 from multiactive.admin.render import entry_json, member_json, snapshot_json, topology_json
-from multiactive.errors import ConfigError
+from multiactive.errors import ConfigError, MultiactiveError, StoreError
 from multiactive.journal.base import Journal
 from multiactive.model.message import Position, StreamId
 from multiactive.model.topology import Address, Topology
@@ -34,6 +41,7 @@ from multiactive.replication.reconciler import Reconciler
 from multiactive.state.base import StateBackend
 
 PEER_TIMEOUT_S = 2.0
+READY_TIMEOUT_S = 2.0
 
 
 class AdminServer:
@@ -60,7 +68,7 @@ class AdminServer:
         self._http: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[_store_unavailable])
         app.add_routes(
             [
                 web.get("/", self._to_dashboard),
@@ -68,6 +76,7 @@ class AdminServer:
                 web.get("/cluster/status", self._cluster_status),
                 web.get("/topology", self._topology_json),
                 web.get("/health", self._health),
+                web.get("/ready", self._ready),
                 web.get("/status", self._status),
                 web.get("/heads", self._heads),
                 web.get("/metrics", self._metrics),
@@ -155,7 +164,20 @@ class AdminServer:
         return status.to_json()
 
     async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"site": self._site, "status": "ok"})
+        """Liveness: the process answers (a supervisor restarts it when this stops)."""
+        return web.json_response({"site": self._site, "status": "ok", "pid": os.getpid()})
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        """Readiness: the journal and the state answer now and ingress takes writes; 503
+        naming what fails otherwise (a router sends this site no writes then)."""
+        checks = {
+            "journal": await _probe(self._journal.check()),
+            "state": await _probe(self._state.watermarks()),
+            "ingress": self._inspector.statistics().ingress.unavailable or "ok",
+        }
+        ready = all(value == "ok" for value in checks.values())
+        body = {"site": self._site, "ready": ready, "checks": checks}
+        return web.json_response(body, status=200 if ready else 503)
 
     async def _heads(self, request: web.Request) -> web.Response:
         applied = self._processor.applied
@@ -291,6 +313,27 @@ class AdminServer:
     async def _dead_letters(self, request: web.Request) -> web.Response:
         letters = await self._state.dead_letters(_limit(request, 1000))
         return web.json_response([d.to_json() for d in letters])
+
+
+@web.middleware
+async def _store_unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A backend that cannot answer (a Redis server restarting) is a 503 naming it, not a 500
+    with a traceback in the log."""
+    try:
+        return await handler(request)
+    except StoreError as exc:
+        return web.json_response({"error": str(exc)}, status=503)
+
+
+async def _probe(check: Awaitable[object]) -> str:
+    """ "ok", or why a backend check failed or did not answer within READY_TIMEOUT_S."""
+    try:
+        await asyncio.wait_for(check, READY_TIMEOUT_S)
+    except TimeoutError:
+        return f"no answer within {READY_TIMEOUT_S:g} s"
+    except MultiactiveError as exc:
+        return str(exc)
+    return "ok"
 
 
 def _limit(request: web.Request, default: int) -> int:

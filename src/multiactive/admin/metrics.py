@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from multiactive.replication.links import LinkState
+from multiactive.replication.processor import RunningHandler
 
 if TYPE_CHECKING:
     from multiactive.records import StreamLag
@@ -83,6 +84,7 @@ class _SiteCollector(Collector):
             ("ingress_refused", ingress.refused, "Drafts refused at ingress."),
             ("ingress_flushes", ingress.flushes, "Group commits (journal appends)."),
             ("ingress_journal_errors", ingress.journal_errors, "Failed journal appends."),
+            ("ingress_unknown", ingress.unknown, "Drafts answered outcome unknown."),
         ):
             family = self._counter(name, doc, [])
             family.add_metric([site], value)
@@ -90,6 +92,9 @@ class _SiteCollector(Collector):
         pending = self._gauge("ingress_pending", "Drafts waiting for a group commit.", [])
         pending.add_metric([site], ingress.pending)
         yield pending
+        available = self._gauge("ingress_available", "1 if the journal can be written now.", [])
+        available.add_metric([site], 0 if ingress.unavailable else 1)
+        yield available
 
     def _streams(self) -> Iterator[Metric]:
         site = self._scrape.stats.site
@@ -125,6 +130,18 @@ class _SiteCollector(Collector):
         yield from gauges.values()
         yield from counters.values()
 
+    def _stuck(self, site: str, stuck: tuple[RunningHandler, ...]) -> Iterator[Metric]:
+        """Handlers running longer than STUCK_AFTER_S, each named with its message."""
+        count = self._gauge("stuck_handlers", "User handlers running for over a second.", [])
+        count.add_metric([site], len(stuck))
+        yield count
+        labels = ["origin", "partition", "seq", "id", "type"]
+        running = self._gauge("stuck_handler_seconds", "How long a stuck handler has run.", labels)
+        for r in stuck:
+            running.add_metric([site, r.origin, str(r.partition), str(r.seq), r.id, r.type],
+                               r.running_s)  # fmt: skip
+        yield running
+
     def _processor(self) -> Iterator[Metric]:
         site, proc = self._scrape.stats.site, self._scrape.stats.processor
         for name, count, doc in (
@@ -145,6 +162,7 @@ class _SiteCollector(Collector):
         dead = self._gauge("dead_letters", "Dead letters held here.", [])
         dead.add_metric([site], self._scrape.dead_letters)
         yield dead
+        yield from self._stuck(site, proc.stuck_handlers)
         age = self._gauge(
             "canary_age_seconds", "Age of the newest canary from an origin.", ["origin"]
         )

@@ -92,6 +92,18 @@ def status(topology_path: Path, as_json: bool) -> None:
         console.print(f"[red]unreachable sites[/]: {', '.join(unreachable)}")
     for error in errors:
         console.print(f"[dim]last error {error}[/]")
+    _print_stuck(console, statuses)
+
+
+def _print_stuck(console: Console, statuses: dict[str, SiteStatus | None]) -> None:
+    """Handlers running for over a second, each holding its stream, named by message."""
+    for name, site_status in statuses.items():
+        for r in () if site_status is None else site_status.processor.stuck_handlers:
+            console.print(
+                f"[yellow]stuck handler[/] at {name}: {r.type} id {r.id} ({r.origin}/"
+                f"{r.partition}@{r.seq}) running {r.running_s:.1f} s, attempt {r.attempt}, "
+                f"timeout {r.timeout_s:g} s"
+            )
 
 
 def _link_ends(statuses: dict[str, SiteStatus | None]) -> dict[tuple[str, str], LinkStatistics]:

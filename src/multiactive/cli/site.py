@@ -7,16 +7,27 @@ import contextlib
 import gc
 import os
 import signal
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
 from multiactive import aio, logs
 from multiactive.admin.http import AdminServer
+from multiactive.errors import ConfigError, MultiactiveError
 from multiactive.model.topology import Topology, load_topology
 from multiactive.replication.handlers import HandlerRegistry
-from multiactive.site.applier import APPLIER_NICENESS, ApplierLaunch, serve_applier
+from multiactive.site.applier import (
+    APPLIER_LOCK_WAIT_S,
+    APPLIER_NICENESS,
+    ApplierLaunch,
+    serve_applier,
+)
+from multiactive.site.lock import DataDirLock
 from multiactive.site.node import SiteNode
+
+log = logs.get_logger("site")
 
 
 @click.group()
@@ -51,8 +62,41 @@ def run_site(
     """Run one site until SIGTERM or SIGINT, then drain and stop cleanly."""
     topology, registry = _prepare(topology_path, site_name, handlers, log_level)
     applier = ApplierLaunch(topology_path, handlers, log_level)
-    node = SiteNode(topology, site_name, registry, applier)
-    aio.run(_serve(node))
+    with DataDirLock(topology.site(site_name).data_dir, "site"):
+        node = SiteNode(topology, site_name, registry, applier)
+        try:
+            aio.run(_serve(node))
+        except BaseExceptionGroup as group:
+            _fail(_cause(group, site_name))
+        except MultiactiveError as exc:
+            _fail(exc)
+
+
+def _fail(error: BaseException) -> NoReturn:
+    """Exit status 2 for a configuration the site cannot run with (restarting will not
+    help), 1 for a failure while running (a supervisor restarts the site)."""
+    if isinstance(error, ConfigError) or not isinstance(error, MultiactiveError):
+        raise error
+    click.echo(f"error: {error}", err=True)
+    sys.exit(1)
+
+
+def _cause(group: BaseExceptionGroup[BaseException], site: str) -> BaseException:
+    """The error that ended the site, out of its task group: our own error is reported in one
+    line (`error: ...`, exit status 2); anything else keeps its traceback."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(reversed(exc.exceptions))
+        else:
+            leaves.append(exc)
+    ours = [exc for exc in leaves if isinstance(exc, MultiactiveError)]
+    if ours and len(ours) == len(leaves):
+        log.error("site_failed", site=site, error=type(ours[0]).__name__, reason=ours[0])
+        return ours[0]
+    return group
 
 
 @site.command("apply", hidden=True)
@@ -69,7 +113,12 @@ def apply_site(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the site, which stops us
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.nice(APPLIER_NICENESS)
-    aio.run(serve_applier(topology, site_name, registry, channel_fd))
+    lock = DataDirLock(topology.site(site_name).data_dir, "applier")
+    lock.acquire(wait_s=APPLIER_LOCK_WAIT_S)  # the applier of a killed site may be exiting
+    try:
+        aio.run(serve_applier(topology, site_name, registry, channel_fd))
+    finally:
+        lock.release()
 
 
 def _prepare(

@@ -208,6 +208,26 @@ class Journal(abc.ABC):
             self._tell(False, result.batches)
         return result
 
+    async def check(self) -> None:
+        """Raise `StoreError` if the journal's storage does not answer now. After an append
+        whose outcome was unknown, first bring the cached heads in line with storage
+        (`adopt`), so that the next append continues the stored streams. Embedded journals
+        (memory, SQLite) always answer."""
+        return None
+
+    def adopt(self, batches: Sequence[RecordBatch]) -> None:
+        """Batches found stored after an append whose answer was lost: heads, the tail cache
+        and observers learn of them as if that append had answered."""
+        if not batches:
+            return
+        self.commit_plan(batches)
+        self._tail.add(list(batches))
+        self.appended.fire()
+        for local in (True, False):
+            found = [b for b in batches if (b.origin == self.site) == local]
+            if found:
+                self._tell(local, found)
+
     def _tell(self, local: bool, batches: Sequence[RecordBatch]) -> None:
         """Tell observers about durable batches; their failures never fail the append."""
         for observer in list(self.observers):

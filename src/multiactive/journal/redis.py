@@ -10,8 +10,13 @@ header fields a read needs, under the id `<last_seq>-0`. The key layout is in
   hash slot), sent together in one pipeline: the script checks that every batch continues its
   stream's head before it writes anything, so an append of one partition is all or nothing,
   and an XADD of an old id is refused by Redis itself. If one partition's call fails, the
-  others' batches are stored and counted, and the error is raised (the caller acknowledges
-  nothing; a retried publish finds the stored ids).
+  others' batches are stored and counted, and `StoreOutcomeUnknown` is raised (the caller
+  cannot tell which drafts are stored; a retried publish finds the stored ids).
+- A connection that breaks while the pipeline is out leaves its outcome unknown: the scripts
+  may have run. The append raises `StoreOutcomeUnknown` (never a plain refusal), and before
+  the next append (or in `check()`) the heads are read back from Redis and what the lost
+  answer had stored is adopted (`Journal.adopt`): heads, observers, the applier. An error
+  before the pipeline (looking ids up, registering streams) stored nothing: `StoreError`.
 - Trimming is XTRIM MINID below what every peer acknowledged (J4), from the oldest batch on.
 - Request-id dedup is per partition (`ma:{site:P}:ids`), not per site as in SQLite: a retried
   publish carries the same key, so the same partition, and finds its first position. The same
@@ -31,7 +36,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from multiactive.errors import JournalError
+from multiactive.errors import JournalError, StoreError, StoreOutcomeUnknown
 from multiactive.journal.base import Journal, LocalAppend, LocalGroup, RemoteResult
 from multiactive.model.batch import CODEC_NONE, RecordBatch
 from multiactive.model.message import Position, StreamId
@@ -71,6 +76,7 @@ class RedisJournal(Journal):
         self._db: RedisDb | None = None
         self._lock = asyncio.Lock()  # one append (plan, script, heads) at a time
         self._registered: set[StreamId] = set()
+        self._suspect = False  # an append failed: heads may lag behind what Redis holds
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -138,6 +144,7 @@ class RedisJournal(Journal):
         self, groups: Sequence[LocalGroup]
     ) -> tuple[LocalAppend, list[RecordBatch]]:
         async with self._lock:
+            await self._resync_if_suspect()
             known = await self._known_ids(groups)
             plan = self.plan_local(groups, lambda ids: dict(known))
             await self._store(plan.batches, deduplicated=len(plan.result.duplicates))
@@ -170,6 +177,7 @@ class RedisJournal(Journal):
 
     async def _append_remote_now(self, batches: Sequence[RecordBatch]) -> RemoteResult:
         async with self._lock:
+            await self._resync_if_suspect()
             plan = self.plan_remote(batches)
             await self._store(plan.batches)
         return self.remote_result(plan)
@@ -182,7 +190,11 @@ class RedisJournal(Journal):
             by_partition.setdefault(batch.partition, []).append(batch)
         await self._register({batch.stream for batch in batches})
         db = self._open_db()
-        results = await db.run([self._append_call(p, b) for p, b in by_partition.items()])
+        try:
+            results = await db.run([self._append_call(p, b) for p, b in by_partition.items()])
+        except StoreError as exc:
+            self._suspect = True
+            raise StoreOutcomeUnknown(f"{exc}; the append may or may not be stored") from exc
         stored: list[RecordBatch] = []
         error: Exception | None = None
         for group, result in zip(by_partition.values(), results, strict=True):
@@ -191,8 +203,47 @@ class RedisJournal(Journal):
             else:
                 stored.extend(group)
         self.commit_plan(stored, deduplicated=0 if error else deduplicated)
+        if error is not None and stored and not isinstance(error, JournalError):
+            raise StoreOutcomeUnknown(
+                f"{len(stored)} of {len(batches)} batches stored, the others refused: {error}"
+            ) from error
         if error is not None:
             raise error
+
+    async def check(self) -> None:
+        async with self._lock:
+            if not await self._resync_if_suspect():
+                await self._open_db().call("PING")
+
+    async def _resync_if_suspect(self) -> bool:
+        """After a failed append: read every head back from Redis and adopt the batches the
+        lost answer had stored. False if there was nothing to do."""
+        if not self._suspect:
+            return False
+        streams = sorted(self._registered | set(self._heads))
+        db = self._open_db()
+        replies = _raise_first(
+            db, await db.pipeline([("HGET", self._keys.journal(*s)[2], "head") for s in streams])
+        )
+        found: list[RecordBatch] = []
+        for stream, reply in zip(streams, replies, strict=True):
+            stored, cached = int(reply or 0), self.head(stream)
+            if stored < cached:
+                raise JournalError(
+                    f"{db.where}: stream {stream} has head {stored} in Redis, but this process "
+                    f"acknowledged up to {cached}; the server lost acknowledged writes (it "
+                    "needs appendonly yes and appendfsync always)"
+                )
+            while cached < stored:
+                batches = await self._read_stored(stream, cached + 1, 64 << 20)
+                found += batches
+                cached = batches[-1].last_seq if batches else stored
+        self._suspect = False
+        self.adopt(found)
+        for stream, reply in zip(streams, replies, strict=True):
+            if reply is not None:
+                self._heads[stream] = max(self.head(stream), int(reply))
+        return True
 
     async def _register(self, streams: set[StreamId]) -> None:
         new = streams - self._registered
@@ -235,6 +286,11 @@ class RedisJournal(Journal):
     async def _read(self, stream: StreamId, from_seq: int, max_bytes: int) -> list[RecordBatch]:
         if stream not in self._heads or from_seq > self.head(stream):
             return []
+        return await self._read_stored(stream, from_seq, max_bytes)
+
+    async def _read_stored(
+        self, stream: StreamId, from_seq: int, max_bytes: int
+    ) -> list[RecordBatch]:
         entries_key, index_key, _ = self._keys.journal(*stream)
         db = self._open_db()
         index = await db.call(

@@ -87,6 +87,7 @@ DEFAULT_RECONNECT_MIN_S = 0.1
 DEFAULT_RECONNECT_MAX_S = 2.0
 DEFAULT_APPLY_MAX_ATTEMPTS = 5
 DEFAULT_APPLY_RETRY_BACKOFF_MS = 100.0
+DEFAULT_HANDLER_TIMEOUT_S = 30.0  # a user handler running longer fails that attempt
 DEFAULT_RETENTION_S = 24 * 3600.0
 DEFAULT_RECONCILE_INTERVAL_S = 60.0  # the seed's figure: a reconciliation job every minute
 DEFAULT_REDRIVE_MAX_ATTEMPTS = 10
@@ -123,6 +124,7 @@ class ReplicationSettings:
     reconnect_max_s: float = DEFAULT_RECONNECT_MAX_S
     apply_max_attempts: int = DEFAULT_APPLY_MAX_ATTEMPTS
     apply_retry_backoff_ms: float = DEFAULT_APPLY_RETRY_BACKOFF_MS
+    handler_timeout_s: float = DEFAULT_HANDLER_TIMEOUT_S
     retention_s: float = DEFAULT_RETENTION_S
     reconcile_interval_s: float = DEFAULT_RECONCILE_INTERVAL_S
     redrive_max_attempts: int = DEFAULT_REDRIVE_MAX_ATTEMPTS
@@ -403,6 +405,7 @@ def _check_settings(reader: _Reader, limits: Limits, replication: ReplicationSet
         "must be > 0 and at most reconnect_max_s",
     )
     need(replication.apply_max_attempts >= 1, "replication.apply_max_attempts", "must be >= 1")
+    need(replication.handler_timeout_s > 0, "replication.handler_timeout_s", "must be > 0")
     need(replication.retention_s >= 0, "replication.retention_s", "must be >= 0")
     need(replication.reconcile_interval_s > 0, "replication.reconcile_interval_s", "must be > 0")
     need(replication.redrive_max_attempts >= 0, "replication.redrive_max_attempts", "must be >= 0")

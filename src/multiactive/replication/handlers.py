@@ -13,6 +13,15 @@
 
 Built-in types (`kv.set`, `kv.del`) are applied by the state backend itself, atomically with
 the watermark; a user handler runs at least once per message, in seq order per stream.
+
+An attempt fails when the handler raises or runs longer than its timeout
+(`[replication] handler_timeout_s`, or `timeout_s` here); a failed message is retried with
+backoff and, after `apply_max_attempts`, parked as a dead letter: later messages of its stream
+(its key among them) then go ahead. `on_exhausted="hold"` keeps retrying instead (at most
+every HOLD_RETRY_MAX_S), holding its stream, for types whose later messages must never pass
+an earlier one:
+
+    registry.register("order.pay", on_pay, timeout_s=5.0, on_exhausted="hold")
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from multiactive.errors import ConfigError
 from multiactive.model.message import Message
@@ -38,30 +48,67 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+OnExhausted = Literal["park", "hold"]
+HOLD_RETRY_MAX_S = 60.0  # a held message is retried at least this often
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerOptions:
+    """Per type: the attempt timeout (None: `[replication] handler_timeout_s`) and what
+    happens once `apply_max_attempts` failed: park the message (the stream goes on) or hold
+    the stream and keep retrying."""
+
+    timeout_s: float | None = None
+    on_exhausted: OnExhausted = "park"
 
 
 class HandlerRegistry:
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
+        self._options: dict[str, HandlerOptions] = {}
 
-    def register(self, message_type: str, handler: Handler) -> None:
+    def register(
+        self,
+        message_type: str,
+        handler: Handler,
+        *,
+        timeout_s: float | None = None,
+        on_exhausted: OnExhausted = "park",
+    ) -> None:
         if message_type in BUILTIN_TYPES:
             raise ConfigError(f"{message_type!r} is a built-in type; register another name")
         if message_type in self._handlers:
             raise ConfigError(f"a handler for {message_type!r} is already registered")
+        if timeout_s is not None and not timeout_s > 0:
+            raise ConfigError(f"handler {message_type!r}: timeout_s must be > 0, not {timeout_s}")
+        if on_exhausted not in ("park", "hold"):
+            raise ConfigError(
+                f"handler {message_type!r}: on_exhausted must be 'park' or 'hold', "
+                f"not {on_exhausted!r}"
+            )
         self._handlers[message_type] = handler
+        self._options[message_type] = HandlerOptions(timeout_s, on_exhausted)
 
-    def handler(self, message_type: str) -> Callable[[Handler], Handler]:
+    def handler(
+        self,
+        message_type: str,
+        *,
+        timeout_s: float | None = None,
+        on_exhausted: OnExhausted = "park",
+    ) -> Callable[[Handler], Handler]:
         """Decorator form of `register`."""
 
         def decorate(fn: Handler) -> Handler:
-            self.register(message_type, fn)
+            self.register(message_type, fn, timeout_s=timeout_s, on_exhausted=on_exhausted)
             return fn
 
         return decorate
 
     def get(self, message_type: str) -> Handler | None:
         return self._handlers.get(message_type)
+
+    def options(self, message_type: str) -> HandlerOptions:
+        return self._options.get(message_type, HandlerOptions())
 
     @property
     def types(self) -> tuple[str, ...]:

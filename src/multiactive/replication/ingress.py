@@ -5,6 +5,12 @@ queued for its partition. The flusher takes everything queued and journals it in
 append (one transaction, one fsync); only then are the publishers answered (J3). While one
 append runs, the next group gathers, so batches grow with load and the fsync cost is shared;
 an idle flusher appends at once, or after `limits.linger_ms` when that is set.
+
+When the journal's storage fails (a Redis server restarting), the drafts of that append are
+answered truthfully: `RESULT_UNKNOWN` when the append may have been stored
+(`StoreOutcomeUnknown`: a publish with the same id tells which), `RESULT_REFUSED` with code
+`unavailable` when nothing was. Until `journal.check()` answers again (tried with backoff),
+every new draft is refused `unavailable` at once; nothing is queued that cannot be journaled.
 """
 
 from __future__ import annotations
@@ -14,9 +20,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from multiactive.aio import Pulse
-from multiactive.errors import RejectedError, format_bytes
+from multiactive.aio import Backoff, Pulse
+from multiactive.clock import SYSTEM_CLOCK, Clock
+from multiactive.errors import (
+    JournalError,
+    RejectedError,
+    StoreError,
+    StoreOutcomeUnknown,
+    format_bytes,
+)
 from multiactive.journal.base import Journal, LocalGroup
+from multiactive.logs import get_logger
 from multiactive.model.batch import row_bytes
 from multiactive.model.clock import HybridClock, wall_ms
 from multiactive.model.ids import IdGenerator, is_valid_id
@@ -25,14 +39,19 @@ from multiactive.model.partition import partition_for
 from multiactive.model.record import Record
 from multiactive.model.topology import Limits
 from multiactive.state.ops import BUILTIN_TYPES, check_payload
-from multiactive.wire.protocol import RESULT_OK, RESULT_REFUSED
+from multiactive.wire.protocol import RESULT_OK, RESULT_REFUSED, RESULT_UNKNOWN
 
 MAX_TYPE_LENGTH = 128
 RESERVED_PREFIX = "ma."
 MAX_KEY_BYTES = 1024
 MAX_HEADER_BYTES = 4096
+# While the journal's storage is down: how soon, and at most how often, `check()` is tried.
+RECOVER_MIN_S = 0.05
+RECOVER_MAX_S = 2.0
 
-Result = list[Any]  # [0, partition, seq, duplicate, version] or [1, code, text]
+Result = list[Any]  # [0, partition, seq, duplicate, version], [1 or 2, code, text]
+
+log = get_logger("ingress")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +62,8 @@ class IngressStatistics(Record):
     flushes: int
     pending: int
     journal_errors: int
+    unknown: int = 0  # drafts answered "outcome unknown" (storage failed mid-append)
+    unavailable: str = ""  # why the journal cannot be written now ("" when it can)
 
 
 class _Pending:
@@ -82,8 +103,12 @@ class Ingress:
         clock: HybridClock,
         partitions: int,
         limits: Limits,
+        timer: Clock = SYSTEM_CLOCK,
     ) -> None:
+        """`clock` stamps versions; `timer` paces the retries while the journal is down."""
         self.site = site
+        self._time = timer
+        self.unavailable = ""  # why the journal cannot be written now
         self._journal = journal
         self._clock = clock
         self._partitions = partitions
@@ -96,7 +121,9 @@ class Ingress:
         self.room = Pulse()
         self._closing = False
         self._flushing = False
-        self._counts = dict.fromkeys(("accepted", "duplicates", "refused", "flushes", "errors"), 0)
+        self._counts = dict.fromkeys(
+            ("accepted", "duplicates", "refused", "flushes", "errors", "unknown"), 0
+        )
 
     @property
     def pending(self) -> int:
@@ -112,7 +139,15 @@ class Ingress:
         """Queue drafts; the future resolves with one result per draft once durable.
         Types starting with `ma.` are reserved for the site's own messages (`internal`)."""
         if self._closing:
-            raise RejectedError(f"site {self.site} is shutting down; publish to another site")
+            raise RejectedError(
+                f"site {self.site} is shutting down; publish to another site", "unavailable"
+            )
+        if self.unavailable:
+            raise RejectedError(
+                f"site {self.site} cannot journal now ({self.unavailable}); nothing was "
+                "journaled, publish again later",
+                "unavailable",
+            )
         results: list[Result] = [[]] * len(drafts)
         checked = [self._check(draft, internal) for draft in drafts]
         valid = sum(1 for c in checked if isinstance(c, tuple))
@@ -195,6 +230,36 @@ class Ingress:
             if linger_s and self._pending_bytes < self._limits.max_batch_bytes:
                 await asyncio.sleep(linger_s)
             await self._flush()
+            if self.unavailable:
+                await self._recover()
+
+    async def _recover(self) -> None:
+        """Refuse what is queued, then try the journal with backoff until it answers."""
+        backoff = Backoff(RECOVER_MIN_S, RECOVER_MAX_S)
+        log.warning("journal_unavailable", site=self.site, reason=self.unavailable)
+        while True:
+            self._refuse_queued()
+            await self._time.sleep(backoff.next_delay())
+            try:
+                await self._journal.check()
+            except StoreError as exc:
+                self.unavailable = str(exc)
+                continue
+            break
+        self._refuse_queued()
+        self.unavailable = ""
+        log.info("journal_available", site=self.site)
+
+    def _refuse_queued(self) -> None:
+        """Drafts queued while the journal failed were never sent: a plain refusal."""
+        queued, self._rows = self._rows, {}
+        self._pending = self._pending_bytes = 0
+        refusal = [RESULT_REFUSED, "unavailable", f"journal unavailable: {self.unavailable}"]
+        for pending in queued.values():
+            for request, index in pending.refs:
+                request.settle(index, refusal)
+            self._counts["refused"] += len(pending.refs)
+        self.room.fire()
 
     async def _flush(self) -> None:
         self._flushing = True
@@ -214,10 +279,11 @@ class Ingress:
             outcome = await self._journal.append_local(groups)
         except Exception as exc:
             self._counts["errors"] += 1
-            refusal = [RESULT_REFUSED, "unavailable", f"journal append failed: {exc}"]
-            for request, index in order:
-                request.settle(index, refusal)
-            raise
+            self._settle_failed(order, exc)
+            if not isinstance(exc, StoreError):
+                raise
+            self.unavailable = str(exc)
+            return
         duplicates = outcome.duplicates
         self._counts["duplicates"] += len(duplicates)
         self._counts["accepted"] += len(order) - len(duplicates)
@@ -229,6 +295,18 @@ class Ingress:
                 request.settle(index, [RESULT_OK, partition, seq, True, None])
             else:
                 request.settle(index, [RESULT_OK, partition, seq, False, version])
+
+    def _settle_failed(self, order: list[tuple[_Request, int]], exc: Exception) -> None:
+        """Unknown when the append may be stored (a JournalError of Redis may come after
+        other partitions were stored); a refusal only when nothing was."""
+        if isinstance(exc, StoreOutcomeUnknown | JournalError):
+            self._counts["unknown"] += len(order)
+            result = [RESULT_UNKNOWN, "store_unknown", f"journal append outcome unknown: {exc}"]
+        else:
+            self._counts["refused"] += len(order)
+            result = [RESULT_REFUSED, "unavailable", f"journal append failed: {exc}"]
+        for request, index in order:
+            request.settle(index, result)
 
     def _groups(
         self, queued: dict[int, _Pending]
@@ -262,8 +340,9 @@ class Ingress:
     def statistics(self) -> IngressStatistics:
         c = self._counts
         return IngressStatistics(
-            c["accepted"], c["duplicates"], c["refused"], c["flushes"], self._pending, c["errors"]
-        )
+            c["accepted"], c["duplicates"], c["refused"], c["flushes"], self._pending,
+            c["errors"], c["unknown"], self.unavailable,
+        )  # fmt: skip
 
 
 def payload_too_large(size: int, limits: Limits) -> str:

@@ -30,6 +30,7 @@ from multiactive.replication.processor import (
     ProcessorStatistics,
     ProcessorView,
     RetryState,
+    RunningHandler,
     StreamProgress,
 )
 from multiactive.state.base import StateBackend
@@ -109,7 +110,7 @@ class SiteInspector:
             stats.site, stats.cluster, round(stats.uptime_s, 3), origin_totals(streams),
             tuple(streams), stats.ingress,
             ProcessorSummary(p.applied_messages, p.parked_messages, p.handler_failures,
-                             p.latency_ms_p50, p.latency_ms_p99),
+                             p.latency_ms_p50, p.latency_ms_p99, p.stuck_handlers),
             stats.links, len(letters), None if reconcile is None else reconcile.summary(),
             self._processor.canaries(),
         )  # fmt: skip
@@ -161,6 +162,14 @@ class SiteInspector:
             if (d.origin, d.partition, d.seq) == tuple(position)
         ]
         retry = self._processor.retry_state(stream)
+        running = next(
+            (
+                r
+                for r in self._processor.stuck_handlers()
+                if StreamId(r.origin, r.partition) == stream
+            ),
+            None,
+        )
         trace = PositionTrace(
             site=self.site,
             received=head >= position.seq,
@@ -171,6 +180,7 @@ class SiteInspector:
             retrying=retry if retry is not None and retry.seq == position.seq else None,
             why="",
             audit=await self._audit(position),
+            running=running,
         )
         return _with_why(trace, self._why_not(position, trace, retry))
 
@@ -186,6 +196,8 @@ class SiteInspector:
             return f"parked after {letter.attempts} attempts: {letter.error}"
         if trace.applied:
             return ""
+        if trace.running is not None and trace.received:
+            return _running_why(position, trace.running)
         if trace.retrying is not None:
             r = trace.retrying
             return f"handler failed {r.attempts} times ({r.error}); retry in {r.retry_in_s} s"
@@ -223,6 +235,17 @@ def _stream_status(lag: StreamLag, progress: Mapping[StreamId, StreamProgress]) 
         lag.origin, lag.partition, lag.origin_head, lag.received, lag.applied,
         lag.lag_messages, lag.lag_s, lag.received, 0 if done is None else done.count,
     )  # fmt: skip
+
+
+def _running_why(position: Position, r: RunningHandler) -> str:
+    """Why a message waits on a handler that is running (stuck) in its stream."""
+    doing = (
+        f"handler for {r.type!r} has run for {r.running_s:.1f} s (attempt {r.attempt}; the "
+        f"attempt fails after {r.timeout_s:g} s, then is retried or parked)"
+    )
+    if r.seq == position.seq:
+        return f"its {doing}"
+    return f"waiting behind seq {r.seq} (id {r.id}), whose {doing}"
 
 
 def _with_why(trace: PositionTrace, why: str) -> PositionTrace:

@@ -4,7 +4,14 @@ Per stream (origin, partition) messages are applied in seq order (P1). Built-in 
 collected and committed with the watermark in one atomic step (P3). A user handler runs only
 after everything before it is committed; when it fails, its stream waits with exponential
 backoff (other streams go on) and after `apply_max_attempts` the message is parked as a dead
-letter with its error, and the stream moves on.
+letter with its error, and the stream moves on (or, for a type registered with
+`on_exhausted="hold"`, keeps retrying and holds its stream).
+
+Handler isolation: a handler runs in a task of its own. A round waits HANDLER_SLICE_S for it;
+a handler still running then holds only its own stream, and the round goes on with the others
+(it is looked at again when it ends). An attempt that runs past its timeout (`[replication]
+handler_timeout_s`, or the type's `timeout_s`) is cancelled and fails like a raise. Handlers
+running longer than STUCK_AFTER_S are reported (`stuck_handlers`: status, trace, metrics).
 """
 
 from __future__ import annotations
@@ -16,14 +23,21 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from multiactive import failpoints
-from multiactive.aio import Pulse, wait_until
+from multiactive.aio import Backoff, Pulse, wait_any, wait_until
 from multiactive.clock import SYSTEM_CLOCK, Clock
+from multiactive.errors import HandlerTimeout, StoreError
 from multiactive.journal.base import Journal
+from multiactive.logs import get_logger
 from multiactive.model.batch import RecordBatch
 from multiactive.model.message import Message, StreamId, message_from_row
 from multiactive.model.record import Record
 from multiactive.model.topology import ReplicationSettings
-from multiactive.replication.handlers import Delivery, Handler, HandlerRegistry
+from multiactive.replication.handlers import (
+    HOLD_RETRY_MAX_S,
+    Delivery,
+    Handler,
+    HandlerRegistry,
+)
 from multiactive.state.base import (
     BUILTIN_TYPES,
     COUNTER_ADD,
@@ -40,6 +54,12 @@ CANARY_OVERDUE_INTERVALS = 3
 HOLE_RECHECK_S = 1.0
 LATENCY_SAMPLES = 4096
 LATENCY_PER_BATCH = 16  # samples taken from one batch, evenly spaced
+HANDLER_SLICE_S = 0.05  # a round waits this long for a handler, then goes on with other streams
+STUCK_AFTER_S = 1.0  # a handler running longer is reported as stuck
+STORE_RETRY_MIN_S = 0.05  # a failing storage server is tried again after this, doubling
+STORE_RETRY_MAX_S = 2.0
+
+log = get_logger("processor")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +72,20 @@ class StreamProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class RunningHandler(Record):
+    """A user handler that has run for more than STUCK_AFTER_S: its stream waits for it."""
+
+    origin: str
+    partition: int
+    seq: int
+    id: str
+    type: str
+    attempt: int
+    running_s: float
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class ProcessorStatistics:
     applied_messages: int
     parked_messages: int
@@ -59,6 +93,7 @@ class ProcessorStatistics:
     streams: dict[StreamId, StreamProgress]
     latency_ms_p50: float | None  # origin acceptance -> applied here, recent messages
     latency_ms_p99: float | None
+    stuck_handlers: tuple[RunningHandler, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +120,17 @@ class _RetryLater(Exception):
     pass
 
 
+@dataclass(slots=True)
+class _Attempt:
+    """A handler call in its own task."""
+
+    message: Message
+    attempt: int
+    started_s: float
+    timeout_s: float
+    task: asyncio.Task[None]
+
+
 Observer = Callable[[StreamId, int, int, Sequence[DeadLetter]], None]
 
 
@@ -103,6 +149,10 @@ class ProcessorView(Protocol):
 
     def retry_state(self, stream: StreamId) -> RetryState | None:
         """Why a stream is waiting, if a handler failed and will be retried."""
+        ...
+
+    def stuck_handlers(self) -> list[RunningHandler]:
+        """Handlers running for more than STUCK_AFTER_S, each holding its stream."""
         ...
 
     def canaries(self) -> dict[str, dict[str, float]]:
@@ -154,6 +204,8 @@ class Processor:
         self._canaries: dict[str, tuple[int, int]] = {}  # origin -> (created, applied) ms
         self._holes: dict[StreamId, int] = {}  # stream -> first seq after a journal hole
         self._rotation = 0  # which due stream a round starts with
+        self._running: dict[StreamId, _Attempt] = {}  # a handler call per waiting stream
+        self._wake = Pulse()  # a handler call ended
         # Called with (stream, first seq, last seq, dead letters) after each commit.
         self.observers: list[Observer] = []
         self.started_ms = clock.wall_ms()
@@ -175,9 +227,40 @@ class Processor:
         self._restarted = set(self._applied) | set(self._journal.heads())
 
     async def run(self) -> None:
+        """Apply until cancelled. A storage server that fails (a Redis restarting) is tried
+        again with backoff; a commit whose answer was lost is read back from the state."""
+        backoff = Backoff(STORE_RETRY_MIN_S, STORE_RETRY_MAX_S)
+        stale = False
         while True:
-            if not await self.step():
-                await self._journal.appended.wait(self._next_retry_in())
+            try:
+                if stale:
+                    await self._reload()
+                    stale = False
+                worked = await self.step()
+            except StoreError as exc:
+                stale = True
+                log.warning("processor_store_failed", site=self.site, reason=exc)
+                await self._clock.sleep(backoff.next_delay())
+                continue
+            backoff.reset()
+            if not worked:
+                await wait_any((self._journal.appended, self._wake), self._next_retry_in())
+
+    async def _reload(self) -> None:
+        """Watermarks as the state holds them, after a commit whose outcome is unknown:
+        observers hear of commits that went through; uncommitted steps are done again (a
+        user handler among them is told it is a retry)."""
+        self._steps = {}
+        for stream, mark in (await self._state.watermarks()).items():
+            before = self.applied(stream)
+            if mark.applied > before:
+                self._applied[stream] = mark.applied
+                self._counts[stream] = mark.count
+                for observer in self.observers:
+                    observer(stream, before + 1, mark.applied, [])
+        self._restarted |= set(self._journal.heads())
+        self.progress.fire()
+        log.info("processor_resumed", site=self.site)
 
     def caught_up(self) -> bool:
         return all(self.applied(s) >= h for s, h in self._journal.heads().items())
@@ -195,7 +278,9 @@ class Processor:
         due = [
             stream
             for stream, head in self._journal.heads().items()
-            if head > self.applied(stream) and self._retry_at.get(stream, 0.0) <= now
+            if head > self.applied(stream)
+            and self._retry_at.get(stream, 0.0) <= now
+            and not self._busy(stream)
         ]
         self._rotation += 1
         start = self._rotation % len(due) if due else 0
@@ -206,6 +291,10 @@ class Processor:
             budget -= await self._advance(stream, min(READ_BYTES, budget))
         await self._flush()
         return budget < ROUND_BYTES
+
+    def _busy(self, stream: StreamId) -> bool:
+        running = self._running.get(stream)
+        return running is not None and not running.task.done()
 
     def _next_retry_in(self) -> float | None:
         if not self._retry_at:
@@ -288,27 +377,92 @@ class Processor:
         return step
 
     async def _handle(self, stream: StreamId, handler: Handler, message: Message) -> None:
-        """Run a user handler once; on failure either wait for a retry or park the message."""
+        """Run a user handler (or look at the call already running for this message); on
+        failure either wait for a retry or park the message. A call still running after
+        HANDLER_SLICE_S holds only this stream: `_RetryLater`, and the round goes on."""
+        running = self._running.get(stream)
+        if running is None or running.message.seq != message.seq:
+            running = self._start(stream, handler, message)
+        if not running.task.done():
+            await asyncio.wait({running.task}, timeout=HANDLER_SLICE_S)
+        if not running.task.done():
+            raise _RetryLater
+        del self._running[stream]
+        if running.task.cancelled():
+            raise _RetryLater  # started again at the next visit
+        error = running.task.exception()
+        if error is not None:
+            self._failed(stream, running, error)
         key = (stream, message.seq)
-        attempt = self._attempts.get(key, 0) + 1
-        retry = attempt > 1 or stream in self._restarted
-        self._restarted.discard(stream)
-        try:
-            await handler(Delivery(message, self.site, attempt, retry, self._state))
-        except Exception as exc:
-            self._totals["failures"] += 1
-            if attempt < self._settings.apply_max_attempts:
-                self._attempts[key] = attempt
-                backoff_s = self._settings.apply_retry_backoff_ms / 1000 * 2 ** (attempt - 1)
-                self._retry_at[stream] = self._clock.monotonic() + backoff_s
-                self._failing[stream] = (message.seq, attempt, f"{type(exc).__name__}: {exc}")
-                raise _RetryLater from exc
-            self._step(stream).dead.append(
-                self._dead(message, f"{type(exc).__name__}: {exc}", attempt)
-            )
         self._attempts.pop(key, None)
         self._retry_at.pop(stream, None)
         self._failing.pop(stream, None)
+
+    def _start(self, stream: StreamId, handler: Handler, message: Message) -> _Attempt:
+        attempt = self._attempts.get((stream, message.seq), 0) + 1
+        retry = attempt > 1 or stream in self._restarted
+        self._restarted.discard(stream)
+        timeout_s = self._timeout_s(message.type)
+        delivery = Delivery(message, self.site, attempt, retry, self._state)
+        task = asyncio.ensure_future(self._call(handler, delivery, timeout_s))
+        task.add_done_callback(lambda _: self._wake.fire())
+        task.add_done_callback(_retrieve)  # read by `_handle`, or dropped after a close
+        running = _Attempt(message, attempt, self._clock.monotonic(), timeout_s, task)
+        self._running[stream] = running
+        return running
+
+    def _timeout_s(self, message_type: str) -> float:
+        return self._registry.options(message_type).timeout_s or self._settings.handler_timeout_s
+
+    async def _call(self, handler: Handler, delivery: Delivery, timeout_s: float) -> None:
+        """The handler, failed with HandlerTimeout after `timeout_s`. A timed-out handler is
+        cancelled and left behind: one that ignores cancellation cannot hold its stream."""
+        work = asyncio.ensure_future(handler(delivery))
+        work.add_done_callback(_retrieve)
+        timer = asyncio.ensure_future(self._clock.sleep(timeout_s))
+        try:
+            await asyncio.wait({work, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            if not work.done():
+                work.cancel()
+        if not work.done() or work.cancelled():
+            m = delivery.message
+            log.warning(
+                "handler_timeout", site=self.site, origin=m.origin, partition=m.partition,
+                seq=m.seq, id=m.id, type=m.type, attempt=delivery.attempt, timeout_s=timeout_s,
+            )  # fmt: skip
+            raise HandlerTimeout(
+                f"handler for {m.type!r} did not return within {timeout_s:g} s (set "
+                "[replication] handler_timeout_s, or timeout_s when registering the type)"
+            )
+        work.result()
+
+    def _failed(self, stream: StreamId, running: _Attempt, exc: BaseException) -> None:
+        """A failed attempt: wait and retry (`_RetryLater`), or park the message."""
+        message, attempt = running.message, running.attempt
+        self._totals["failures"] += 1
+        self.progress.fire()  # statistics changed
+        error = f"{type(exc).__name__}: {exc}"
+        hold = self._registry.options(message.type).on_exhausted == "hold"
+        fields = dict(
+            site=self.site, origin=message.origin, partition=message.partition,
+            seq=message.seq, id=message.id, type=message.type, attempt=attempt,
+        )  # fmt: skip
+        trace = None if isinstance(exc, HandlerTimeout) else exc
+        if attempt < self._settings.apply_max_attempts or hold:
+            self._attempts[(stream, message.seq)] = attempt
+            backoff_s = self._settings.apply_retry_backoff_ms / 1000 * 2 ** (min(attempt, 30) - 1)
+            if hold:
+                backoff_s = min(backoff_s, HOLD_RETRY_MAX_S)
+            self._retry_at[stream] = self._clock.monotonic() + backoff_s
+            self._failing[stream] = (message.seq, attempt, error)
+            held = hold and attempt >= self._settings.apply_max_attempts
+            log.warning("handler_failed", exc=trace, **fields, retry_in_s=round(backoff_s, 3),
+                        holding_stream=held, error=error)  # fmt: skip
+            raise _RetryLater from exc
+        log.error("message_parked", exc=trace, **fields, error=error)
+        self._step(stream).dead.append(self._dead(message, error, attempt))
 
     def _dead(self, message: Message, error: str, attempts: int) -> DeadLetter:
         return DeadLetter(
@@ -347,8 +501,9 @@ class Processor:
         handler = self._registry.get(message.type)
         if handler is None:
             return f"no handler for type {message.type!r}"
+        delivery = Delivery(message, self.site, attempt, True, self._state)
         try:
-            await handler(Delivery(message, self.site, attempt, True, self._state))
+            await self._call(handler, delivery, self._timeout_s(message.type))
         except Exception as exc:
             self._totals["failures"] += 1
             return f"{type(exc).__name__}: {exc}"
@@ -392,6 +547,24 @@ class Processor:
         wait = max(0.0, self._retry_at.get(stream, 0.0) - self._clock.monotonic())
         return RetryState(seq, attempts, round(wait, 3), error)
 
+    def stuck_handlers(self) -> list[RunningHandler]:
+        """Handlers running for more than STUCK_AFTER_S, each holding its stream."""
+        now = self._clock.monotonic()
+        return [
+            RunningHandler(
+                stream.origin,
+                stream.partition,
+                r.message.seq,
+                r.message.id,
+                r.message.type,
+                r.attempt,
+                round(now - r.started_s, 3),
+                r.timeout_s,
+            )
+            for stream, r in sorted(self._running.items())
+            if not r.task.done() and now - r.started_s >= STUCK_AFTER_S
+        ]
+
     def statistics(self) -> ProcessorStatistics:
         heads = self._journal.heads()
         streams = {
@@ -412,10 +585,14 @@ class Processor:
             streams,
             _quantile(ordered, 0.5),
             _quantile(ordered, 0.99),
+            tuple(self.stuck_handlers()),
         )
 
     async def close(self) -> None:
-        """Nothing to release: an inline processor stops when its task is cancelled."""
+        """Cancel the handler calls still running (the processor's own task is cancelled by
+        its owner)."""
+        for running in self._running.values():
+            running.task.cancel()
 
     async def wait_caught_up(self, timeout_s: float) -> bool:
         """Wait until every journaled message is applied (for drains and tests)."""
@@ -457,6 +634,12 @@ def overdue_canaries(
 def _counters_twice(ops: list[OpTuple]) -> list[OpTuple]:
     """The failpoint `counter_applied_twice`: every counter.add op appears twice."""
     return [twice for op in ops for twice in ((op, op) if op[0] == COUNTER_ADD else (op,))]
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """A handler left behind after its timeout: its end is not an unretrieved error."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _quantile(ordered: list[int], q: float) -> float | None:

@@ -15,9 +15,12 @@ The site tells the applier the heads it made durable; the applier reads those ba
 storage, applies them exactly as the inline processor does (it *is* `Processor`), and reports
 each commit ("applied": watermarks, counts, dead letters) and, every STATS_INTERVAL_S, its
 statistics. Re-drives and replays of dead letters go to it by position ("reapply"). The
-applier dies with its site (PR_SET_PDEATHSIG); if it exits on its own, the site stops with
-`ApplierError`, so a supervisor restarts both. A new applier can never apply twice what an
-old one committed: the state refuses a watermark that does not advance (P3).
+applier dies with its site (PR_SET_PDEATHSIG). If it exits on its own (killed, out of
+memory), the site logs one line (`applier_exited`, with its exit status) and starts a new one,
+up to APPLIER_MAX_RESTARTS times within APPLIER_RESTART_WINDOW_S; past that it stops with
+`ApplierError` naming the exit status, so a supervisor restarts the whole site. A new applier
+can never apply twice what an old one committed: the state refuses a watermark that does not
+advance (P3), and the new one starts from the state's watermarks.
 
 Memory journals and states live inside the site's process; with them the processor runs
 inline, as it also does with `[replication] separate_processor = false`.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 import sys
 import time
@@ -36,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from multiactive.aio import Pulse, run_together, wait_until
-from multiactive.errors import ApplierError, ConnectionLost, ProtocolError
+from multiactive.errors import ApplierError, ConnectionLost, ProtocolError, StoreError
 from multiactive.journal import Journal, open_journal
 from multiactive.logs import get_logger
 from multiactive.model.batch import RecordBatch, parse_batch
@@ -50,6 +54,7 @@ from multiactive.replication.processor import (
     Processor,
     ProcessorStatistics,
     RetryState,
+    RunningHandler,
     StreamProgress,
     canary_ages,
     overdue_canaries,
@@ -59,7 +64,12 @@ from multiactive.state import open_state
 from multiactive.state.base import DeadLetter
 
 READY_TIMEOUT_S = 60.0
+# A new applier waits this long for the data dir's `applier.lock`: after its site was killed,
+# the old applier exits at once (PR_SET_PDEATHSIG) but may still finish its current commit.
+APPLIER_LOCK_WAIT_S = 20.0
 STOP_TIMEOUT_S = 10.0
+APPLIER_MAX_RESTARTS = 3  # restarts of an applier that exited, within the window below
+APPLIER_RESTART_WINDOW_S = 60.0
 STATS_INTERVAL_S = 0.25
 # The applier runs at a lower CPU priority than its site: when cores are short, relaying
 # (ingress, links, durability) goes first and applying takes what is left. On 2 cores this
@@ -107,6 +117,7 @@ class ProcessorProcess:
         self._unsent_heads: dict[StreamId, int] = {}
         self._unsent_batches: list[RecordBatch] = []
         self._unsent_bytes = 0
+        self._restarts: list[float] = []  # monotonic times of restarts after an exit
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -135,26 +146,63 @@ class ProcessorProcess:
         if ready[0] != "ready":
             raise ProtocolError(f"the applier of site {self.site} began with {ready[0]!r}")
         for origin, partition, applied, count in ready[1]:
-            self._applied[StreamId(origin, partition)] = applied
-            self._counts[StreamId(origin, partition)] = count
-        self._journal.observers.append(self._on_stored)
+            stream = StreamId(origin, partition)
+            before = self._applied.get(stream, 0)
+            self._applied[stream] = applied
+            self._counts[stream] = count
+            if applied > before and self._restarts:  # committed by the applier that died
+                for observer in self.observers:
+                    observer(stream, before + 1, applied, [])
+        if self._on_stored not in self._journal.observers:
+            self._journal.observers.append(self._on_stored)
         self._unsent_heads.update(self._journal.heads())
         self._send_heads()
         log.info("applier_started", site=self.site, pid=self._process.pid)
 
     async def run(self) -> None:
+        """Follow the applier's reports; start a new applier when it exits (bounded)."""
+        while True:
+            try:
+                await self._follow()
+            except ConnectionLost:
+                await self._exited()
+
+    async def _follow(self) -> None:
         assert self._channel is not None
-        try:
-            while True:
-                self._dispatch(await self._channel.recv())
-        except ConnectionLost as exc:
-            if self._process is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._process.wait(), 2.0)
+        while True:
+            self._dispatch(await self._channel.recv())
+
+    async def _exited(self) -> None:
+        """One line with the exit status; a new applier, or ApplierError past the bound."""
+        process = self._process
+        if process is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), 2.0)
+        status = self._exit()
+        now = time.monotonic()
+        self._restarts = [t for t in self._restarts if now - t < APPLIER_RESTART_WINDOW_S]
+        giving_up = len(self._restarts) >= APPLIER_MAX_RESTARTS
+        log.error("applier_exited", site=self.site, pid=process and process.pid, status=status,
+                  restart=not giving_up)  # fmt: skip
+        self._fail_requests(f"the applier of site {self.site} exited ({status})")
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+        if giving_up:
             raise ApplierError(
-                f"the applier of site {self.site} exited ({self._exit()}); "
-                "its error is in the log above"
-            ) from exc
+                f"the applier of site {self.site} exited ({status}), the "
+                f"{APPLIER_MAX_RESTARTS + 1}th time within {APPLIER_RESTART_WINDOW_S:g} s; the "
+                "site stops (its applier's error, if any, is in the log above)"
+            )
+        self._restarts.append(now)
+        await self.load()
+
+    def _fail_requests(self, reason: str) -> None:
+        """Re-drives the dead applier will never answer: tell their callers."""
+        requests, self._requests = self._requests, {}
+        for future in requests.values():
+            if not future.done():
+                future.set_result(reason)
 
     async def close(self) -> None:
         """Ask the applier to stop after its current commit; kill it if it does not."""
@@ -178,8 +226,7 @@ class ProcessorProcess:
     def _exit(self) -> str:
         if self._process is None:
             return "never started"
-        code = self._process.returncode
-        return "still running" if code is None else f"exit code {code}"
+        return exit_status(self._process.returncode)
 
     # -- messages -------------------------------------------------------------------------
 
@@ -267,8 +314,15 @@ class ProcessorProcess:
             )  # fmt: skip
         return ProcessorStatistics(
             stats.get("applied", 0), stats.get("parked", 0), stats.get("failures", 0),
-            streams, stats.get("p50"), stats.get("p99"),
+            streams, stats.get("p50"), stats.get("p99"), tuple(self.stuck_handlers()),
         )  # fmt: skip
+
+    def stuck_handlers(self) -> list[RunningHandler]:
+        since = time.monotonic() - self._stats_at
+        return [
+            RunningHandler(o, p, seq, id_, type_, attempt, round(running + since, 3), timeout)
+            for o, p, seq, id_, type_, attempt, running, timeout in self._stats.get("stuck", [])
+        ]
 
     def _canary_times(self) -> dict[str, tuple[int, int]]:
         return {origin: (created, applied) for origin, created, applied in self._stats.get(
@@ -292,6 +346,18 @@ class ProcessorProcess:
         return None
 
 
+def exit_status(code: int | None) -> str:
+    """`exit code 1`, `killed by SIGKILL`, `still running`: a process's end as people say it."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
 # -- the applier's side ---------------------------------------------------------------------
 
 
@@ -310,6 +376,7 @@ async def serve_applier(
         try:
             await _Applier(channel, journal, processor).serve()
         finally:
+            await processor.close()
             await channel.close()
     finally:
         await state.close()
@@ -358,11 +425,15 @@ class _Applier:
     async def _reapply(
         self, number: int, origin: str, partition: int, seq: int, attempt: int
     ) -> None:
-        message = await self._journal.find_message(Position(origin, partition, seq))
-        if message is None:
-            error: str | None = f"{origin}/{partition}@{seq} is not in the journal any more"
-        else:
-            error = await self._processor.reapply(message, attempt)
+        error: str | None
+        try:
+            message = await self._journal.find_message(Position(origin, partition, seq))
+            if message is None:
+                error = f"{origin}/{partition}@{seq} is not in the journal any more"
+            else:
+                error = await self._processor.reapply(message, attempt)
+        except StoreError as exc:
+            error = str(exc)
         self._channel.send(["reapplied", number, error])
 
     async def _report(self) -> None:
@@ -408,5 +479,6 @@ class _Applier:
             "started_ms": processor.started_ms,
             "streams": streams,
             "retrying": retrying,
+            "stuck": [list(astuple(r)) for r in processor.stuck_handlers()],
             "canaries": [[o, c, a] for o, (c, a) in processor.canary_times().items()],
         }

@@ -16,7 +16,13 @@ from typing import Any
 
 from multiactive.aio import Backoff
 from multiactive.clock import SYSTEM_CLOCK, Clock
-from multiactive.errors import ConfigError, ConnectionLost, ProtocolError, RejectedError
+from multiactive.errors import (
+    ConfigError,
+    ConnectionLost,
+    ProtocolError,
+    RejectedError,
+    StoreError,
+)
 from multiactive.journal.base import Journal
 from multiactive.logs import get_logger
 from multiactive.model.clock import HybridClock
@@ -104,6 +110,8 @@ class Connections:
             await conn.fail("no HELLO within 10 s")
         except ConnectionLost as exc:
             log.info("connection_closed", site=self._site, peer=conn.peer, reason=exc)
+        except StoreError as exc:
+            log.warning("link_store_failed", site=self._site, peer=conn.peer, reason=exc)
         finally:
             await conn.close()
 
@@ -147,7 +155,7 @@ class Connections:
         try:
             done = self._ingress.submit(drafts)
         except RejectedError as exc:
-            refusal = [RESULT_REFUSED, "unavailable", str(exc)]
+            refusal = [RESULT_REFUSED, exc.code, str(exc)]
             conn.send(encode_published(request, [refusal] * len(drafts)))
             return
 
@@ -198,7 +206,7 @@ class Connections:
             if current is not None and current.cancelling():
                 raise
             monitor.disconnected("replaced by a newer connection")
-        except (ConnectionLost, ProtocolError) as exc:
+        except (ConnectionLost, ProtocolError, StoreError) as exc:
             monitor.disconnected(str(exc))
             raise
         finally:
@@ -228,7 +236,7 @@ class Connections:
                     await self._dialed(conn, link)
                 finally:
                     await conn.close()
-            except (ConnectionLost, ProtocolError, ConfigError) as exc:
+            except (ConnectionLost, ProtocolError, ConfigError, StoreError) as exc:
                 monitor.disconnected(str(exc))
                 log.info("link_retry", site=self._site, link=link.name, address=address, reason=exc)
             if self._clock.monotonic() - started > STABLE_SESSION_S:

@@ -19,7 +19,13 @@ import aiohttp
 
 from multiactive.audit import Auditor, SqliteAuditStore, Stage
 from multiactive.clock import SYSTEM_CLOCK, Clock
-from multiactive.errors import ConfigError, ConnectionLost, DecodeError, RejectedError
+from multiactive.errors import (
+    ConfigError,
+    ConnectionLost,
+    DecodeError,
+    RejectedError,
+    StoreError,
+)
 from multiactive.journal import Journal, open_journal
 from multiactive.logs import get_logger
 from multiactive.model.batch import RecordBatch, split_batches
@@ -84,7 +90,9 @@ class SiteNode:
         self.clock = HybridClock()
         self.journal: Journal = open_journal(self.config, topology.replication)
         self.state: StateBackend = open_state(topology, site)
-        self.ingress = Ingress(site, self.journal, self.clock, topology.partitions, topology.limits)
+        self.ingress = Ingress(
+            site, self.journal, self.clock, topology.partitions, topology.limits, clock
+        )
         self.processor: ProcessorView
         if (
             applier is not None
@@ -203,11 +211,17 @@ class SiteNode:
         """Trim what every peer holds and is older than retention (J4)."""
         while True:
             await self._clock.sleep(TRIM_INTERVAL_S)
-            floors = await self.trim_floors()
-            older_than = self._clock.wall_ms() - int(self.topology.replication.retention_s * 1000)
-            dropped = await self.journal.trim(floors, older_than)
-            if dropped:
-                log.info("journal_trimmed", site=self.name, batches=dropped)
+            try:
+                await self._trim()
+            except StoreError as exc:  # storage restarting: trim at the next interval
+                log.warning("trim_failed", site=self.name, reason=exc)
+
+    async def _trim(self) -> None:
+        floors = await self.trim_floors()
+        older_than = self._clock.wall_ms() - int(self.topology.replication.retention_s * 1000)
+        dropped = await self.journal.trim(floors, older_than)
+        if dropped:
+            log.info("journal_trimmed", site=self.name, batches=dropped)
 
     async def _send_canaries(self) -> None:
         """Every `canary_interval_s`, one canary per partition of this site's streams: every

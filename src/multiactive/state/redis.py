@@ -132,7 +132,11 @@ class RedisState(StateBackend):
                 raise StaleStep(step.stream, current.applied, step.through_seq)
             calls.append(self._step_call(step, current.applied))
             marks[step.stream] = Watermark(step.through_seq, current.count + step.processed)
-        results = await self._open_db().run(calls)
+        try:
+            results = await self._open_db().run(calls)
+        except StoreError:
+            self._marks = None  # the connection broke: the steps may have committed
+            raise
         for step, result in zip(steps, results, strict=True):
             if isinstance(result, Exception):
                 self._marks = None  # some steps may have committed: read them again

@@ -173,10 +173,31 @@ def decode_error(frame: Frame) -> ErrorBody:
 # A draft is what a client submits: [id, type, key, headers, payload].
 Draft = tuple[str, str, str, dict[str, str], bytes]
 
-# A result per draft: [0, partition, seq, duplicate, version] when journaled (version is nil
-# for a duplicate: the first acceptance's version is not kept), [1, code, text] when refused.
+# A result per draft, by its first element:
+#   [0, partition, seq, duplicate, version]  journaled (version is nil for a duplicate: the
+#                                            first acceptance's version is not kept)
+#   [1, code, text]                          refused: nothing was journaled for it
+#   [2, code, text]                          outcome unknown: the journal's storage failed
+#                                            mid-write; it is journaled once or not at all,
+#                                            and a publish with the same id tells which
+# A client that predates kind 2 reads it as a refusal (not 0); kinds 0 and 1 are unchanged.
 RESULT_OK = 0
 RESULT_REFUSED = 1
+RESULT_UNKNOWN = 2
+
+# Refusal codes ([1, code, text]): what a program may branch on.
+REFUSAL_CODES = (
+    "malformed",  # a draft is not [id, type, key, headers, payload]
+    "bad_id",
+    "bad_type",
+    "bad_key",
+    "bad_payload",
+    "payload_too_large",
+    "bad_headers",
+    "unavailable",  # the site cannot journal now (storage down, shutting down): try later
+)
+# Outcome-unknown codes ([2, code, text]).
+UNKNOWN_CODES = ("store_unknown",)
 
 
 def encode_publish(request: int, drafts: Sequence[Draft]) -> bytes:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from multiactive.errors import ConfigError, JournalError, StoreError
+from multiactive.errors import ConfigError, JournalError, StoreError, StoreOutcomeUnknown
 from multiactive.journal import Journal, LocalGroup, MemoryJournal, RedisJournal, SqliteJournal
 from multiactive.local.redis import RedisClusterServers, RedisServer
 from multiactive.model.batch import CODEC_ZSTD, RecordBatch, build_batch
@@ -958,5 +958,67 @@ def test_redis_scripts_forgotten_by_the_server_are_loaded_again(redis_backend: B
             assert await all_ids(journal, StreamId(SITE, 0)) == ["a", "b"]
             await db.client.script_flush()
             assert await journal.trim({StreamId(SITE, 0): 1}, older_than_ms=1 << 62) == 1
+
+    run(main())
+
+
+def lose_next_answer(journal: Journal) -> None:
+    """The next append pipeline of this Redis journal runs on the server, and its answer is
+    lost (what a connection cut while the pipeline is out does)."""
+    assert isinstance(journal, RedisJournal)
+    db = journal._open_db()
+    real = db.run
+
+    async def run_then_lose(calls: Any) -> list[Any]:
+        if calls[0].args[0] != "append":
+            return await real(calls)
+        db.run = real  # type: ignore[method-assign]
+        await real(calls)
+        raise db.fail(ConnectionError("Connection closed by server"), "running a pipeline")
+
+    db.run = run_then_lose  # type: ignore[method-assign]
+
+
+def test_redis_lost_answer_is_unknown_and_the_next_append_adopts_what_was_stored(
+    redis_backend: Backend,
+) -> None:
+    """An append whose answer is lost raises StoreOutcomeUnknown (not a refusal); the next
+    append first reads the heads back and adopts the stored batch (observers hear of it), so
+    a retry of the same ids finds their first positions and new ids continue the stream."""
+
+    async def main() -> None:
+        async with redis_backend.opened() as journal:
+            told: list[tuple[bool, int]] = []
+            journal.observers.append(lambda local, batches: told.append((local, len(batches))))
+            await journal.append_local([group(0, "a")])
+            lose_next_answer(journal)
+            with pytest.raises(StoreOutcomeUnknown, match="may or may not be stored"):
+                await journal.append_local([group(0, "b"), group(1, "c")])
+            assert journal.head(StreamId(SITE, 0)) == 1  # not known yet
+            again = await journal.append_local([group(0, "b", "d"), group(1, "c")])
+            assert [(a.id, a.position.seq, a.duplicate) for a in again] == [
+                ("b", 2, True), ("d", 3, False), ("c", 1, True),
+            ]  # fmt: skip
+            assert await all_ids(journal, StreamId(SITE, 0)) == ["a", "b", "d"]
+            assert journal.head(StreamId(SITE, 1)) == 1
+            assert told == [(True, 1), (True, 2), (True, 1)]
+
+    run(main())
+
+
+def test_redis_check_resyncs_after_a_lost_remote_append(redis_backend: Backend) -> None:
+    """check() after a lost answer of a remote append adopts it; the batch sent again is a
+    duplicate (J2), not a HEAD refusal."""
+
+    async def main() -> None:
+        async with redis_backend.opened() as journal:
+            lose_next_answer(journal)
+            with pytest.raises(StoreOutcomeUnknown):
+                await journal.append_remote([remote(1, 3)])
+            await journal.check()
+            assert journal.head(StreamId(PEER, 0)) == 3
+            result = await journal.append_remote([remote(1, 3), remote(4, 1)])
+            assert (result.stored, result.duplicates) == (1, 1)
+            await journal.check()  # nothing to resync: a PING
 
     run(main())

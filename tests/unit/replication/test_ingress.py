@@ -473,6 +473,6 @@ def test_failed_append_refuses_every_draft_of_the_flush_and_stops_the_flusher() 
         assert len(journal.calls) == 1
         assert journal.heads() == {}
         stats = ingress.statistics()
-        assert (stats.journal_errors, stats.accepted, stats.refused) == (1, 0, 1)
+        assert (stats.journal_errors, stats.accepted, stats.refused) == (1, 0, 4)
 
     run(main())
