@@ -11,6 +11,9 @@
     ├── JournalError           a journal invariant would break (J1/J2)
     ├── StoreError             a storage server (Redis) cannot be reached or holds data this
     │                          process did not write (names the URL and the setting)
+    ├── DatabaseError          a site's database cannot be reached, refused a statement or is
+    │   │                      set up wrong (names the URL's setting)
+    │   └── FencedError        a DB transaction under a writer epoch that is no longer current
     ├── ConnectionLost         a connection closed before an answer arrived
     ├── ApplierError           the site's applier process did not start or exited
     └── ClusterError           processes started on this machine (a local cluster, a test
@@ -76,6 +79,19 @@ class ClusterError(MultiactiveError):
 
 class ConnectionLost(MultiactiveError):
     """The connection closed before the answer arrived; the outcome is unknown."""
+
+
+class DatabaseError(MultiactiveError):
+    """A site's database cannot be reached, refused a statement, or is set up wrong.
+    `transient`: worth retrying as it is (unreachable, read-only, a lock timeout)."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class FencedError(DatabaseError):
+    """The DB-writer role moved: a transaction under an old epoch is refused."""
 
 
 class UnknownSiteError(ConfigError):

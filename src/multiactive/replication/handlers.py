@@ -13,6 +13,9 @@
 
 Built-in types (`kv.set`, `kv.del`) are applied by the state backend itself, atomically with
 the watermark; a user handler runs at least once per message, in seq order per stream.
+
+A type may also have a DB handler (`registry.register_db`, see `multiactive.db.handlers`):
+it runs where the database is written, exactly once, in the DB apply's transaction.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import importlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from multiactive.db.handlers import DbHandler
 from multiactive.errors import ConfigError
 from multiactive.model.message import Message
 from multiactive.state.base import BUILTIN_TYPES, StateBackend
@@ -43,6 +47,7 @@ Handler = Callable[[Delivery], Awaitable[None]]
 class HandlerRegistry:
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
+        self._db_handlers: dict[str, DbHandler] = {}
 
     def register(self, message_type: str, handler: Handler) -> None:
         if message_type in BUILTIN_TYPES:
@@ -62,6 +67,28 @@ class HandlerRegistry:
 
     def get(self, message_type: str) -> Handler | None:
         return self._handlers.get(message_type)
+
+    def register_db(self, message_type: str, handler: DbHandler) -> None:
+        """A DB handler for a type (built-in types too): see `multiactive.db.handlers`."""
+        if message_type in self._db_handlers:
+            raise ConfigError(f"a DB handler for {message_type!r} is already registered")
+        self._db_handlers[message_type] = handler
+
+    def db_handler(self, message_type: str) -> Callable[[DbHandler], DbHandler]:
+        """Decorator form of `register_db`."""
+
+        def decorate(fn: DbHandler) -> DbHandler:
+            self.register_db(message_type, fn)
+            return fn
+
+        return decorate
+
+    def get_db(self, message_type: str) -> DbHandler | None:
+        return self._db_handlers.get(message_type)
+
+    @property
+    def db_types(self) -> tuple[str, ...]:
+        return tuple(sorted(self._db_handlers))
 
     @property
     def types(self) -> tuple[str, ...]:

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from multiactive import failpoints
-from multiactive.aio import Pulse, wait_until
+from multiactive.aio import Pulse, run_together, wait_until
 from multiactive.clock import SYSTEM_CLOCK, Clock
+from multiactive.db.apply import DbApply
 from multiactive.journal.base import Journal
 from multiactive.model.batch import RecordBatch
 from multiactive.model.message import Message, StreamId, message_from_row
@@ -135,8 +136,12 @@ class Processor:
         registry: HandlerRegistry,
         settings: ReplicationSettings,
         clock: Clock = SYSTEM_CLOCK,
+        db: DbApply | None = None,
     ) -> None:
+        """`db`: the site's DB apply (`multiactive.db.site.open_db_apply`), loaded and run
+        beside this processor on its own cursor, the DB watermark."""
         self.site = site
+        self.db = db
         self._clock = clock
         self._journal = journal
         self._state = state
@@ -173,8 +178,16 @@ class Processor:
         # A stream journaled before this start may have had a handler run before a crash,
         # even if no commit (so no watermark) of it was made: its first delivery is a retry.
         self._restarted = set(self._applied) | set(self._journal.heads())
+        if self.db is not None:
+            await self.db.load()
 
     async def run(self) -> None:
+        if self.db is not None:
+            await run_together(self._run(), self.db.run())
+        else:
+            await self._run()
+
+    async def _run(self) -> None:
         while True:
             if not await self.step():
                 await self._journal.appended.wait(self._next_retry_in())
@@ -274,6 +287,8 @@ class Processor:
             self._canaries[message.origin] = (message.created_ms, self._clock.wall_ms())
             return
         handler = self._registry.get(message.type)
+        if handler is None and self._registry.get_db(message.type) is not None:
+            return  # a DB-only type: nothing to do to the cache
         if handler is None:
             error = f"no handler for type {message.type!r}"
             self._step(stream).dead.append(self._dead(message, error, 1))
@@ -415,7 +430,9 @@ class Processor:
         )
 
     async def close(self) -> None:
-        """Nothing to release: an inline processor stops when its task is cancelled."""
+        """An inline processor stops when its task is cancelled; this closes its database."""
+        if self.db is not None:
+            await self.db.close()
 
     async def wait_caught_up(self, timeout_s: float) -> bool:
         """Wait until every journaled message is applied (for drains and tests)."""

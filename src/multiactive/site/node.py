@@ -19,6 +19,7 @@ import aiohttp
 
 from multiactive.audit import Auditor, SqliteAuditStore, Stage
 from multiactive.clock import SYSTEM_CLOCK, Clock
+from multiactive.db.site import open_db_apply
 from multiactive.errors import ConfigError, ConnectionLost, DecodeError, RejectedError
 from multiactive.journal import Journal, open_journal
 from multiactive.logs import get_logger
@@ -93,8 +94,9 @@ class SiteNode:
         ):
             self.processor = ProcessorProcess(site, self.journal, applier)
         else:
+            db = open_db_apply(topology, site, self.journal, self.registry, clock)
             self.processor = Processor(
-                site, self.journal, self.state, self.registry, topology.replication, clock
+                site, self.journal, self.state, self.registry, topology.replication, clock, db
             )
         stall_after_s = topology.replication.stall_after_s
         self.monitors = {
