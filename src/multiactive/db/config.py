@@ -3,6 +3,8 @@
     [database]
     mode = "writer"              # independent (default) | writer
     writer = "bj-unicom"         # writer mode: the site holding the role at first start
+    replication_user = "repl"    # what replicas log in as (CHANGE MASTER on a failover)
+    replication_password = "..."
 
     [database.sites.bj-unicom]
     url = "mysql://ma:secret@127.0.0.1:3306/app"            # the processors' account
@@ -36,6 +38,7 @@ SQLITE_DEFAULT_URL = "sqlite:///database.sqlite"
 MYSQL_SCHEMES = ("mysql", "mariadb")
 DEFAULT_MYSQL_PORT = 3306
 SECTION = "database"
+DEFAULT_REPLICATION_USER = "repl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,8 @@ class DatabaseSettings:
     writer: str | None  # writer mode: the site holding the role at first start (epoch 1)
     sites: Mapping[str, SiteDatabase]
     source: str
+    replication_user: str = DEFAULT_REPLICATION_USER
+    replication_password: str = field(default="", repr=False)
 
     def site(self, name: str) -> SiteDatabase:
         return self.sites[name]
@@ -88,7 +93,9 @@ def database_settings(topology: Topology) -> DatabaseSettings:
     """Parse and check the topology's [database] section (defaults when it is absent)."""
     raw = topology.extensions.get(SECTION, {})
     fail = _failer(topology.source)
-    _known(raw, SECTION, {"mode", "writer", "sites"}, fail)
+    _known(
+        raw, SECTION, {"mode", "writer", "sites", "replication_user", "replication_password"}, fail
+    )
     mode = raw.get("mode", "independent")
     if mode not in DB_MODES:
         raise fail("database.mode", f'expected "independent" or "writer", got {mode!r}')
@@ -106,7 +113,12 @@ def database_settings(topology: Topology) -> DatabaseSettings:
         site.name: _site(tables.get(site.name, {}), site.name, site.data_dir, mode, fail)
         for site in topology.sites
     }
-    return DatabaseSettings(mode, writer, sites, topology.source)
+    user = raw.get("replication_user", DEFAULT_REPLICATION_USER)
+    password = raw.get("replication_password", "")
+    for key, value in (("replication_user", user), ("replication_password", password)):
+        if not isinstance(value, str):
+            raise fail(f"database.{key}", f"expected a string, got {value!r}")
+    return DatabaseSettings(mode, writer, sites, topology.source, user, password)
 
 
 def parse_database_url(text: object, where: str, base: Path) -> DatabaseUrl:

@@ -223,6 +223,10 @@ class SiteNode:
                 await self.ingress.submit(drafts, internal=True)
             await self._clock.sleep(interval)
 
+    async def publish_internal(self, type_: str, key: str, payload: bytes) -> None:
+        """Journal a site's own control message (a reserved `ma.` type) like any write."""
+        await self.ingress.submit([["", type_, key, {}, payload]], internal=True)
+
     async def _fetch_range(
         self, site: str, stream: StreamId, first: int, last: int
     ) -> list[RecordBatch]:
