@@ -23,12 +23,12 @@ from multiactive.db.config import database_settings, parse_database_url
 from multiactive.db.control import WriterRole
 from multiactive.db.failover import failover, rejoin, switchover
 from multiactive.db.mariadb import MariaDatabase
-from multiactive.errors import ClusterError
+from multiactive.errors import ClusterError, DatabaseError
 from multiactive.journal import MemoryJournal
 from multiactive.local.cluster import LocalCluster
 from multiactive.local.mariadb import REPL_PASSWORD, REPL_USER
 from multiactive.model.message import StreamId
-from multiactive.model.topology import Address, ReplicationSettings, load_topology
+from multiactive.model.topology import Address, ReplicationSettings, load_topology, parse_topology
 from tests.integration.conftest import DB_SITES, ClusterFactory, wait_for
 from tests.integration.db_handlers import WRITES_TABLE, save_row
 from tests.unit.replication.test_processor import feed, msg
@@ -70,6 +70,42 @@ def rows(server: Any) -> tuple[int, int]:
     """(rows, distinct request ids) in `writes`."""
     found = server.sql("SELECT COUNT(*), COUNT(DISTINCT request_id) FROM app.writes")
     return int(found[0][0]), int(found[0][1])
+
+
+def test_bad_input_on_real_mariadb_is_refused_and_changes_nothing(mariadb: Any) -> None:
+    """An account holding READ ONLY ADMIN is refused for the processors; a switchover to a
+    replica too far behind is refused with the primary still writable."""
+    admin = parse_database_url(mariadb.admin_url("gz"), "url", Path())
+    with pytest.raises(DatabaseError, match=r"holds .*(READ ONLY ADMIN|ALL PRIVILEGES)"):
+        asyncio.run(MariaDatabase(admin, "database.sites.gz.url").open())
+    primary, gz = mariadb.servers[WRITER], mariadb.servers["gz"]
+    gz.sql("STOP SLAVE SQL_THREAD")
+    primary.sql("CREATE TABLE app.lagging (n INT); INSERT INTO app.lagging VALUES (1), (2)")
+    settings = database_settings(
+        parse_topology(
+            {
+                "sites": [
+                    {"name": s, "listen": f"127.0.0.1:{i + 1}"} for i, s in enumerate(DB_SITES)
+                ],
+                "database": {
+                    "mode": "writer",
+                    "writer": WRITER,
+                    "sites": {s: {"url": mariadb.admin_url(s)} for s in DB_SITES},
+                },
+            }
+        )
+    )
+
+    async def announce(role: WriterRole) -> None:
+        raise AssertionError("nothing may be announced")
+
+    with pytest.raises(DatabaseError, match=r"--to gz: 2 transactions behind bj-unicom"):
+        asyncio.run(switchover(settings, "gz", announce, max_lag=1))
+    with pytest.raises(DatabaseError, match=r"--to bj-unicom: it is already the primary"):
+        asyncio.run(switchover(settings, WRITER, announce))
+    assert primary.value("@@read_only") == "0"  # nothing changed
+    assert gz.value("@@read_only") == "1"
+    gz.sql("START SLAVE SQL_THREAD")
 
 
 def test_writes_at_three_sites_end_in_the_writers_database_exactly_once(
