@@ -17,6 +17,7 @@ Tables of ours, in every site's database (they replicate with the binlog in writ
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
@@ -112,15 +113,15 @@ class BufferedWrites(ABC):
         key: Sequence[str],
         version_column: str | None = None,
     ) -> None:
-        await self.execute(
-            upsert_sql(self.dialect, table, tuple(row), key, version_column), tuple(row.values())
-        )
+        sql = upsert_sql(self.dialect, table, tuple(row), tuple(key), version_column)
+        await self.execute(sql, tuple(row.values()))
 
     @abstractmethod
     async def _run_many(self, sql: str, rows: list[Params]) -> None:
         """Send one statement with each of `rows` (the backend's executemany)."""
 
 
+@functools.lru_cache(maxsize=256)
 def upsert_sql(
     dialect: Dialect,
     table: str,
