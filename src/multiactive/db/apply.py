@@ -47,6 +47,10 @@ READ_BYTES = 4 * 1024 * 1024  # from one stream
 UNAVAILABLE_BACKOFF_MIN_S = 0.05
 UNAVAILABLE_BACKOFF_MAX_S = 1.0
 HOLE_RECHECK_S = 1.0
+# A site that is not the writer reads the fence in its own database this often: the fence a
+# failover writes into the promoted replica starts its DB apply without waiting for the
+# control message to come through its processor (which may be busy with a backlog).
+FENCE_POLL_S = 0.05
 
 log = get_logger("db")
 
@@ -120,6 +124,7 @@ class DbApply:
         self._failing: dict[tuple[StreamId, int], _Failing] = {}
         self._retry_at: dict[StreamId, float] = {}
         self._blocked_until = 0.0
+        self._fence_poll_at = 0.0
         self._unavailable_s = 0.0
         self._rotation = 0
         self._totals = {"applied": 0, "parked": 0, "failures": 0, "transactions": 0}
@@ -165,9 +170,20 @@ class DbApply:
             if not await self.step():
                 await self._journal.appended.wait(self._next_wake_in())
 
+    async def _poll_fence(self, now: float) -> None:
+        self._fence_poll_at = now + FENCE_POLL_S
+        try:
+            fence = await self._read_fence()
+        except DatabaseError:
+            return  # the database is down: the control message will tell
+        if fence is not None:
+            self.learn_role(fence)
+
     def _next_wake_in(self) -> float | None:
         now = self._clock.monotonic()
-        pending = [w for w in (*self._retry_at.values(), self._blocked_until) if w > now]
+        polls = (self._fence_poll_at,) if not self.active and self.mode == "writer" else ()
+        waits = (*self._retry_at.values(), self._blocked_until, *polls)
+        pending = [w for w in waits if w > now]
         return min(pending) - now if pending else None
 
     async def close(self) -> None:
@@ -184,6 +200,8 @@ class DbApply:
     async def step(self) -> bool:
         """One round: read what is due, apply it in one transaction; False if nothing was."""
         now = self._clock.monotonic()
+        if not self.active and self.mode == "writer" and now >= self._fence_poll_at:
+            await self._poll_fence(now)
         if not self.active or now < self._blocked_until:
             return False
         try:
