@@ -9,6 +9,9 @@ declare -A NEEDED=(
   [chromedriver]=chromium-driver
   [redis-server]=redis-server      # the redis journal and state tests start their own servers
   [redis-cli]=redis-tools
+  [mariadbd]=mariadb-server        # the database layer's tests start a primary and replicas
+  [mariadb-install-db]=mariadb-server
+  [mariadb]=mariadb-client
 )
 
 # file pattern -> Debian package, for programs that are not on PATH.

@@ -18,6 +18,9 @@
     │   └── StoreOutcomeUnknown  a write was sent and its answer lost: it may be stored
     ├── OutcomeUnknown         the site could not tell whether a write was journaled;
     │                          publishing it again with the same id is safe
+    ├── DatabaseError          a site's database cannot be reached, refused a statement or is
+    │   │                      set up wrong (names the URL's setting)
+    │   └── FencedError        a DB transaction under a writer epoch that is no longer current
     ├── ConnectionLost         a connection closed before an answer arrived
     ├── ApplierError           the site's applier process did not start or exited
     ├── HandlerTimeout         a user handler ran past its timeout (the attempt failed)
@@ -129,6 +132,19 @@ class ClusterError(MultiactiveError):
 
 class ConnectionLost(MultiactiveError):
     """The connection closed before the answer arrived; the outcome is unknown."""
+
+
+class DatabaseError(MultiactiveError):
+    """A site's database cannot be reached, refused a statement, or is set up wrong.
+    `transient`: worth retrying as it is (unreachable, read-only, a lock timeout)."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class FencedError(DatabaseError):
+    """The DB-writer role moved: a transaction under an old epoch is refused."""
 
 
 class UnknownSiteError(ConfigError):

@@ -78,3 +78,28 @@ def assert_applied_exactly_once(cluster: LocalCluster) -> None:
 def assert_same_digest(cluster: LocalCluster) -> None:
     digests = {site: cluster.digest(site) for site in cluster.sites}
     assert len(set(digests.values())) == 1, digests
+
+
+DB_SITES = ("bj-unicom", "bj-telecom", "gz")
+
+
+@pytest.fixture(scope="session")
+def mariadb_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One set of real mariadbd servers for the session: a primary (bj-unicom) and GTID
+    replicas (bj-telecom, gz). Fails with the apt-get command when MariaDB is missing."""
+    from multiactive.local.mariadb import MariaSet
+
+    servers = MariaSet(tmp_path_factory.mktemp("mariadb"), DB_SITES)
+    servers.start()
+    servers.fresh = True  # type: ignore[attr-defined]
+    yield servers
+    servers.kill()
+
+
+@pytest.fixture
+def mariadb(mariadb_servers: Any) -> Any:
+    """The session's servers, back to a fresh primary and replicas for each test."""
+    if not mariadb_servers.fresh:
+        mariadb_servers.reset()
+    mariadb_servers.fresh = False
+    return mariadb_servers

@@ -11,6 +11,8 @@ GET /state/digest       digest of the state and its entry count
 GET /state/kv/{key}     one entry (tombstones included), 404 when never written
 GET /state/entries      every entry (?limit=N, default 10000)
 GET /deadletters        parked messages (?limit=N, default 1000)
+POST /db/writer         {"writer", "epoch"}: journal the `ma.db.writer` control message here
+                        (what `multiactive db switchover|failover` sends; docs/database.md)
 
 Every endpoint with its answer record: docs/admin-api.md.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
@@ -30,7 +32,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from multiactive.admin.metrics import Scrape, render_metrics
 from multiactive.admin.render import entry_json, member_json, snapshot_json, topology_json
-from multiactive.errors import ConfigError, MultiactiveError, StoreError
+from multiactive.db.control import WRITER_KEY, WRITER_TYPE, decode_writer
+from multiactive.errors import ConfigError, DecodeError, MultiactiveError, StoreError
 from multiactive.journal.base import Journal
 from multiactive.model.message import Position, StreamId
 from multiactive.model.topology import Address, Topology
@@ -42,6 +45,7 @@ from multiactive.state.base import StateBackend
 
 PEER_TIMEOUT_S = 2.0
 READY_TIMEOUT_S = 2.0
+Control = Callable[[str, str, bytes], Awaitable[None]]
 
 
 class AdminServer:
@@ -56,7 +60,9 @@ class AdminServer:
         processor: ProcessorView,
         reconciler: Reconciler,
         inspector: SiteInspector,
+        control: Control | None = None,
     ) -> None:
+        """`control`: journals a control message (type, key, payload) at this site."""
         self._site = site
         self._topology = topology
         self._journal = journal
@@ -64,6 +70,7 @@ class AdminServer:
         self._processor = processor
         self._reconciler = reconciler
         self._inspector = inspector
+        self._control = control
         self._runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
 
@@ -94,6 +101,7 @@ class AdminServer:
                 web.post("/reconcile", self._reconcile_now),
                 web.get("/trace/position", self._trace_position),
                 web.get("/trace/{id}", self._trace),
+                web.post("/db/writer", self._db_writer),
             ]
         )
         return app
@@ -287,6 +295,18 @@ class AdminServer:
         ]
         result = await self._reconciler.replay(letters)
         return web.json_response(result.to_json())
+
+    async def _db_writer(self, request: web.Request) -> web.Response:
+        if self._control is None:
+            raise web.HTTPNotFound(text="this site takes no control messages")
+        try:
+            role = decode_writer(await request.read())
+        except DecodeError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from exc
+        if role.writer not in self._topology.site_names:
+            raise web.HTTPBadRequest(text=f"writer {role.writer!r} is not a site")
+        await self._control(WRITER_TYPE, WRITER_KEY, role.encode())
+        return web.json_response({"writer": role.writer, "epoch": role.epoch})
 
     async def _trace(self, request: web.Request) -> web.Response:
         request_id = request.match_info["id"]

@@ -8,6 +8,7 @@ import click
 
 from multiactive import __version__
 from multiactive.cli.check import check
+from multiactive.cli.db import db
 from multiactive.cli.demo import demo
 from multiactive.cli.inspect import lag, status, trace
 from multiactive.cli.repair import deadletters, reconcile, replay
@@ -32,6 +33,7 @@ cli.add_command(trace)
 cli.add_command(reconcile)
 cli.add_command(deadletters)
 cli.add_command(replay)
+cli.add_command(db)
 
 
 def main() -> None:

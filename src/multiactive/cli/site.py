@@ -158,7 +158,7 @@ async def _serve(node: SiteNode) -> None:
     if node.config.admin is not None:
         admin = AdminServer(
             node.name, node.topology, node.journal, node.state, node.processor, node.reconciler,
-            node.inspector,
+            node.inspector, control=node.publish_internal,
         )  # fmt: skip
     try:
         if admin is not None:

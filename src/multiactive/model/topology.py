@@ -59,6 +59,9 @@ LINK_MODES: tuple[LinkMode, ...] = ("push", "pull")
 JOURNAL_BACKENDS = ("sqlite", "memory", "redis")
 STATE_BACKENDS = ("sqlite", "memory", "redis")
 REDIS_SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster")
+# Sections that a higher layer parses (`multiactive.db.config` reads [database]); the topology
+# keeps them as raw tables so that this model imports nothing above it.
+EXTENSION_SECTIONS = ("database",)
 SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 DEFAULT_PARTITIONS = 8
@@ -175,6 +178,7 @@ class Topology:
     replication: ReplicationSettings = field(default_factory=ReplicationSettings)
     source: str = "<topology>"
     audit: AuditSettings = field(default_factory=AuditSettings)
+    extensions: Mapping[str, Any] = field(default_factory=dict)  # EXTENSION_SECTIONS, raw
 
     @property
     def site_names(self) -> tuple[str, ...]:
@@ -226,7 +230,8 @@ def parse_topology(
     raw: Mapping[str, Any], *, source: str = "<topology>", base_dir: Path | None = None
 ) -> Topology:
     reader = _Reader(source)
-    reader.known(raw, "", {"cluster", "limits", "replication", "sites", "links", "audit"})
+    sections = {"cluster", "limits", "replication", "sites", "links", "audit"}
+    reader.known(raw, "", sections | set(EXTENSION_SECTIONS))
     cluster = reader.table(raw, "cluster")
     reader.known(cluster, "cluster", {"name", "partitions", "default_link_mode"})
     partitions = reader.integer(cluster, "cluster", "partitions", DEFAULT_PARTITIONS, 1, 4096)
@@ -244,7 +249,8 @@ def parse_topology(
         )
     if audit.store == "postgresql" and not audit.dsn:
         raise reader.fail("audit.dsn", 'is required when audit.store = "postgresql"')
-    return Topology(name, partitions, sites, links, limits, replication, source, audit)
+    extensions = {key: reader.table(raw, key) for key in EXTENSION_SECTIONS if key in raw}
+    return Topology(name, partitions, sites, links, limits, replication, source, audit, extensions)
 
 
 def parse_address(text: object, where: str) -> Address:

@@ -22,6 +22,9 @@ every HOLD_RETRY_MAX_S), holding its stream, for types whose later messages must
 an earlier one:
 
     registry.register("order.pay", on_pay, timeout_s=5.0, on_exhausted="hold")
+
+A type may also have a DB handler (`registry.register_db`, see `multiactive.db.handlers`):
+it runs where the database is written, exactly once, in the DB apply's transaction.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from multiactive.db.handlers import DbHandler
 from multiactive.errors import ConfigError
 from multiactive.model.message import Message
 from multiactive.state.base import BUILTIN_TYPES, StateBackend
@@ -66,6 +70,7 @@ class HandlerRegistry:
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
         self._options: dict[str, HandlerOptions] = {}
+        self._db_handlers: dict[str, DbHandler] = {}
 
     def register(
         self,
@@ -109,6 +114,28 @@ class HandlerRegistry:
 
     def options(self, message_type: str) -> HandlerOptions:
         return self._options.get(message_type, HandlerOptions())
+
+    def register_db(self, message_type: str, handler: DbHandler) -> None:
+        """A DB handler for a type (built-in types too): see `multiactive.db.handlers`."""
+        if message_type in self._db_handlers:
+            raise ConfigError(f"a DB handler for {message_type!r} is already registered")
+        self._db_handlers[message_type] = handler
+
+    def db_handler(self, message_type: str) -> Callable[[DbHandler], DbHandler]:
+        """Decorator form of `register_db`."""
+
+        def decorate(fn: DbHandler) -> DbHandler:
+            self.register_db(message_type, fn)
+            return fn
+
+        return decorate
+
+    def get_db(self, message_type: str) -> DbHandler | None:
+        return self._db_handlers.get(message_type)
+
+    @property
+    def db_types(self) -> tuple[str, ...]:
+        return tuple(sorted(self._db_handlers))
 
     @property
     def types(self) -> tuple[str, ...]:

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from multiactive import failpoints
-from multiactive.aio import Backoff, Pulse, wait_any, wait_until
+from multiactive.aio import Backoff, Pulse, run_together, wait_any, wait_until
 from multiactive.clock import SYSTEM_CLOCK, Clock
+from multiactive.db.apply import DbApply
 from multiactive.errors import HandlerTimeout, StoreError
 from multiactive.journal.base import Journal
 from multiactive.logs import get_logger
@@ -185,8 +186,12 @@ class Processor:
         registry: HandlerRegistry,
         settings: ReplicationSettings,
         clock: Clock = SYSTEM_CLOCK,
+        db: DbApply | None = None,
     ) -> None:
+        """`db`: the site's DB apply (`multiactive.db.site.open_db_apply`), loaded and run
+        beside this processor on its own cursor, the DB watermark."""
         self.site = site
+        self.db = db
         self._clock = clock
         self._journal = journal
         self._state = state
@@ -225,10 +230,19 @@ class Processor:
         # A stream journaled before this start may have had a handler run before a crash,
         # even if no commit (so no watermark) of it was made: its first delivery is a retry.
         self._restarted = set(self._applied) | set(self._journal.heads())
+        if self.db is not None:
+            await self.db.load()
 
     async def run(self) -> None:
-        """Apply until cancelled. A storage server that fails (a Redis restarting) is tried
-        again with backoff; a commit whose answer was lost is read back from the state."""
+        """Apply until cancelled (and the database apply beside it, when there is one)."""
+        if self.db is not None:
+            await run_together(self._run(), self.db.run())
+        else:
+            await self._run()
+
+    async def _run(self) -> None:
+        """A storage server that fails (a Redis restarting) is tried again with backoff; a
+        commit whose answer was lost is read back from the state."""
         backoff = Backoff(STORE_RETRY_MIN_S, STORE_RETRY_MAX_S)
         stale = False
         while True:
@@ -363,6 +377,8 @@ class Processor:
             self._canaries[message.origin] = (message.created_ms, self._clock.wall_ms())
             return
         handler = self._registry.get(message.type)
+        if handler is None and self._registry.get_db(message.type) is not None:
+            return  # a DB-only type: nothing to do to the cache
         if handler is None:
             error = f"no handler for type {message.type!r}"
             self._step(stream).dead.append(self._dead(message, error, 1))
@@ -590,9 +606,11 @@ class Processor:
 
     async def close(self) -> None:
         """Cancel the handler calls still running (the processor's own task is cancelled by
-        its owner)."""
+        its owner) and close its database."""
         for running in self._running.values():
             running.task.cancel()
+        if self.db is not None:
+            await self.db.close()
 
     async def wait_caught_up(self, timeout_s: float) -> bool:
         """Wait until every journaled message is applied (for drains and tests)."""

@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from multiactive.aio import Pulse, run_together, wait_until
+from multiactive.clock import SYSTEM_CLOCK
+from multiactive.db.site import open_db_apply
 from multiactive.errors import ApplierError, ConnectionLost, ProtocolError, StoreError
 from multiactive.journal import Journal, open_journal
 from multiactive.logs import get_logger
@@ -370,7 +372,8 @@ async def serve_applier(
     await journal.open_for_reading()
     try:
         await state.open()
-        processor = Processor(site, journal, state, registry, topology.replication)
+        db = open_db_apply(topology, site, journal, registry, SYSTEM_CLOCK)
+        processor = Processor(site, journal, state, registry, topology.replication, db=db)
         await processor.load()
         channel = await Channel.open(socket.socket(fileno=channel_fd))
         try:
@@ -378,6 +381,7 @@ async def serve_applier(
         finally:
             await processor.close()
             await channel.close()
+            await processor.close()
     finally:
         await state.close()
         await journal.close()

@@ -19,6 +19,7 @@ import aiohttp
 
 from multiactive.audit import Auditor, SqliteAuditStore, Stage
 from multiactive.clock import SYSTEM_CLOCK, Clock
+from multiactive.db.site import open_db_apply
 from multiactive.errors import (
     ConfigError,
     ConnectionLost,
@@ -102,8 +103,9 @@ class SiteNode:
             self.processor = ProcessorProcess(site, self.journal, applier)
             self.journal.cache_remote = False  # the applier reads them from storage
         else:
+            db = open_db_apply(topology, site, self.journal, self.registry, clock)
             self.processor = Processor(
-                site, self.journal, self.state, self.registry, topology.replication, clock
+                site, self.journal, self.state, self.registry, topology.replication, clock, db
             )
         stall_after_s = topology.replication.stall_after_s
         self.monitors = {
@@ -235,6 +237,10 @@ class SiteNode:
             with contextlib.suppress(RejectedError):
                 await self.ingress.submit(drafts, internal=True)
             await self._clock.sleep(interval)
+
+    async def publish_internal(self, type_: str, key: str, payload: bytes) -> None:
+        """Journal a site's own control message (a reserved `ma.` type) like any write."""
+        await self.ingress.submit([["", type_, key, {}, payload]], internal=True)
 
     async def _fetch_range(
         self, site: str, stream: StreamId, first: int, last: int

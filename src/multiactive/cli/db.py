@@ -1,0 +1,180 @@
+"""`multiactive db status | switchover | failover | rejoin`: the database layer's commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from multiactive.cli.inspect import json_option, topology_option
+from multiactive.db.config import database_settings
+from multiactive.db.control import WriterRole
+from multiactive.db.failover import (
+    DEFAULT_MAX_LAG,
+    DEFAULT_WAIT_S,
+    Announce,
+    FailoverResult,
+    Report,
+)
+from multiactive.db.failover import failover as run_failover
+from multiactive.db.failover import rejoin as run_rejoin
+from multiactive.db.failover import switchover as run_switchover
+from multiactive.db.replication import DbStatus, db_status
+from multiactive.errors import ClusterError, ConfigError
+from multiactive.model.topology import Topology, load_topology
+
+to_option = click.option("--to", "target", required=True, help="The site that becomes the writer.")
+dry_run_option = click.option("--dry-run", is_flag=True, help="Check and print the steps only.")
+max_lag_option = click.option(
+    "--max-lag", default=DEFAULT_MAX_LAG, help="Refuse a target more transactions behind."
+)
+wait_option = click.option(
+    "--wait-s", default=DEFAULT_WAIT_S, help="How long the target may take to catch up."
+)
+
+
+@click.group()
+def db() -> None:
+    """The database: writer role, replication, switchover and failover (docs/database.md)."""
+
+
+@db.command()
+@topology_option
+@json_option
+def status(topology_path: Path, as_json: bool) -> None:
+    """Writer, epoch and, per site: role, GTID position, IO/SQL threads, lag, errant GTIDs."""
+    settings = database_settings(load_topology(topology_path))
+    answer = asyncio.run(db_status(settings))
+    if as_json:
+        click.echo(json.dumps(answer.to_json(), indent=2))
+        return
+    _print_status(answer)
+
+
+@db.command()
+@topology_option
+@to_option
+@dry_run_option
+@max_lag_option
+@wait_option
+@json_option
+def switchover(
+    topology_path: Path, target: str, dry_run: bool, max_lag: int, wait_s: float, as_json: bool
+) -> None:
+    """Planned: the old primary goes read_only, the target catches up and is promoted."""
+    topology = load_topology(topology_path)
+    result = asyncio.run(
+        run_switchover(
+            database_settings(topology),
+            target,
+            _announcer(topology),
+            dry_run=dry_run,
+            max_lag=max_lag,
+            wait_s=wait_s,
+            report=_reporter(as_json),
+        )
+    )
+    _finish(result, as_json)
+
+
+@db.command()
+@topology_option
+@to_option
+@dry_run_option
+@max_lag_option
+@wait_option
+@json_option
+def failover(
+    topology_path: Path, target: str, dry_run: bool, max_lag: int, wait_s: float, as_json: bool
+) -> None:
+    """Unplanned: the primary does not answer; promote the target, fence the old writer."""
+    topology = load_topology(topology_path)
+    result = asyncio.run(
+        run_failover(
+            database_settings(topology),
+            target,
+            _announcer(topology),
+            dry_run=dry_run,
+            max_lag=max_lag,
+            wait_s=wait_s,
+            report=_reporter(as_json),
+        )
+    )
+    _finish(result, as_json)
+
+
+@db.command()
+@topology_option
+@click.argument("site")
+@json_option
+def rejoin(topology_path: Path, site: str, as_json: bool) -> None:
+    """Bring an old primary back: read_only, then a replica of the primary (if not errant)."""
+    settings = database_settings(load_topology(topology_path))
+    _finish(asyncio.run(run_rejoin(settings, site, report=_reporter(as_json))), as_json)
+
+
+def _announcer(topology: Topology) -> Announce:
+    async def announce(role: WriterRole) -> None:
+        await asyncio.to_thread(post_writer, topology, role)
+
+    return announce
+
+
+def post_writer(topology: Topology, role: WriterRole) -> None:
+    """Journal the control message at the new writer's site (its admin API)."""
+    site = topology.site(role.writer)
+    if site.admin is None:
+        raise ConfigError(f"site {site.name} has no admin address (sites[].admin)")
+    request = urllib.request.Request(
+        f"http://{site.admin}/db/writer", data=role.encode(), method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
+    except (OSError, urllib.error.URLError) as exc:
+        raise ClusterError(
+            f"site {site.name} did not take the writer message at {site.admin}: {exc}; the "
+            f"database is promoted: retry with POST /db/writer {role.encode().decode()}"
+        ) from exc
+
+
+def _reporter(as_json: bool) -> Report:
+    return (lambda line: None) if as_json else click.echo
+
+
+def _finish(result: FailoverResult, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    elif not result.dry_run:
+        click.echo(f"{result.kind} to {result.target}: done (epoch {result.epoch})")
+
+
+def _print_status(answer: DbStatus) -> None:
+    console = Console()
+    console.print(
+        f"mode {answer.mode}  writer {answer.writer}  epoch {answer.epoch}  "
+        f"primary {answer.primary or 'none answers'}"
+    )
+    table = Table(box=box.SIMPLE)
+    for column in ("site", "role", "gtid", "io/sql", "lag tx", "lag s", "errant", "error"):
+        table.add_column(column)
+    for site in answer.sites:
+        s = site.state
+        table.add_row(
+            site.site,
+            site.role,
+            s.gtid_current_pos,
+            f"{s.io_running}/{s.sql_running}" if s.is_replica else "",
+            "" if site.lag_transactions is None else str(site.lag_transactions),
+            "" if s.seconds_behind is None else str(s.seconds_behind),
+            ", ".join(site.errant_gtids),
+            (s.error or s.last_error)[:60],
+        )
+    console.print(table)

@@ -1,0 +1,303 @@
+"""The database layer on real MariaDB: a primary (bj-unicom) and two GTID replicas, three
+real site processes in writer mode."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from multiactive.cli.db import post_writer
+from multiactive.client import Client
+from multiactive.clock import SYSTEM_CLOCK
+from multiactive.db.apply import DbApply
+from multiactive.db.config import database_settings, parse_database_url
+from multiactive.db.control import WriterRole
+from multiactive.db.failover import failover, rejoin, switchover
+from multiactive.db.mariadb import MariaDatabase
+from multiactive.errors import ClusterError, DatabaseError
+from multiactive.journal import MemoryJournal
+from multiactive.local.cluster import LocalCluster
+from multiactive.local.mariadb import REPL_PASSWORD, REPL_USER
+from multiactive.model.message import StreamId
+from multiactive.model.topology import Address, ReplicationSettings, load_topology, parse_topology
+from tests.integration.conftest import DB_SITES, ClusterFactory, wait_for
+from tests.integration.db_handlers import WRITES_TABLE, save_row
+from tests.unit.replication.test_processor import feed, msg
+
+pytestmark = [pytest.mark.integration, pytest.mark.mariadb]
+
+WRITER = "bj-unicom"
+TABLES = ("writes", "ma_db_watermarks", "ma_db_fence")
+
+
+def writer_cluster(make_cluster: ClusterFactory, mariadb: Any, **options: Any) -> LocalCluster:
+    mariadb.servers[WRITER].sql(WRITES_TABLE)
+    database = {
+        "mode": "writer",
+        "writer": WRITER,
+        "replication_user": REPL_USER,
+        "replication_password": REPL_PASSWORD,
+        "sites": {
+            site: {"url": mariadb.processor_url(site), "admin_url": mariadb.admin_url(site)}
+            for site in DB_SITES
+        },
+    }
+    cluster = make_cluster(
+        DB_SITES, handlers=["db_handlers"], settings={"database": database}, **options
+    )
+    cluster.start()
+    return cluster
+
+
+async def write_rows(address: Address, count: int, tag: str) -> list[str]:
+    async with Client(address) as client:
+        acks = await asyncio.gather(
+            *(client.publish("test.row", f"{tag}-{i}", b"x" * 64) for i in range(count))
+        )
+    return [ack.id for ack in acks]
+
+
+def rows(server: Any) -> tuple[int, int]:
+    """(rows, distinct request ids) in `writes`."""
+    found = server.sql("SELECT COUNT(*), COUNT(DISTINCT request_id) FROM app.writes")
+    return int(found[0][0]), int(found[0][1])
+
+
+def test_bad_input_on_real_mariadb_is_refused_and_changes_nothing(mariadb: Any) -> None:
+    """An account holding READ ONLY ADMIN is refused for the processors; a switchover to a
+    replica too far behind is refused with the primary still writable."""
+    admin = parse_database_url(mariadb.admin_url("gz"), "url", Path())
+    with pytest.raises(DatabaseError, match=r"holds .*(READ ONLY ADMIN|ALL PRIVILEGES)"):
+        asyncio.run(MariaDatabase(admin, "database.sites.gz.url").open())
+    primary, gz = mariadb.servers[WRITER], mariadb.servers["gz"]
+    gz.sql("STOP SLAVE SQL_THREAD")
+    primary.sql("CREATE TABLE app.lagging (n INT); INSERT INTO app.lagging VALUES (1), (2)")
+    settings = database_settings(
+        parse_topology(
+            {
+                "sites": [
+                    {"name": s, "listen": f"127.0.0.1:{i + 1}"} for i, s in enumerate(DB_SITES)
+                ],
+                "database": {
+                    "mode": "writer",
+                    "writer": WRITER,
+                    "sites": {s: {"url": mariadb.admin_url(s)} for s in DB_SITES},
+                },
+            }
+        )
+    )
+
+    async def announce(role: WriterRole) -> None:
+        raise AssertionError("nothing may be announced")
+
+    with pytest.raises(DatabaseError, match=r"--to gz: 2 transactions behind bj-unicom"):
+        asyncio.run(switchover(settings, "gz", announce, max_lag=1))
+    with pytest.raises(DatabaseError, match=r"--to bj-unicom: it is already the primary"):
+        asyncio.run(switchover(settings, WRITER, announce))
+    assert primary.value("@@read_only") == "0"  # nothing changed
+    assert gz.value("@@read_only") == "1"
+    gz.sql("START SLAVE SQL_THREAD")
+
+
+def test_writes_at_three_sites_end_in_the_writers_database_exactly_once(
+    make_cluster: ClusterFactory, mariadb: Any
+) -> None:
+    cluster = writer_cluster(make_cluster, mariadb)
+    count = 300
+    ids: list[str] = []
+    for site in DB_SITES:
+        ids += asyncio.run(write_rows(cluster.client_address(site), count, site))
+    primary = mariadb.servers[WRITER]
+    wait_for(lambda: rows(primary)[0] >= 3 * count, 30, "every write in the primary")
+    cluster.wait_converged(timeout_s=30)
+    assert rows(primary) == (3 * count, 3 * count)  # each request id exactly once
+    stored = {r[0] for r in primary.sql("SELECT request_id FROM app.writes")}
+    assert stored == set(ids)
+    assert {r[0] for r in primary.sql("SELECT DISTINCT writer FROM app.writes")} == {WRITER}
+    mariadb.wait_replicated()
+    sums = mariadb.checksums(TABLES)
+    assert len(sums) == 3
+    assert all(s == sums[WRITER] for s in sums.values()), sums
+
+
+class Load:
+    """Writes `test.row` at every site at about `rate` messages/s in all, in a thread, until
+    stopped; keeps the ids of the acknowledged writes."""
+
+    def __init__(self, cluster: LocalCluster, rate: int = 1000) -> None:
+        self.cluster, self.rate = cluster, rate
+        self.acked: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+    async def _main(self) -> None:
+        await asyncio.gather(*(self._site(site) for site in DB_SITES))
+
+    async def _site(self, site: str) -> None:
+        """`rate / sites` writes/s from this site, in ticks of 10 ms kept on schedule."""
+        per_tick, credit, n = self.rate / len(DB_SITES) / 100, 0.0, 0
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        async with Client(self.cluster.client_address(site)) as client:
+            while not self.stop.is_set():
+                credit += per_tick
+                keys = [f"{site}-{n + i}" for i in range(int(credit))]
+                credit -= len(keys)
+                n += len(keys)
+                acks = await asyncio.gather(*(client.publish("test.row", k, b"y") for k in keys))
+                self.acked += [a.id for a in acks]
+                next_at += 0.01
+                await asyncio.sleep(max(0.0, next_at - loop.time()))
+
+
+class FirstWrite:
+    """Polls a server until a row written by `writer` appears; `at_s` is when (monotonic)."""
+
+    def __init__(self, server: Any, writer: str) -> None:
+        self.at_s: float | None = None
+        self._server, self._writer = server, writer
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        query = f"SELECT COUNT(*) FROM app.writes WHERE writer = '{self._writer}'"
+        deadline = time.monotonic() + 60
+        while not self._done.is_set() and time.monotonic() < deadline:
+            with contextlib.suppress(ClusterError):
+                if int(self._server.sql(query)[0][0]) > 0:
+                    self.at_s = time.monotonic()
+                    return
+            time.sleep(0.01)
+
+    def wait(self, timeout_s: float = 30) -> float:
+        self._thread.join(timeout_s)
+        self._done.set()
+        assert self.at_s is not None, f"no DB write by {self._writer}"
+        return self.at_s
+
+
+def assert_exactly_once(server: Any, acked: list[str]) -> None:
+    wait_for(lambda: rows(server)[0] >= len(acked), 60, f"{len(acked)} rows at the new primary")
+    assert rows(server) == (len(acked), len(acked))  # nothing lost, nothing twice
+    assert {r[0] for r in server.sql("SELECT request_id FROM app.writes")} == set(acked)
+
+
+def settings_of(cluster: LocalCluster) -> Any:
+    return database_settings(load_topology(cluster.topology_path))
+
+
+def announcer(cluster: LocalCluster) -> Any:
+    topology = load_topology(cluster.topology_path)
+
+    async def announce(role: WriterRole) -> None:
+        await asyncio.to_thread(post_writer, topology, role)
+
+    return announce
+
+
+def test_a_planned_switchover_under_load_loses_nothing_and_applies_nothing_twice(
+    make_cluster: ClusterFactory, mariadb: Any
+) -> None:
+    cluster = writer_cluster(make_cluster, mariadb)
+    target = mariadb.servers["gz"]
+    with Load(cluster) as load:
+        wait_for(lambda: rows(mariadb.servers[WRITER])[0] > 300, 30, "writes flowing")
+        first = FirstWrite(target, "gz")
+        result = asyncio.run(switchover(settings_of(cluster), "gz", announcer(cluster)))
+        assert result.read_only_at_s is not None
+        pause_ms = (first.wait() - result.read_only_at_s) * 1000
+        after = len(load.acked) + 500
+        wait_for(lambda: len(load.acked) > after, 30, "load after the switchover")
+    print(f"switchover pause {pause_ms:.0f} ms; {len(load.acked)} writes")
+    assert_exactly_once(target, load.acked)
+    status = subprocess.run(
+        [sys.executable, "-m", "multiactive", "db", "status", "--json",
+         "--topology", str(cluster.topology_path)],
+        capture_output=True, check=True, text=True,
+    )  # fmt: skip
+    answer = json.loads(status.stdout)
+    assert (answer["writer"], answer["epoch"], answer["primary"]) == ("gz", 2, "gz")
+    roles = {s["site"]: s["role"] for s in answer["sites"]}
+    assert roles == {"gz": "primary", "bj-unicom": "replica", "bj-telecom": "replica"}
+    mariadb.wait_replicated()
+    sums = mariadb.checksums(TABLES)
+    assert all(s == sums["gz"] for s in sums.values()), sums
+
+
+def test_an_unplanned_failover_applies_what_the_dead_primary_never_shipped_exactly_once(
+    make_cluster: ClusterFactory, mariadb: Any
+) -> None:
+    cluster = writer_cluster(make_cluster, mariadb)
+    old, new = mariadb.servers[WRITER], mariadb.servers["gz"]
+    with Load(cluster) as load:
+        wait_for(lambda: rows(old)[0] > 300, 30, "writes flowing")
+        # The long-haul link to the replicas lags: what the primary commits from now on is
+        # not shipped before it dies.
+        for name in ("gz", "bj-telecom"):
+            mariadb.servers[name].sql("STOP SLAVE IO_THREAD")
+        shipped = rows(new)[0]
+        wait_for(lambda: rows(old)[0] > shipped + 100, 30, "unshipped commits at the primary")
+        first = FirstWrite(new, "gz")
+        killed_at = time.monotonic()
+        old.kill()
+        result = asyncio.run(failover(settings_of(cluster), "gz", announcer(cluster)))
+        failover_s = first.wait() - killed_at
+        after = len(load.acked) + 500
+        wait_for(lambda: len(load.acked) > after, 30, "load after the failover")
+    print(f"failover {failover_s:.2f} s; {len(load.acked)} writes; steps {result.steps}")
+    assert_exactly_once(new, load.acked)
+    # The old primary comes back: `rejoin` makes it read_only and finds the transactions it
+    # committed and never shipped (errant GTIDs) -- their messages are in gz once, from gz's
+    # own journal.
+    old.start(read_only=False)
+    back = asyncio.run(rejoin(settings_of(cluster), WRITER))
+    assert back.errant_gtids, "the old primary had committed transactions it never shipped"
+    assert old.value("@@read_only") == "1"
+    old_rows, _ = rows(old)
+    assert old_rows > shipped  # it holds commits that gz never received from it
+    # The old writer cannot write: its transactions are refused by epoch at the new primary,
+    # and by read_only at its old primary.
+    assert_old_writer_refused(cluster, mariadb)
+
+
+def assert_old_writer_refused(cluster: LocalCluster, mariadb: Any) -> None:
+    """A DB apply that still holds epoch 1 at bj-unicom tries one transaction at the new
+    primary (refused: the fence says gz, epoch 2) and at its old primary (read_only)."""
+
+    async def attempt(url: str) -> str:
+        journal = MemoryJournal(WRITER)
+        await journal.open()
+        await feed(journal, StreamId("late", 0), msg("late", "test.row"))
+        database = MariaDatabase(parse_database_url(url, "url", Path()), "database.sites.x.url")
+        await database.open()
+        apply = DbApply(
+            WRITER, "writer", database, {"test.row": save_row}.get, journal,
+            ReplicationSettings(), SYSTEM_CLOCK, WRITER,
+        )  # fmt: skip
+        assert not await apply.step()
+        await apply.close()
+        return apply.last_error or ""
+
+    at_new = asyncio.run(attempt(mariadb.processor_url("gz")))
+    assert "fence names writer 'gz' at epoch 2" in at_new
+    assert "refused" in at_new
+    at_old = asyncio.run(attempt(mariadb.processor_url(WRITER)))
+    assert "read-only" in at_old
