@@ -15,6 +15,8 @@
     │                          or holds data this process did not write (names the URL or the
     │                          file, and the setting)
     ├── ConnectionLost         a connection closed before an answer arrived
+    ├── AuthenticationError    a peer, publisher or admin caller is not who it must be
+    │                          (certificate name, token); `reason` says which check failed
     ├── ApplierError           the site's applier process did not start or exited
     └── ClusterError           processes started on this machine (a local cluster, a test
                                server) did not reach the state a caller waited for
@@ -98,6 +100,15 @@ class ClusterError(MultiactiveError):
 
 class ConnectionLost(MultiactiveError):
     """The connection closed before the answer arrived; the outcome is unknown."""
+
+
+class AuthenticationError(MultiactiveError):
+    """A peer, a publisher or an admin caller failed a check of who it is; `reason` is short
+    and fixed (`no_certificate`, `not_a_site`, `name_mismatch`, `token`) for metrics."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class UnknownSiteError(ConfigError):

@@ -7,6 +7,7 @@ import sys
 import click
 
 from multiactive import __version__
+from multiactive.cli.certs import certs
 from multiactive.cli.check import check
 from multiactive.cli.demo import demo
 from multiactive.cli.inspect import lag, status, trace
@@ -32,6 +33,7 @@ cli.add_command(trace)
 cli.add_command(reconcile)
 cli.add_command(deadletters)
 cli.add_command(replay)
+cli.add_command(certs)
 
 
 def main() -> None:

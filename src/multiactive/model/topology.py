@@ -53,6 +53,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from multiactive.errors import ConfigError, UnknownSiteError
+from multiactive.model.tls import TlsSettings, parse_tls
 
 LinkMode = Literal["push", "pull"]
 LINK_MODES: tuple[LinkMode, ...] = ("push", "pull")
@@ -173,6 +174,7 @@ class Topology:
     replication: ReplicationSettings = field(default_factory=ReplicationSettings)
     source: str = "<topology>"
     audit: AuditSettings = field(default_factory=AuditSettings)
+    tls: TlsSettings | None = None  # [tls] (model/tls.py); None: plaintext
 
     @property
     def site_names(self) -> tuple[str, ...]:
@@ -224,7 +226,7 @@ def parse_topology(
     raw: Mapping[str, Any], *, source: str = "<topology>", base_dir: Path | None = None
 ) -> Topology:
     reader = _Reader(source)
-    reader.known(raw, "", {"cluster", "limits", "replication", "sites", "links", "audit"})
+    reader.known(raw, "", {"cluster", "limits", "replication", "sites", "links", "audit", "tls"})
     cluster = reader.table(raw, "cluster")
     reader.known(cluster, "cluster", {"name", "partitions", "default_link_mode"})
     partitions = reader.integer(cluster, "cluster", "partitions", DEFAULT_PARTITIONS, 1, 4096)
@@ -242,7 +244,8 @@ def parse_topology(
         )
     if audit.store == "postgresql" and not audit.dsn:
         raise reader.fail("audit.dsn", 'is required when audit.store = "postgresql"')
-    return Topology(name, partitions, sites, links, limits, replication, source, audit)
+    tls = parse_tls(raw, source, base_dir or Path.cwd())
+    return Topology(name, partitions, sites, links, limits, replication, source, audit, tls)
 
 
 def parse_address(text: object, where: str) -> Address:
