@@ -12,12 +12,18 @@ Every message carries a request id (made here unless given). If the connection d
 the answer, the publish raises `ConnectionLost`: the outcome is unknown, and publishing again
 with the same `id` is safe, because the site acknowledges a known id again instead of
 journaling it twice.
+
+Over TLS (a site whose topology has `[tls]`): pass `tls=` a context that trusts the cluster
+CA (`multiactive.security.tls.client_context(ca, cert, key)`, with a client certificate when
+the site asks for one), `server_name=` the site's name, and `token=` the application's token
+when the site wants tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -84,11 +90,22 @@ def _refusal(result: list[Any]) -> RejectedError:
 
 
 class Client:
-    def __init__(self, address: str | Address, *, connect_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        address: str | Address,
+        *,
+        connect_timeout_s: float = 5.0,
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
+        token: str = "",
+    ) -> None:
         self.address = (
             address if isinstance(address, Address) else parse_address(address, "address")
         )
         self._timeout = connect_timeout_s
+        self._tls = tls
+        self._server_name = server_name
+        self._token = token
         self._ids = IdGenerator()
         self._conn: FrameConnection | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -114,9 +131,15 @@ class Client:
         await self.close()
 
     async def connect(self) -> None:
-        conn = await FrameConnection.connect(self.address, DEFAULT_MAX_FRAME_BYTES, self._timeout)
-        conn.send(encode_hello(Hello("", "client", "")))
-        frame = await conn.recv(self._timeout)
+        conn = await FrameConnection.connect(
+            self.address, DEFAULT_MAX_FRAME_BYTES, self._timeout, self._tls, self._server_name
+        )
+        conn.send(encode_hello(Hello("", "client", "", token=self._token)))
+        try:
+            frame = await conn.recv(self._timeout)
+        except ConnectionLost:
+            await conn.close()
+            raise
         if frame.type == FrameType.ERROR:
             await conn.close()
             raise ConnectionLost(

@@ -31,6 +31,7 @@ from multiactive.records import HeadsAnswer, MessageRecord, StreamHeads, TraceAn
 from multiactive.replication.inspector import DEAD_LETTER_COUNT_LIMIT, SiteInspector
 from multiactive.replication.processor import ProcessorView
 from multiactive.replication.reconciler import Reconciler
+from multiactive.security.tls import TlsMaterial
 from multiactive.state.base import StateBackend
 
 PEER_TIMEOUT_S = 2.0
@@ -48,8 +49,10 @@ class AdminServer:
         processor: ProcessorView,
         reconciler: Reconciler,
         inspector: SiteInspector,
+        tls: TlsMaterial | None = None,
     ) -> None:
         self._site = site
+        self._tls = tls
         self._topology = topology
         self._journal = journal
         self._state = state
@@ -175,6 +178,9 @@ class AdminServer:
         inspector = self._inspector
         scrape = Scrape(inspector.statistics(), await inspector.lag(), len(dead), figures)
         scrape.canaries.update(self._processor.canaries())
+        if self._tls is not None:
+            scrape.tls_refusals.update(self._tls.refusals)
+            scrape.tls_expiry_s.update(self._tls.expiries())
         response = web.Response(body=render_metrics(scrape))
         response.content_type = "text/plain"
         response.charset = "utf-8"

@@ -30,12 +30,15 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from multiactive.clock import Clock
 from multiactive.errors import AuthenticationError, ConfigError
 from multiactive.logs import get_logger
 from multiactive.model.tls import TlsSettings
 from multiactive.security.certs import CertInfo, info, load_certificates, read_file, sans_of
+from multiactive.security.tokens import Tokens, load_tokens
 
 HANDSHAKE_TIMEOUT_S = 10.0
+WATCH_INTERVAL_S = 1.0  # how often a site looks at its certificate files' change times
 EXPIRY_WARNING_S = 14 * 24 * 3600.0  # the dashboard warns under 14 days
 
 log = get_logger("tls")
@@ -61,7 +64,7 @@ _TEXTS = (  # (what OpenSSL says, on either end, lower case) -> reason
     ("unexpected eof", "handshake"),
 )
 REASONS = ("expired", "not_yet_valid", "unknown_ca", "no_certificate", "name_mismatch",
-           "not_a_site", "plaintext", "token", "handshake")  # fmt: skip
+           "not_a_site", "plaintext", "token", "refused_by_peer", "handshake")  # fmt: skip
 
 
 def refusal_reason(exc: BaseException) -> str | None:
@@ -85,17 +88,6 @@ def _chain(exc: BaseException) -> Iterable[BaseException]:
     while seen is not None:
         yield seen
         seen = seen.__cause__ or seen.__context__
-
-
-def peer_names(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> tuple[str, ...] | None:
-    """The DNS names of a TLS peer's verified certificate; () without one; None without TLS."""
-    if ssl_object is None:
-        return None
-    cert = ssl_object.getpeercert()
-    if not cert:
-        return ()
-    pairs = cert.get("subjectAltName", ())
-    return tuple(str(p[1]) for p in pairs if isinstance(p, tuple) and p[0] == "DNS")
 
 
 def check_link_peer(names: tuple[str, ...] | None, claimed: str, sites: Iterable[str]) -> None:
@@ -132,6 +124,7 @@ class TlsMaterial:
         self._client: ssl.SSLContext
         self._stamp: tuple[float, ...] = ()
         self.certificates: dict[str, CertInfo] = {}
+        self.tokens = Tokens()
         self._load()
 
     # -- files -------------------------------------------------------------------------------
@@ -141,7 +134,8 @@ class TlsMaterial:
 
     def _paths(self) -> list[Path]:
         s = self.settings
-        return [*s.ca, s.cert_path(self.site), s.key_path(self.site)]
+        tokens = [] if s.tokens is None else [s.tokens]
+        return [*s.ca, s.cert_path(self.site), s.key_path(self.site), *tokens]
 
     def _mtimes(self) -> tuple[float, ...]:
         stamps: list[float] = []
@@ -164,8 +158,17 @@ class TlsMaterial:
         server = _context(ssl.PROTOCOL_TLS_SERVER, ca_pem, cert_path, key_path)
         server.verify_mode = ssl.CERT_OPTIONAL  # links demand one after the handshake
         client = _context(ssl.PROTOCOL_TLS_CLIENT, ca_pem, cert_path, key_path)
-        self._server, self._client, self._stamp = server, client, stamp
+        tokens = self._load_tokens()
+        self._server, self._client, self._stamp, self.tokens = server, client, stamp, tokens
         self.certificates = {"site": info(cert), **{f"ca{i}": info(c) for i, c in enumerate(cas)}}
+
+    def _load_tokens(self) -> Tokens:
+        path = self.settings.tokens
+        if path is None:
+            if self.settings.clients == "token":
+                raise ConfigError(f'{self._where("tokens")}: is required with clients = "token"')
+            return Tokens()
+        return load_tokens(path, self._where("tokens"))
 
     def _load_cas(self) -> tuple[list[x509.Certificate], str]:
         cas: list[x509.Certificate] = []
@@ -217,18 +220,26 @@ class TlsMaterial:
         """Whether a file changed since the contexts were made (poll it)."""
         return self._mtimes() != self._stamp
 
-    def reload(self) -> bool:
+    def reload(self, trigger: str = "call") -> bool:
         """New contexts from the files; False (and the old ones kept) when they do not load."""
         try:
             self._load()
-        except ConfigError as exc:
+        except (ConfigError, ssl.SSLError, OSError) as exc:
             self._stamp = self._mtimes()  # do not retry until the files change again
-            log.error("tls_reload_failed", site=self.site, reason=exc)
+            log.error("tls_reload_failed", site=self.site, trigger=trigger, reason=exc)
             return False
         self.reloads += 1
         site = self.certificates["site"]
-        log.info("tls_reloaded", site=self.site, expires=site.not_after, sans=",".join(site.sans))
+        log.info("tls_reloaded", site=self.site, trigger=trigger, expires=site.not_after,
+                 sans=",".join(site.sans), fingerprint=site.fingerprint[:16])  # fmt: skip
         return True
+
+    async def watch(self, clock: Clock, interval_s: float = WATCH_INTERVAL_S) -> None:
+        """Reload whenever a file changes (forever; cancel to stop)."""
+        while True:
+            await clock.sleep(interval_s)
+            if self.changed():
+                self.reload("file")
 
     def refused(self, side: str, reason: str, peer: str, detail: object) -> None:
         """Count and log a refused connection (`side`: listener or dialer)."""

@@ -33,6 +33,7 @@ from multiactive.replication.inspector import SiteInspector, SiteStatistics
 from multiactive.replication.links import LinkMonitor
 from multiactive.replication.processor import CANARY_TYPE, Processor, ProcessorView
 from multiactive.replication.reconciler import Reconciler
+from multiactive.security.tls import TlsMaterial
 from multiactive.site.applier import ApplierLaunch, ProcessorProcess
 from multiactive.site.connections import Connections
 from multiactive.state import DeadLetter, StateBackend, open_state
@@ -105,8 +106,9 @@ class SiteNode:
             for link in topology.links
             if site in (link.origin, link.receiver)
         }
+        self.tls = None if topology.tls is None else TlsMaterial(topology.tls, site)
         self.connections = Connections(
-            site, topology, self.journal, self.ingress, self.monitors, self.clock, clock
+            site, topology, self.journal, self.ingress, self.monitors, self.clock, clock, self.tls
         )
         self.auditor = _auditor(topology, self.config)
         if self.auditor is not None:
@@ -170,12 +172,18 @@ class SiteNode:
                     group.create_task(self.reconciler.run()),
                     group.create_task(self._send_canaries()),
                     *([group.create_task(self.auditor.run())] if self.auditor else []),
+                    *([group.create_task(self.tls.watch(self._clock))] if self.tls else []),
                     *(group.create_task(d) for d in self.connections.dialers()),
                 ]
                 await stop.wait()
                 await self._drain()
         finally:
             await self._close()
+
+    def reload_tls(self) -> None:
+        """SIGHUP: new certificates for new connections; those up keep theirs."""
+        if self.tls is not None:
+            self.tls.reload("sighup")
 
     async def _drain(self) -> None:
         log.info("site_draining", site=self.name, pending=self.ingress.pending)

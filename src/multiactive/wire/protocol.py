@@ -51,10 +51,15 @@ class Hello:
     origin: str = ""
     heads: dict[int, int] = field(default_factory=dict)
     version: int = PROTOCOL_VERSION
+    token: str = ""  # a publisher's application token, when [tls] clients = "token"
+
+    def __repr__(self) -> str:  # never the token, in logs or tracebacks
+        shown = "***" if self.token else ""
+        return f"Hello(site={self.site!r}, role={self.role!r}, token={shown!r})"
 
 
 def encode_hello(hello: Hello) -> bytes:
-    body = {
+    body: dict[str, object] = {
         "site": hello.site,
         "role": hello.role,
         "cluster": hello.cluster,
@@ -62,6 +67,8 @@ def encode_hello(hello: Hello) -> bytes:
         "heads": hello.heads,
         "version": hello.version,
     }
+    if hello.token:
+        body["token"] = hello.token
     return encode_frame(FrameType.HELLO, _pack(body))
 
 
@@ -84,9 +91,12 @@ def decode_hello(frame: Frame) -> Hello:
     ):
         raise ProtocolError("HELLO heads must map partition numbers to seqs >= 0")
     site, cluster, origin = body.get("site"), body.get("cluster"), body.get("origin", "")
-    if not isinstance(site, str) or not isinstance(cluster, str) or not isinstance(origin, str):
-        raise ProtocolError("HELLO site, cluster and origin must be strings")
-    return Hello(site, role, cluster, origin, heads, version)
+    token = body.get("token", "")
+    if not (isinstance(site, str) and isinstance(cluster, str)) or not (
+        isinstance(origin, str) and isinstance(token, str)
+    ):
+        raise ProtocolError("HELLO site, cluster, origin and token must be strings")
+    return Hello(site, role, cluster, origin, heads, version, token)
 
 
 def encode_batches(batches: Sequence[RecordBatch]) -> bytes:

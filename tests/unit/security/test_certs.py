@@ -162,3 +162,29 @@ def test_certs_cli_init_issue_show(tmp_path: Path) -> None:
     assert "SANs    gz" in shown.output
     assert "days left" in shown.output
     assert (tmp_path / "c" / "gz.key").stat().st_mode & 0o077 == 0
+
+
+def test_a_changed_certificate_file_is_reloaded_by_the_watcher(
+    tmp_path: Path, ca: tuple[bytes, bytes]
+) -> None:
+    """`watch` polls the files' change times on the clock and reloads when one changed."""
+    import asyncio
+
+    from multiactive.testing import FakeClock
+
+    write_site(tmp_path, ca, "a")
+    material = TlsMaterial(topology(tmp_path).tls, "a")  # type: ignore[attr-defined]
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        task = asyncio.create_task(material.watch(clock, 1.0))
+        await clock.advance(1.0)
+        assert material.reloads == 0
+        old = material.certificates["site"].fingerprint
+        write_site(tmp_path, ca, "a")
+        await clock.advance(1.0)
+        assert material.reloads == 1
+        assert material.certificates["site"].fingerprint != old
+        task.cancel()
+
+    asyncio.run(scenario())
