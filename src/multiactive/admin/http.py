@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from multiactive.admin.auth import guard
 from multiactive.admin.metrics import Scrape, render_metrics
 from multiactive.admin.render import entry_json, member_json, snapshot_json, topology_json
 from multiactive.errors import ConfigError
@@ -63,7 +64,7 @@ class AdminServer:
         self._http: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[guard(self._site, self._tls)])
         app.add_routes(
             [
                 web.get("/", self._to_dashboard),
@@ -148,7 +149,9 @@ class AdminServer:
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S))
         try:
-            async with self._http.get(f"http://{address}/status") as response:
+            tokens = () if self._tls is None else self._tls.tokens.admin
+            headers = {"Authorization": f"Bearer {tokens[0]}"} if tokens else {}
+            async with self._http.get(f"http://{address}/status", headers=headers) as response:
                 return await response.json() if response.status == 200 else None
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return None

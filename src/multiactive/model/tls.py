@@ -7,12 +7,11 @@
     clients = "tls"                # tls (server-authenticated) | cert | token
     tokens = "certs/tokens.toml"   # admin and per-application tokens (see below)
     admin_read = "open"            # open | token: the admin API's read-only endpoints
-    admin_https = false            # serve the admin API over TLS with the site's certificate
 
 Relative paths are taken from the topology file's folder. When `[tls]` is present every link
 is mutual TLS 1.3 and no plaintext connection is accepted or dialed. The admin API's mutating
-endpoints then need a token (`Authorization: Bearer ...`) or a client certificate of the
-cluster CA (with `admin_https`). The tokens file holds secrets, so it is not the topology:
+endpoints then need an admin token (`Authorization: Bearer ...`); `/health` stays open. The
+tokens file holds secrets, so it is not the topology:
 
     admin = ["a long random string"]     # tokens allowed to call mutating admin endpoints
     [clients]                            # clients = "token": one token per application
@@ -39,7 +38,7 @@ DEFAULT_CA = "certs/ca.crt"
 DEFAULT_CERT = "certs/{site}.crt"
 DEFAULT_KEY = "certs/{site}.key"
 SITE_PLACEHOLDER = "{site}"
-_KEYS = {"ca", "cert", "key", "clients", "tokens", "admin_read", "admin_https"}
+_KEYS = {"ca", "cert", "key", "clients", "tokens", "admin_read"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +51,6 @@ class TlsSettings:
     clients: ClientAuth = "tls"
     tokens: Path | None = None
     admin_read: AdminRead = "open"
-    admin_https: bool = False
     source: str = "<topology>"
 
     def cert_path(self, site: str) -> Path:
@@ -86,7 +84,6 @@ def parse_tls(raw: Mapping[str, Any], source: str, base_dir: Path) -> TlsSetting
         clients=_choice(table, "clients", "tls", CLIENT_AUTH, source),
         tokens=_under(base_dir, tokens) if tokens else None,
         admin_read=_choice(table, "admin_read", "open", ADMIN_READ, source),
-        admin_https=_flag(table, "admin_https", source),
         source=source,
     )
 
@@ -110,11 +107,4 @@ def _choice(
     if value not in allowed:
         expected = " or ".join(f'"{a}"' for a in allowed)
         raise ConfigError(f"{source}: tls.{key}: expected {expected}, got {value!r}")
-    return value
-
-
-def _flag(table: Mapping[str, Any], key: str, source: str) -> bool:
-    value = table.get(key, False)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{source}: tls.{key}: expected true or false, got {value!r}")
     return value

@@ -245,7 +245,7 @@ class SiteNode:
             f"&partition={stream.partition}&from_seq={first}&to_seq={last}"
         )
         try:
-            async with self._http.get(url) as response:
+            async with self._http.get(url, headers=self._admin_headers()) as response:
                 if response.status != 200:
                     raise ConnectionLost(f"{url}: HTTP {response.status}")
                 body = await response.read()
@@ -255,6 +255,11 @@ class SiteNode:
             return split_batches(body)
         except DecodeError as exc:
             raise ConnectionLost(f"{url}: bad batches: {exc}") from exc
+
+    def _admin_headers(self) -> dict[str, str]:
+        """A peer's admin API may want a token (`[tls] admin_read = "token"`)."""
+        tokens = () if self.tls is None else self.tls.tokens.admin
+        return {"Authorization": f"Bearer {tokens[0]}"} if tokens else {}
 
     async def trim_floors(self) -> dict[StreamId, int]:
         """Per stream, the highest seq no one here or elsewhere still needs.

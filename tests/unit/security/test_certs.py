@@ -68,7 +68,7 @@ def test_tls_section_paths_are_relative_to_the_topology(tmp_path: Path) -> None:
     [
         ({"clients": "maybe"}, "tls.clients"),
         ({"ca": 3}, "tls.ca"),
-        ({"admin_https": "yes"}, "tls.admin_https"),
+        ({"admin_read": "closed"}, "tls.admin_read"),
         ({"colour": "red"}, "tls.colour: unknown setting"),
     ],
 )
