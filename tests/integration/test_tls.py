@@ -267,7 +267,11 @@ def test_a_rotated_certificate_is_taken_up_without_restart(
     assert {link.name: link.connects for link in cluster.status("b").links} == connects
     served = ssl.get_server_certificate(("127.0.0.1", cluster.client_address("b").port))
     assert served.strip() == (pki.root / "rot-b.crt").read_text().strip()
-    assert expiry_of(cluster, "b") < 14 * 86400  # the gauge the dashboard warns from
+    assert expiry_of(cluster, "b") < 14 * 86400  # the gauge to alert on
+    [warning] = cluster.get("b", "/cluster/status")["tls_warnings"]  # the dashboard shows it
+    assert "b: certificate site (CN=b" in warning
+    assert "expires in 10.0 days" in warning
+    assert cluster.get("a", "/cluster/status")["tls_warnings"] == []
 
 
 def admin_call(cluster: LocalCluster, method: str, path: str, token: str | None) -> int:

@@ -8,6 +8,7 @@ GET /state/digest       digest of the state and its entry count
 GET /state/kv/{key}     one entry (tombstones included), 404 when never written
 GET /state/entries      every entry (?limit=N, default 10000)
 GET /deadletters        parked messages (?limit=N, default 1000)
+GET /tls                this site's certificates, expiry warnings and TLS refusals
 
 Every endpoint with its answer record: docs/admin-api.md.
 """
@@ -72,6 +73,7 @@ class AdminServer:
                 web.get("/cluster/status", self._cluster_status),
                 web.get("/topology", self._topology_json),
                 web.get("/health", self._health),
+                web.get("/tls", self._tls_status),
                 web.get("/status", self._status),
                 web.get("/heads", self._heads),
                 web.get("/metrics", self._metrics),
@@ -140,6 +142,7 @@ class AdminServer:
                     for x in topology.links
                 ],
                 "sites": sites,
+                "tls_warnings": [] if self._tls is None else self._tls.warnings(),
             }
         )
 
@@ -159,6 +162,19 @@ class AdminServer:
     async def _site_status(self) -> dict[str, Any]:
         status = await self._inspector.status(self._reconciler.last)
         return status.to_json()
+
+    async def _tls_status(self, request: web.Request) -> web.Response:
+        """This site's certificates (subject, SANs, expiry) and refused connections."""
+        tls = self._tls
+        if tls is None:
+            return web.json_response({"site": self._site, "tls": False})
+        return web.json_response({
+            "site": self._site, "tls": True,
+            "certificates": {name: c.to_json() for name, c in tls.certificates.items()},
+            "warnings": tls.warnings(), "reloads": tls.reloads,
+            "refused": [{"side": side, "reason": reason, "count": count}
+                        for (side, reason), count in sorted(tls.refusals.items())],
+        })  # fmt: skip
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"site": self._site, "status": "ok"})

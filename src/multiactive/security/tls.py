@@ -247,6 +247,16 @@ class TlsMaterial:
         log.warning("tls_refused", site=self.site, side=side, peer=peer, reason=reason,
                     detail=detail)  # fmt: skip
 
+    def warnings(self, now: dt.datetime | None = None) -> list[str]:
+        """One line per certificate that expires within `EXPIRY_WARNING_S` (the dashboard's)."""
+        found = []
+        for name, seconds in sorted(self.expiries(now).items()):
+            if seconds < EXPIRY_WARNING_S:
+                cert = self.certificates[name]
+                when = "expired" if seconds < 0 else f"expires in {seconds / 86400:.1f} days"
+                found.append(f"{self.site}: certificate {name} ({cert.subject}) {when}")
+        return found
+
     def expiries(self, now: dt.datetime | None = None) -> dict[str, float]:
         """Seconds until each loaded certificate expires (negative once expired)."""
         now = now or dt.datetime.now(dt.UTC)
