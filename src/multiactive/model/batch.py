@@ -240,7 +240,7 @@ def _decode_body(batch: RecordBatch) -> list[Any]:
             raise DecodeError(f"batch {batch.stream}@{batch.first_seq}: zstd body: {exc}") from exc
     try:
         rows = msgpack.unpackb(raw, raw=False, use_list=True)
-    except (ValueError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise DecodeError(f"batch {batch.stream}@{batch.first_seq}: body: {exc}") from exc
     if not isinstance(rows, list) or len(rows) != batch.count:
         raise DecodeError(

@@ -28,7 +28,8 @@ def _pack(value: object) -> bytes:
 def _unpack(frame: Frame) -> Any:
     try:
         return msgpack.unpackb(frame.body, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:  # TypeError: a map key
+        # that is itself a map or a list (unhashable), found by the fuzzer
         raise ProtocolError(f"{frame.type.name} frame body is not msgpack: {exc}") from exc
 
 
