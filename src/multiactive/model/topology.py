@@ -25,6 +25,10 @@
     store = "sqlite"             # none (default) | sqlite (per site) | postgresql (shared)
     dsn = ""                     # postgresql://user@host:port/db for store = "postgresql"
 
+    [tls]                        # optional: mutual TLS on every link (model/tls.py)
+    ca = "certs/ca.crt"
+    cert = "certs/{site}.crt"
+
     [[links]]                    # optional: override mode or address of one direction
     from = "bj-unicom"           # the origin whose messages travel on this link
     to = "gz"                    # the receiver
