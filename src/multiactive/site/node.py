@@ -151,6 +151,8 @@ class SiteNode:
         self.clock.observe(self.journal.max_version)
         await self.processor.load()
         await self.connections.listen()
+        for warning in [] if self.tls is None else self.tls.warnings():
+            log.warning("tls_certificate_expiring", site=self.name, detail=warning)
         self.inspector.started()
         log.info(
             "site_started",
