@@ -1,7 +1,7 @@
 """Side by side on this machine: multiactive, a NATS JetStream mirror, a RabbitMQ shovel (issue 3).
 
     .venv/bin/python benchmarks/compare.py [--messages 200000] [--json FILE]
-        [--only ours,nats,rabbitmq] [--runs 3]
+        [--only ours,ours-tls,nats,rabbitmq] [--runs 3]
 
 Each system runs two nodes whose traffic crosses one link of our WAN emulator, at 0 ms and at
 40 ms round trip, and is measured the same way (1 KiB messages, one client process):
@@ -46,7 +46,7 @@ from peers.common import guarded
 RTTS_MS = (0.0, 40.0)
 RATE = 1000.0
 DURATION_S = 12.0
-SYSTEMS = ("ours", "nats", "rabbitmq")
+SYSTEMS = ("ours", "ours-tls", "nats", "rabbitmq")
 DEBIAN_PACKAGES = {"nats": "nats-server", "rabbitmq": "rabbitmq-server"}
 PYTHON_CLIENTS = {"nats": ("nats",), "rabbitmq": ("aio_pika", "pika")}
 COLUMNS = (
@@ -163,21 +163,25 @@ def _measure(name: str, rtt_ms: float, messages: int) -> dict[str, Any]:
 def _runner(name: str) -> Runner:
     if name == "ours":
         return _ours
+    if name == "ours-tls":
+        return lambda rtt_ms, messages: _ours(rtt_ms, messages, tls=True)
     from peers import nats, rabbitmq
 
     peer = {"nats": nats, "rabbitmq": rabbitmq}[name]
     return lambda rtt_ms, messages: peer.run(rtt_ms, messages, RATE, DURATION_S)
 
 
-def _ours(rtt_ms: float, messages: int) -> dict[str, Any]:
-    """benchmarks/replication.py with its link through the emulator (fsync on)."""
+def _ours(rtt_ms: float, messages: int, tls: bool = False) -> dict[str, Any]:
+    """benchmarks/replication.py with its link through the emulator (fsync on); with `tls`,
+    the TLS row (mutual TLS 1.3 on the link and the client's connection)."""
+    system = "multiactive+tls" if tls else "multiactive"
 
     def measure() -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="multiactive-compare-") as tmp:
-            result = replication.run(messages, RATE, DURATION_S, Path(tmp), True, rtt_ms)
-        return {"system": "multiactive", "version": __version__, **result}
+            result = replication.run(messages, RATE, DURATION_S, Path(tmp), True, rtt_ms, tls)
+        return {"system": system, "version": __version__, **result}
 
-    return guarded("multiactive", rtt_ms, measure)
+    return guarded(system, rtt_ms, measure)
 
 
 def _machine() -> dict[str, Any]:
@@ -263,10 +267,25 @@ def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
         if system != "multiactive":
             continue
         for (other_run, peer, other_rtt), theirs in by_run.items():
-            if (other_run, other_rtt) == (run, rtt) and peer != "multiactive":
+            if (other_run, other_rtt) == (run, rtt) and not peer.startswith("multiactive"):
                 ratio = ours["catch_up_msgs_per_s"] / theirs["catch_up_msgs_per_s"]
                 ratios.append({"run": run, "rtt_ms": rtt, "peer": peer, "catch_up_ratio": ratio})
-    return {"spread": spread, "catch_up_ratios": ratios}
+    return {"spread": spread, "catch_up_ratios": ratios, "tls_ratios": _tls_ratios(by_run)}
+
+
+def _tls_ratios(by_run: dict[tuple[int, str, float], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per run and RTT: TLS over plaintext for catch-up and acknowledged ingress (target
+    >= 0.8 for both)."""
+    found = []
+    for (run, system, rtt), tls in by_run.items():
+        plain = by_run.get((run, "multiactive", rtt))
+        if system != "multiactive+tls" or plain is None:
+            continue
+        found.append({"run": run, "rtt_ms": rtt, **{
+            f"{figure}_ratio": round(tls[figure] / plain[figure], 3)
+            for figure in ("catch_up_msgs_per_s", "ingress_msgs_per_s")
+        }})  # fmt: skip
+    return found
 
 
 def _has(get: Callable[[dict[str, Any]], Any], result: dict[str, Any]) -> bool:

@@ -14,6 +14,9 @@ ends) and one client process (this one):
 3. latency: at a moderate rate, the time from a message's acceptance at `a` to its
    application at `b`, as `b`'s processor measures it (p50/p99 over the last samples).
 
+With `--tls` every connection (the link and the client's) is mutual TLS 1.3 with
+certificates made for the run (`multiactive.security`), for the TLS row beside plaintext.
+
 Prints a table and a JSON document (also written to --json FILE when given).
 """
 
@@ -32,6 +35,8 @@ from typing import Any
 from multiactive.client import Client
 from multiactive.local.cluster import LocalCluster
 from multiactive.model.topology import Address
+from multiactive.security.certs import issue, make_ca
+from multiactive.security.tls import client_context
 from multiactive.wan.shape import LinkShape
 from peers.cpu import CpuMeter, child_pids
 
@@ -40,13 +45,34 @@ BATCH = 1000
 BATCHES_IN_FLIGHT = 8
 
 
-async def ingress(address: Address, count: int, meter: CpuMeter) -> float:
+def make_certificates(root: Path) -> dict[str, str]:
+    """A CA and certificates for sites a and b under `root`; the [tls] table naming them."""
+    root.mkdir(parents=True, exist_ok=True)
+    ca = make_ca("bench")
+    (root / "ca.crt").write_bytes(ca[1])
+    for site in ("a", "b"):
+        key, cert = issue(*ca, site)
+        (root / f"{site}.crt").write_bytes(cert)
+        (root / f"{site}.key").write_bytes(key)
+    return {"ca": str(root / "ca.crt"), "cert": str(root / "{site}.crt"),
+            "key": str(root / "{site}.key")}  # fmt: skip
+
+
+def client_options(tls: dict[str, str] | None) -> dict[str, Any]:
+    if tls is None:
+        return {}
+    return {"tls": client_context([Path(tls["ca"])]), "server_name": "a"}
+
+
+async def ingress(
+    address: Address, count: int, meter: CpuMeter, options: dict[str, Any] | None = None
+) -> float:
     """Publish `count` messages in batches of BATCH, BATCHES_IN_FLIGHT at a time; return the
     seconds until the last is acknowledged (durable at the site)."""
     payload = b"x" * PAYLOAD_BYTES
     drafts = [("", "kv.set", f"key{i}", {}, payload) for i in range(count)]
     chunks = [drafts[i : i + BATCH] for i in range(0, count, BATCH)]
-    async with Client(address) as client:
+    async with Client(address, **(options or {})) as client:
         meter.start("ingress", client=True)
         started = time.perf_counter()
         next_chunk = iter(chunks)
@@ -61,11 +87,13 @@ async def ingress(address: Address, count: int, meter: CpuMeter) -> float:
         return seconds
 
 
-async def paced(address: Address, rate: float, duration_s: float) -> int:
+async def paced(
+    address: Address, rate: float, duration_s: float, options: dict[str, Any] | None = None
+) -> int:
     payload = b"x" * PAYLOAD_BYTES
     sent = 0
     tasks: set[asyncio.Task[Any]] = set()
-    async with Client(address) as client:
+    async with Client(address, **(options or {})) as client:
         started = time.perf_counter()
         while (elapsed := time.perf_counter() - started) < duration_s:
             due = int(elapsed * rate) - sent
@@ -123,10 +151,15 @@ def run(
     root: Path,
     fsync: bool = True,
     rtt_ms: float | None = None,
+    tls: bool = False,
 ) -> dict[str, Any]:
     """One full measurement; with `rtt_ms` both link directions go through the WAN emulator
-    with half of it as one-way delay."""
-    settings = {"replication": {"fsync": fsync}}
+    with half of it as one-way delay; with `tls`, mutual TLS on every connection."""
+    settings: dict[str, dict[str, Any]] = {"replication": {"fsync": fsync}}
+    certificates = make_certificates(root / "certs") if tls else None
+    if certificates is not None:
+        settings["tls"] = certificates
+    options = client_options(certificates)
     wan = None
     if rtt_ms is not None:
         shape = LinkShape(delay_ms=rtt_ms / 2)
@@ -136,10 +169,10 @@ def run(
     ) as cluster:
         meter = CpuMeter(lambda: site_pids(cluster))
         cluster.start(["a"])
-        ingress_s = asyncio.run(ingress(cluster.client_address("a"), messages, meter))
+        ingress_s = asyncio.run(ingress(cluster.client_address("a"), messages, meter, options))
         catch_up_s, applied_s = catch_up(cluster, messages, meter)
         meter.start("e2e", client=True)
-        sent = asyncio.run(paced(cluster.client_address("a"), rate, duration_s))
+        sent = asyncio.run(paced(cluster.client_address("a"), rate, duration_s, options))
         cluster.wait_converged(60)
         meter.stop("e2e", sent)
         processor = cluster.status("b").processor.to_json()
@@ -156,6 +189,7 @@ def run(
         "latency_p50_ms": processor["latency_ms_p50"],
         "latency_p99_ms": processor["latency_ms_p99"],
         "rtt_ms": rtt_ms,
+        "tls": tls,
         "cpu_us_per_msg": meter.per_message(),
         "catch_up_receiver_cpu_ms_per_mib": round(
             meter.seconds["catch_up"].get("receiver", 0.0) * 1000 / mib, 2
@@ -235,11 +269,13 @@ def main() -> None:
     parser.add_argument(
         "--rtt-ms", type=float, default=None, help="route the link through the WAN emulator"
     )
+    parser.add_argument("--tls", action="store_true", help="mutual TLS on every connection")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="multiactive-bench-") as tmp:
         result = run(
-            args.messages, args.rate, args.duration, Path(tmp), not args.no_fsync, args.rtt_ms
-        )
+            args.messages, args.rate, args.duration, Path(tmp), not args.no_fsync, args.rtt_ms,
+            args.tls,
+        )  # fmt: skip
     print(table(result))
     print(json.dumps(result, indent=2))
     if args.json:

@@ -2,6 +2,7 @@
 
 from multiactive.client import Ack, Client
 from multiactive.errors import (
+    AuthenticationError,
     BatchRejected,
     ConfigError,
     ConnectionLost,
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Ack",
+    "AuthenticationError",
     "BatchRejected",
     "Client",
     "ConfigError",

@@ -14,12 +14,18 @@ with the same `id` is safe, because the site acknowledges a known id again inste
 journaling it twice. The same holds for `OutcomeUnknown`: the site's storage failed while
 the write was being journaled (a Redis server restarting); it is stored once or not at all.
 `RejectedError` (with its `code`) means nothing was journaled.
+
+Over TLS (a site whose topology has `[tls]`): pass `tls=` a context that trusts the cluster
+CA (`multiactive.security.tls.client_context(ca, cert, key)`, with a client certificate when
+the site asks for one), `server_name=` the site's name, and `token=` the application's token
+when the site wants tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -92,11 +98,22 @@ def _refusal(result: list[Any]) -> RejectedError | OutcomeUnknown:
 
 
 class Client:
-    def __init__(self, address: str | Address, *, connect_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        address: str | Address,
+        *,
+        connect_timeout_s: float = 5.0,
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
+        token: str = "",
+    ) -> None:
         self.address = (
             address if isinstance(address, Address) else parse_address(address, "address")
         )
         self._timeout = connect_timeout_s
+        self._tls = tls
+        self._server_name = server_name
+        self._token = token
         self._ids = IdGenerator()
         self._conn: FrameConnection | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -122,9 +139,15 @@ class Client:
         await self.close()
 
     async def connect(self) -> None:
-        conn = await FrameConnection.connect(self.address, DEFAULT_MAX_FRAME_BYTES, self._timeout)
-        conn.send(encode_hello(Hello("", "client", "")))
-        frame = await conn.recv(self._timeout)
+        conn = await FrameConnection.connect(
+            self.address, DEFAULT_MAX_FRAME_BYTES, self._timeout, self._tls, self._server_name
+        )
+        conn.send(encode_hello(Hello("", "client", "", token=self._token)))
+        try:
+            frame = await conn.recv(self._timeout)
+        except ConnectionLost:
+            await conn.close()
+            raise
         if frame.type == FrameType.ERROR:
             await conn.close()
             raise ConnectionLost(

@@ -22,6 +22,8 @@
     │   │                      set up wrong (names the URL's setting)
     │   └── FencedError        a DB transaction under a writer epoch that is no longer current
     ├── ConnectionLost         a connection closed before an answer arrived
+    ├── AuthenticationError    a peer, publisher or admin caller is not who it must be
+    │                          (certificate name, token); `reason` says which check failed
     ├── ApplierError           the site's applier process did not start or exited
     ├── HandlerTimeout         a user handler ran past its timeout (the attempt failed)
     └── ClusterError           processes started on this machine (a local cluster, a test
@@ -145,6 +147,15 @@ class DatabaseError(MultiactiveError):
 
 class FencedError(DatabaseError):
     """The DB-writer role moved: a transaction under an old epoch is refused."""
+
+
+class AuthenticationError(MultiactiveError):
+    """A peer, a publisher or an admin caller failed a check of who it is; `reason` is short
+    and fixed (`no_certificate`, `not_a_site`, `name_mismatch`, `token`) for metrics."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class UnknownSiteError(ConfigError):

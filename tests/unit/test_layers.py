@@ -17,6 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "multiactive"
 RANKS: dict[str, int] = {
     "errors": 0, "logs": 0, "checksum": 0, "aio": 0, "failpoints": 0, "model": 0, "clock": 0,
     "control": 0, "procs": 0,
+    "security": 1,
     "wire": 1, "journal": 1, "state": 1, "audit": 1, "redisdb": 1, "sqlitedb": 1, "wan": 1,
     "replication": 2, "records": 2, "client": 2, "routing": 2, "db": 2,
     "site": 3,

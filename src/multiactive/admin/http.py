@@ -13,6 +13,7 @@ GET /state/entries      every entry (?limit=N, default 10000)
 GET /deadletters        parked messages (?limit=N, default 1000)
 POST /db/writer         {"writer", "epoch"}: journal the `ma.db.writer` control message here
                         (what `multiactive db switchover|failover` sends; docs/database.md)
+GET /tls                this site's certificates, expiry warnings and TLS refusals
 
 Every endpoint with its answer record: docs/admin-api.md.
 """
@@ -30,6 +31,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from multiactive.admin.auth import guard
 from multiactive.admin.metrics import Scrape, render_metrics
 from multiactive.admin.render import entry_json, member_json, snapshot_json, topology_json
 from multiactive.db.control import WRITER_KEY, WRITER_TYPE, decode_writer
@@ -41,6 +43,7 @@ from multiactive.records import HeadsAnswer, MessageRecord, StreamHeads, TraceAn
 from multiactive.replication.inspector import DEAD_LETTER_COUNT_LIMIT, SiteInspector
 from multiactive.replication.processor import ProcessorView
 from multiactive.replication.reconciler import Reconciler
+from multiactive.security.tls import TlsMaterial
 from multiactive.state.base import StateBackend
 
 PEER_TIMEOUT_S = 2.0
@@ -61,9 +64,11 @@ class AdminServer:
         reconciler: Reconciler,
         inspector: SiteInspector,
         control: Control | None = None,
+        tls: TlsMaterial | None = None,
     ) -> None:
         """`control`: journals a control message (type, key, payload) at this site."""
         self._site = site
+        self._tls = tls
         self._topology = topology
         self._journal = journal
         self._state = state
@@ -75,7 +80,7 @@ class AdminServer:
         self._http: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[_store_unavailable])
+        app = web.Application(middlewares=[guard(self._site, self._tls), _store_unavailable])
         app.add_routes(
             [
                 web.get("/", self._to_dashboard),
@@ -84,6 +89,7 @@ class AdminServer:
                 web.get("/topology", self._topology_json),
                 web.get("/health", self._health),
                 web.get("/ready", self._ready),
+                web.get("/tls", self._tls_status),
                 web.get("/status", self._status),
                 web.get("/heads", self._heads),
                 web.get("/metrics", self._metrics),
@@ -153,6 +159,7 @@ class AdminServer:
                     for x in topology.links
                 ],
                 "sites": sites,
+                "tls_warnings": [] if self._tls is None else self._tls.warnings(),
             }
         )
 
@@ -162,7 +169,9 @@ class AdminServer:
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S))
         try:
-            async with self._http.get(f"http://{address}/status") as response:
+            tokens = () if self._tls is None else self._tls.tokens.admin
+            headers = {"Authorization": f"Bearer {tokens[0]}"} if tokens else {}
+            async with self._http.get(f"http://{address}/status", headers=headers) as response:
                 return await response.json() if response.status == 200 else None
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return None
@@ -170,6 +179,19 @@ class AdminServer:
     async def _site_status(self) -> dict[str, Any]:
         status = await self._inspector.status(self._reconciler.last)
         return status.to_json()
+
+    async def _tls_status(self, request: web.Request) -> web.Response:
+        """This site's certificates (subject, SANs, expiry) and refused connections."""
+        tls = self._tls
+        if tls is None:
+            return web.json_response({"site": self._site, "tls": False})
+        return web.json_response({
+            "site": self._site, "tls": True,
+            "certificates": {name: c.to_json() for name, c in tls.certificates.items()},
+            "warnings": tls.warnings(), "reloads": tls.reloads,
+            "refused": [{"side": side, "reason": reason, "count": count}
+                        for (side, reason), count in sorted(tls.refusals.items())],
+        })  # fmt: skip
 
     async def _health(self, request: web.Request) -> web.Response:
         """Liveness: the process answers (a supervisor restarts it when this stops)."""
@@ -205,6 +227,9 @@ class AdminServer:
         inspector = self._inspector
         scrape = Scrape(inspector.statistics(), await inspector.lag(), len(dead), figures)
         scrape.canaries.update(self._processor.canaries())
+        if self._tls is not None:
+            scrape.tls_refusals.update(self._tls.refusals)
+            scrape.tls_expiry_s.update(self._tls.expiries())
         response = web.Response(body=render_metrics(scrape))
         response.content_type = "text/plain"
         response.charset = "utf-8"

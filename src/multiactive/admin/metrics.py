@@ -52,6 +52,9 @@ class Scrape:
     dead_letters: int
     reconcile: dict[str, float]
     canaries: dict[str, dict[str, float]] = field(default_factory=dict)
+    # With [tls]: refused connections per (side, reason), seconds to each certificate's expiry.
+    tls_refusals: dict[tuple[str, str], int] = field(default_factory=dict)
+    tls_expiry_s: dict[str, float] = field(default_factory=dict)
 
 
 def render_metrics(scrape: Scrape) -> bytes:
@@ -69,6 +72,7 @@ class _SiteCollector(Collector):
         yield from self._streams()
         yield from self._links()
         yield from self._processor()
+        yield from self._tls()
 
     def _gauge(self, name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
         return GaugeMetricFamily(f"multiactive_{name}", doc, labels=["site", *labels])
@@ -178,3 +182,21 @@ class _SiteCollector(Collector):
             gauge = self._gauge(f"reconcile_{name}", f"Last reconcile run: {name}.", [])
             gauge.add_metric([site], figure)
             yield gauge
+
+    def _tls(self) -> Iterator[Metric]:
+        site = self._scrape.stats.site
+        if self._scrape.tls_expiry_s:
+            expiry = self._gauge(
+                "tls_certificate_expiry_seconds",
+                "Seconds until a loaded certificate expires (site, ca0, ca1...).",
+                ["certificate"],
+            )
+            for name, seconds in sorted(self._scrape.tls_expiry_s.items()):
+                expiry.add_metric([site, name], seconds)
+            yield expiry
+        refused = self._counter(
+            "tls_refused", "Connections refused by TLS or the link allow-list.", ["side", "reason"]
+        )
+        for (side, reason), count in sorted(self._scrape.tls_refusals.items()):
+            refused.add_metric([site, side, reason], count)
+        yield refused

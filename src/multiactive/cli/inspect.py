@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -196,7 +197,11 @@ def _get_json(site: SiteConfig, path: str, timeout_s: float = 5.0) -> Any:
     if site.admin is None:
         return None
     try:
-        with urllib.request.urlopen(f"http://{site.admin}{path}", timeout=timeout_s) as resp:
+        request = urllib.request.Request(f"http://{site.admin}{path}")
+        token = os.environ.get("MULTIACTIVE_ADMIN_TOKEN")
+        if token:  # [tls] admin_read = "token"
+            request.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
             return json.load(resp)
     except (OSError, urllib.error.URLError, ValueError):
         return None

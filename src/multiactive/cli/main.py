@@ -7,6 +7,7 @@ import sys
 import click
 
 from multiactive import __version__
+from multiactive.cli.certs import certs
 from multiactive.cli.check import check
 from multiactive.cli.db import db
 from multiactive.cli.demo import demo
@@ -34,6 +35,7 @@ cli.add_command(reconcile)
 cli.add_command(deadletters)
 cli.add_command(replay)
 cli.add_command(db)
+cli.add_command(certs)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
 from datetime import datetime
@@ -21,6 +22,7 @@ from multiactive.model.topology import SiteConfig, Topology, load_topology
 from multiactive.records import DeadLetter, ReconcileReport, ReplayResult
 
 T = TypeVar("T")
+ADMIN_TOKEN_ENV = "MULTIACTIVE_ADMIN_TOKEN"
 
 site_option = click.option("--site", "site_names", multiple=True,
                            help="Only this site (repeatable); default: every site.")  # fmt: skip
@@ -32,6 +34,9 @@ def _call(site: SiteConfig, method: str, path: str, body: Any = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(f"http://{site.admin}{path}", data=data, method=method)
     request.add_header("Content-Type", "application/json")
+    token = os.environ.get(ADMIN_TOKEN_ENV)
+    if token:  # [tls]: mutating endpoints need an admin token
+        request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             return json.load(response)

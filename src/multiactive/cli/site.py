@@ -152,13 +152,14 @@ async def _serve(node: SiteNode) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, node.reload_tls)
     await node.start()
     _tune_gc()
     admin = None
     if node.config.admin is not None:
         admin = AdminServer(
             node.name, node.topology, node.journal, node.state, node.processor, node.reconciler,
-            node.inspector, control=node.publish_internal,
+            node.inspector, tls=node.tls, control=node.publish_internal,
         )  # fmt: skip
     try:
         if admin is not None:

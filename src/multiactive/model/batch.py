@@ -31,7 +31,7 @@ from typing import Any
 import msgpack
 
 from multiactive.checksum import crc32
-from multiactive.errors import DecodeError
+from multiactive.errors import DecodeError, format_bytes
 from multiactive.model.message import Message, Row, StreamId, message_from_row
 
 MAGIC = b"MB"
@@ -235,12 +235,13 @@ def _decode_body(batch: RecordBatch) -> list[Any]:
     if batch.codec == CODEC_ZSTD:
         zstd = _zstd()
         try:
+            _check_zstd_size(batch, zstd.frame_content_size(body))
             raw = zstd.ZstdDecompressor().decompress(body)
         except zstd.ZstdError as exc:
             raise DecodeError(f"batch {batch.stream}@{batch.first_seq}: zstd body: {exc}") from exc
     try:
         rows = msgpack.unpackb(raw, raw=False, use_list=True)
-    except (ValueError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise DecodeError(f"batch {batch.stream}@{batch.first_seq}: body: {exc}") from exc
     if not isinstance(rows, list) or len(rows) != batch.count:
         raise DecodeError(
@@ -248,6 +249,20 @@ def _decode_body(batch: RecordBatch) -> list[Any]:
             f"its body holds {len(rows) if isinstance(rows, list) else 'no list'}"
         )
     return rows
+
+
+# A zstd body says how large it decompresses to; a few KiB can claim gigabytes (a
+# decompression bomb), so a claim past this is refused before any memory is taken for it.
+MAX_DECOMPRESSED_BYTES = 256 * 1024 * 1024
+
+
+def _check_zstd_size(batch: RecordBatch, size: int) -> None:
+    if not 0 <= size <= MAX_DECOMPRESSED_BYTES:
+        claim = "no size" if size < 0 else format_bytes(size)
+        raise DecodeError(
+            f"batch {batch.stream}@{batch.first_seq}: zstd body claims {claim}; "
+            f"at most {format_bytes(MAX_DECOMPRESSED_BYTES)} with its size in the frame"
+        )
 
 
 def _zstd() -> Any:

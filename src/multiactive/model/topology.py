@@ -25,6 +25,10 @@
     store = "sqlite"             # none (default) | sqlite (per site) | postgresql (shared)
     dsn = ""                     # postgresql://user@host:port/db for store = "postgresql"
 
+    [tls]                        # optional: mutual TLS on every link (model/tls.py)
+    ca = "certs/ca.crt"
+    cert = "certs/{site}.crt"
+
     [[links]]                    # optional: override mode or address of one direction
     from = "bj-unicom"           # the origin whose messages travel on this link
     to = "gz"                    # the receiver
@@ -53,6 +57,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from multiactive.errors import ConfigError, UnknownSiteError
+from multiactive.model.tls import TlsSettings, parse_tls
 
 LinkMode = Literal["push", "pull"]
 LINK_MODES: tuple[LinkMode, ...] = ("push", "pull")
@@ -179,6 +184,7 @@ class Topology:
     source: str = "<topology>"
     audit: AuditSettings = field(default_factory=AuditSettings)
     extensions: Mapping[str, Any] = field(default_factory=dict)  # EXTENSION_SECTIONS, raw
+    tls: TlsSettings | None = None  # [tls] (model/tls.py); None: plaintext
 
     @property
     def site_names(self) -> tuple[str, ...]:
@@ -230,7 +236,7 @@ def parse_topology(
     raw: Mapping[str, Any], *, source: str = "<topology>", base_dir: Path | None = None
 ) -> Topology:
     reader = _Reader(source)
-    sections = {"cluster", "limits", "replication", "sites", "links", "audit"}
+    sections = {"cluster", "limits", "replication", "sites", "links", "audit", "tls"}
     reader.known(raw, "", sections | set(EXTENSION_SECTIONS))
     cluster = reader.table(raw, "cluster")
     reader.known(cluster, "cluster", {"name", "partitions", "default_link_mode"})
@@ -250,7 +256,10 @@ def parse_topology(
     if audit.store == "postgresql" and not audit.dsn:
         raise reader.fail("audit.dsn", 'is required when audit.store = "postgresql"')
     extensions = {key: reader.table(raw, key) for key in EXTENSION_SECTIONS if key in raw}
-    return Topology(name, partitions, sites, links, limits, replication, source, audit, extensions)
+    tls = parse_tls(raw, source, base_dir or Path.cwd())
+    return Topology(
+        name, partitions, sites, links, limits, replication, source, audit, extensions, tls
+    )
 
 
 def parse_address(text: object, where: str) -> Address:

@@ -5,6 +5,12 @@ HELLO(push) from an origin starts a collector; HELLO(pull) from a receiver start
 Outbound, this site dials the links the topology gives it to dial: as origin of a `push`
 link, or as receiver of a `pull` link, reconnecting with backoff. One link has at most one
 live session at each end; a newer connection for the same link replaces the older one.
+
+With `[tls]` (a `TlsMaterial`), the listener accepts TLS 1.3 only and dialers dial TLS only,
+checking that the dialed site's certificate names it. A link is refused after the handshake
+unless the peer's certificate names a site of the topology and the site its HELLO claims;
+a publisher needs a client certificate or an application token when `clients` says so.
+Every refusal is logged on both ends and counted (`TlsMaterial.refusals`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 from multiactive.aio import Backoff
 from multiactive.clock import SYSTEM_CLOCK, Clock
 from multiactive.errors import (
+    AuthenticationError,
     ConfigError,
     ConnectionLost,
     ProtocolError,
@@ -26,11 +33,12 @@ from multiactive.errors import (
 from multiactive.journal.base import Journal
 from multiactive.logs import get_logger
 from multiactive.model.clock import HybridClock
-from multiactive.model.topology import LinkConfig, Topology
+from multiactive.model.topology import Address, LinkConfig, Topology
 from multiactive.replication.collector import Collector
 from multiactive.replication.ingress import Ingress
 from multiactive.replication.links import LinkMonitor, link_for_hello
 from multiactive.replication.reship import Reship
+from multiactive.security.tls import TlsMaterial, check_link_peer, refusal_reason
 from multiactive.wire.base import Connection
 from multiactive.wire.connection import FrameConnection, serve
 from multiactive.wire.frames import Frame, FrameType
@@ -62,8 +70,10 @@ class Connections:
         monitors: Mapping[str, LinkMonitor],
         versions: HybridClock,
         clock: Clock = SYSTEM_CLOCK,
+        tls: TlsMaterial | None = None,
     ) -> None:
         self._site = site
+        self._tls = tls
         self._topology = topology
         self._journal = journal
         self._ingress = ingress
@@ -81,8 +91,9 @@ class Connections:
         address = self._topology.site(self._site).listen
         try:
             self._server = await serve(
-                address, self._topology.limits.max_frame_bytes, self._accepted
-            )
+                address, self._topology.limits.max_frame_bytes, self._accepted,
+                None if self._tls is None else self._tls.server_context, self._handshake_refused,
+            )  # fmt: skip
         except OSError as exc:
             raise ConfigError(
                 f"site {self._site} cannot listen on {address} "
@@ -93,6 +104,10 @@ class Connections:
         if self._server is not None:
             self._server.close()
 
+    def _handshake_refused(self, peer: str, exc: BaseException) -> None:
+        if self._tls is not None:
+            self._tls.refused("listener", refusal_reason(exc) or "handshake", peer, exc)
+
     def _accepted(self, conn: FrameConnection) -> None:
         task = asyncio.get_running_loop().create_task(self._accept(conn))
         self._handlers.add(task)
@@ -102,6 +117,10 @@ class Connections:
         try:
             hello = decode_hello(await conn.recv(HELLO_TIMEOUT_S))
             await self._dispatch(conn, hello)
+        except AuthenticationError as exc:
+            if self._tls is not None:
+                self._tls.refused("listener", exc.reason, conn.peer, exc)
+            await conn.fail(str(exc), f"auth:{exc.reason}")
         except (ProtocolError, ConfigError, RejectedError) as exc:
             log.warning("connection_refused", site=self._site, peer=conn.peer, reason=exc)
             await conn.fail(str(exc), "refused" if isinstance(exc, ConfigError) else "protocol")
@@ -118,11 +137,13 @@ class Connections:
     async def _dispatch(self, conn: Connection, hello: Hello) -> None:
         site, cluster = self._site, self._topology.name
         if hello.role == "client":
+            self._check_publisher(conn, hello)
             conn.send(encode_hello(Hello(site, "reply", cluster)))
             await self._serve_publisher(conn)
             return
         if hello.role not in ("push", "pull"):
             raise ProtocolError(f"a connection cannot start with HELLO role {hello.role!r}")
+        check_link_peer(conn.peer_names, hello.site, self._topology.site_names)
         link = link_for_hello(self._topology, site, hello)
         if hello.role == "push":
             heads = self._receiver_heads(link)
@@ -133,6 +154,24 @@ class Connections:
             await self._session(link, self._reship(conn, link, hello.heads))
 
     # -- publishers ----------------------------------------------------------------------
+
+    def _check_publisher(self, conn: Connection, hello: Hello) -> None:
+        """`clients = "cert"`: a client certificate of the cluster CA; `"token"`: a known
+        application token. (`"tls"`: the handshake was enough.)"""
+        if self._tls is None:
+            return
+        rule = self._tls.settings.clients
+        if rule == "cert" and not conn.peer_names:
+            raise AuthenticationError(
+                "no_certificate", 'a publisher needs a client certificate ([tls] clients = "cert")'
+            )
+        if rule == "token":
+            app = self._tls.tokens.application(hello.token)
+            if app is None:
+                raise AuthenticationError(
+                    "token", 'a publisher needs a known application token ([tls] clients = "token")'
+                )
+            log.info("publisher_connected", site=self._site, peer=conn.peer, application=app)
 
     async def _serve_publisher(self, conn: Connection) -> None:
         ingress = self._ingress
@@ -231,17 +270,36 @@ class Connections:
         while True:
             started = self._clock.monotonic()
             try:
-                conn = await FrameConnection.connect(address, self._topology.limits.max_frame_bytes)
+                conn = await self._connect(address, link)
                 try:
                     await self._dialed(conn, link)
                 finally:
                     await conn.close()
-            except (ConnectionLost, ProtocolError, ConfigError, StoreError) as exc:
+            except (
+                ConnectionLost,
+                ProtocolError,
+                ConfigError,
+                StoreError,
+                AuthenticationError,
+            ) as exc:
                 monitor.disconnected(str(exc))
                 log.info("link_retry", site=self._site, link=link.name, address=address, reason=exc)
+                reason = refusal_reason(exc)
+                if self._tls is not None and reason is not None:
+                    self._tls.refused("dialer", reason, str(address), exc)
             if self._clock.monotonic() - started > STABLE_SESSION_S:
                 backoff.reset()
             await self._clock.sleep(backoff.next_delay())
+
+    async def _connect(self, address: Address, link: LinkConfig) -> FrameConnection:
+        """Dial, over TLS when configured: the server's certificate must name the site."""
+        limit = self._topology.limits.max_frame_bytes
+        if self._tls is None:
+            return await FrameConnection.connect(address, limit)
+        peer = link.receiver if link.mode == "push" else link.origin
+        return await FrameConnection.connect(
+            address, limit, tls=self._tls.client_context(), server_name=peer
+        )
 
     async def _dialed(self, conn: Connection, link: LinkConfig) -> None:
         site, cluster = self._site, self._topology.name
@@ -258,12 +316,27 @@ class Connections:
     async def _reply(self, conn: Connection, expected: str) -> Hello:
         try:
             frame: Frame = await conn.recv(HELLO_TIMEOUT_S)
+        except ConnectionLost as exc:
+            if self._tls is None:
+                raise
+            # Under TLS 1.3 a listener checks the client certificate after the dialer's
+            # handshake is done, and drops the connection without telling why.
+            raise AuthenticationError(
+                "refused_by_peer",
+                f"{expected} closed the connection before its HELLO reply: it refused this "
+                f"site's certificate or the TLS session (its log says why): {exc}",
+            ) from exc
         except TimeoutError:
             raise ProtocolError(
                 f"{expected} did not answer HELLO within {HELLO_TIMEOUT_S:.0f} s"
             ) from None
         if frame.type == FrameType.ERROR:
             error = decode_error(frame)
+            if error.code.startswith("auth:"):
+                raise AuthenticationError(
+                    error.code.removeprefix("auth:"),
+                    f"{expected} refused the link: {error.message}",
+                )
             raise ProtocolError(f"{expected} refused the link: {error.message}")
         reply = decode_hello(frame)
         if reply.role != "reply" or reply.site != expected:

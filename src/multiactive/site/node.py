@@ -40,6 +40,7 @@ from multiactive.replication.inspector import SiteInspector, SiteStatistics
 from multiactive.replication.links import LinkMonitor
 from multiactive.replication.processor import CANARY_TYPE, Processor, ProcessorView
 from multiactive.replication.reconciler import Reconciler
+from multiactive.security.tls import TlsMaterial
 from multiactive.site.applier import ApplierLaunch, ProcessorProcess
 from multiactive.site.connections import Connections
 from multiactive.state import DeadLetter, StateBackend, open_state
@@ -115,8 +116,9 @@ class SiteNode:
             for link in topology.links
             if site in (link.origin, link.receiver)
         }
+        self.tls = None if topology.tls is None else TlsMaterial(topology.tls, site)
         self.connections = Connections(
-            site, topology, self.journal, self.ingress, self.monitors, self.clock, clock
+            site, topology, self.journal, self.ingress, self.monitors, self.clock, clock, self.tls
         )
         self.auditor = _auditor(topology, self.config)
         if self.auditor is not None:
@@ -159,6 +161,8 @@ class SiteNode:
         self.clock.observe(self.journal.max_version)
         await self.processor.load()
         await self.connections.listen()
+        for warning in [] if self.tls is None else self.tls.warnings():
+            log.warning("tls_certificate_expiring", site=self.name, detail=warning)
         self.inspector.started()
         log.info(
             "site_started",
@@ -180,12 +184,18 @@ class SiteNode:
                     group.create_task(self.reconciler.run()),
                     group.create_task(self._send_canaries()),
                     *([group.create_task(self.auditor.run())] if self.auditor else []),
+                    *([group.create_task(self.tls.watch(self._clock))] if self.tls else []),
                     *(group.create_task(d) for d in self.connections.dialers()),
                 ]
                 await stop.wait()
                 await self._drain()
         finally:
             await self._close()
+
+    def reload_tls(self) -> None:
+        """SIGHUP: new certificates for new connections; those up keep theirs."""
+        if self.tls is not None:
+            self.tls.reload("sighup")
 
     async def _drain(self) -> None:
         log.info("site_draining", site=self.name, pending=self.ingress.pending)
@@ -257,7 +267,7 @@ class SiteNode:
             f"&partition={stream.partition}&from_seq={first}&to_seq={last}"
         )
         try:
-            async with self._http.get(url) as response:
+            async with self._http.get(url, headers=self._admin_headers()) as response:
                 if response.status != 200:
                     raise ConnectionLost(f"{url}: HTTP {response.status}")
                 body = await response.read()
@@ -267,6 +277,11 @@ class SiteNode:
             return split_batches(body)
         except DecodeError as exc:
             raise ConnectionLost(f"{url}: bad batches: {exc}") from exc
+
+    def _admin_headers(self) -> dict[str, str]:
+        """A peer's admin API may want a token (`[tls] admin_read = "token"`)."""
+        tokens = () if self.tls is None else self.tls.tokens.admin
+        return {"Authorization": f"Bearer {tokens[0]}"} if tokens else {}
 
     async def trim_floors(self) -> dict[StreamId, int]:
         """Per stream, the highest seq no one here or elsewhere still needs.

@@ -16,6 +16,9 @@ from multiactive.wire.frames import Frame
 
 class Connection(Protocol):
     peer: str  # who is at the other end, for logs and errors ("127.0.0.1:7100")
+    # The DNS names in the peer's verified TLS certificate: () when it showed none, None
+    # when the connection is not TLS.
+    peer_names: tuple[str, ...] | None
 
     def send(self, data: bytes) -> None:
         """Queue encoded frames for sending; `ConnectionLost` once the connection is gone."""

@@ -5,12 +5,20 @@ large frame arrives in place, with no copy between the kernel and its consumer. 
 frames wait in a queue for `recv()`; past `READ_PAUSE_BYTES` of them the transport stops
 reading until the consumer catches up, so a slow consumer pushes back on the sender through
 TCP. Writes go to the transport at once; `drain()` waits while it is over its high-water mark.
+
+With an `ssl.SSLContext` (from `multiactive.security`), `connect` dials TLS and `serve`
+watches each server handshake, so that a refused one is reported to `on_refused` with its
+reason instead of vanishing into the event loop's debug log; a connection's `peer_names` are
+then the DNS names of the peer's verified certificate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import ssl
+from asyncio import sslproto
 from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
@@ -24,6 +32,8 @@ WRITE_HIGH_WATER_BYTES = 4 * 1024 * 1024
 READ_PAUSE_BYTES = 8 * 1024 * 1024  # received frames not taken by `recv()` yet
 READ_RESUME_BYTES = 2 * 1024 * 1024
 CLOSE_TIMEOUT_S = 2.0
+HANDSHAKE_TIMEOUT_S = 10.0
+Refused = Callable[[str, BaseException], Any]  # (peer, why) for a failed server handshake
 
 
 class _FrameProtocol(asyncio.BufferedProtocol):
@@ -65,7 +75,9 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         if self.conn is None:
             return
         reason = f"failed: {exc}" if exc is not None else "closed"
-        self.conn._ended(ConnectionLost(f"connection to {self.conn.peer} {reason}"))
+        error = ConnectionLost(f"connection to {self.conn.peer} {reason}")
+        error.__cause__ = exc  # the TLS alert that ended it, for `refusal_reason`
+        self.conn._ended(error)
         self.conn._lost()
 
     def pause_writing(self) -> None:
@@ -92,18 +104,32 @@ class FrameConnection:
         self._closed = asyncio.get_running_loop().create_future()
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.peer_names = _peer_names(transport.get_extra_info("ssl_object"))
         self.bytes_in = 0
         self.bytes_out = 0
 
     @classmethod
     async def connect(
-        cls, address: Address, max_frame_bytes: int, timeout_s: float = 5.0
+        cls,
+        address: Address,
+        max_frame_bytes: int,
+        timeout_s: float = 5.0,
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
     ) -> FrameConnection:
+        """Dial `address`; with `tls`, a TLS connection whose server certificate must name
+        `server_name` (the site dialed)."""
         loop = asyncio.get_running_loop()
+        extra: dict[str, Any] = {}
+        if tls is not None:
+            extra = {"ssl": tls, "server_hostname": server_name or address.host}
         try:
             async with asyncio.timeout(timeout_s):
                 _, protocol = await loop.create_connection(
-                    lambda: _FrameProtocol(max_frame_bytes, _ignore), address.host, address.port
+                    lambda: _FrameProtocol(max_frame_bytes, _ignore),
+                    address.host,
+                    address.port,
+                    **extra,
                 )
                 return await protocol.made
         except (OSError, TimeoutError) as exc:
@@ -210,13 +236,83 @@ class FrameConnection:
 
 
 async def serve(
-    address: Address, max_frame_bytes: int, on_connected: Callable[[FrameConnection], Any]
+    address: Address,
+    max_frame_bytes: int,
+    on_connected: Callable[[FrameConnection], Any],
+    tls: Callable[[], ssl.SSLContext] | None = None,
+    on_refused: Refused | None = None,
 ) -> asyncio.Server:
-    """Listen on `address`; `on_connected` is called with each new connection."""
+    """Listen on `address`; `on_connected` is called with each new connection. With `tls`
+    (called for each connection, so a reloaded context serves the next one), only TLS
+    connections are accepted; a failed handshake goes to `on_refused`."""
     loop = asyncio.get_running_loop()
+    if tls is None:
+        return await loop.create_server(
+            lambda: _FrameProtocol(max_frame_bytes, on_connected), address.host, address.port
+        )
+    refused = on_refused or _ignore_refusal
     return await loop.create_server(
-        lambda: _FrameProtocol(max_frame_bytes, on_connected), address.host, address.port
+        lambda: _tls_protocol(_FrameProtocol(max_frame_bytes, on_connected), tls(), refused),
+        address.host,
+        address.port,
     )
+
+
+def _tls_protocol(
+    protocol: _FrameProtocol, context: ssl.SSLContext, refused: Refused
+) -> asyncio.BaseProtocol:
+    """The event loop's own TLS protocol (uvloop's or asyncio's) around `protocol`, as
+    `create_server(ssl=...)` would make it, but with its handshake watched: a failure
+    (plaintext peer, unknown CA, expired certificate...) is reported with its exception."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+    tls = _watched_tls_class(type(loop).__module__)(
+        loop, protocol, context, waiter, server_side=True,
+        ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
+    )  # fmt: skip
+
+    def done(future: asyncio.Future[None]) -> None:
+        exc = None if future.cancelled() else future.exception()
+        if exc is not None:
+            refused(tls.peer_name, exc)
+
+    waiter.add_done_callback(done)
+    return cast(asyncio.BaseProtocol, tls)
+
+
+@functools.cache
+def _watched_tls_class(loop_module: str) -> Any:
+    """The loop's TLS protocol class, noting who connected (for the refusal's log line)."""
+    base: Any = sslproto.SSLProtocol
+    if loop_module.startswith("uvloop"):
+        import uvloop.loop
+
+        base = getattr(uvloop.loop, "SSLProtocol")  # noqa: B009 - not in its stubs
+
+    class Watched(base):  # type: ignore[misc]
+        peer_name = "?"
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            peer = transport.get_extra_info("peername")
+            self.peer_name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+            super().connection_made(transport)
+
+    return Watched
+
+
+def _peer_names(ssl_object: Any) -> tuple[str, ...] | None:
+    """The DNS names of a TLS peer's verified certificate; () without one; None without TLS."""
+    if ssl_object is None:
+        return None
+    cert = ssl_object.getpeercert()
+    if not cert:
+        return ()
+    pairs = cert.get("subjectAltName", ())
+    return tuple(str(p[1]) for p in pairs if isinstance(p, tuple) and p[0] == "DNS")
+
+
+def _ignore_refusal(peer: str, exc: BaseException) -> None:
+    """A listener without `on_refused` only closes a refused connection."""
 
 
 def _time_out(waiter: asyncio.Future[None]) -> None:

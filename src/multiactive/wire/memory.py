@@ -25,6 +25,7 @@ class MemoryConnection:
 
     def __init__(self, peer: str, max_frame_bytes: int) -> None:
         self.peer = peer
+        self.peer_names: tuple[str, ...] | None = None  # no TLS in memory
         self._decoder = FrameDecoder(max_frame_bytes)
         self._ready: deque[Frame] = deque()
         self._error: ConnectionLost | ProtocolError | None = None

@@ -28,7 +28,8 @@ def _pack(value: object) -> bytes:
 def _unpack(frame: Frame) -> Any:
     try:
         return msgpack.unpackb(frame.body, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:  # TypeError: a map key
+        # that is itself a map or a list (unhashable), found by the fuzzer
         raise ProtocolError(f"{frame.type.name} frame body is not msgpack: {exc}") from exc
 
 
@@ -51,10 +52,15 @@ class Hello:
     origin: str = ""
     heads: dict[int, int] = field(default_factory=dict)
     version: int = PROTOCOL_VERSION
+    token: str = ""  # a publisher's application token, when [tls] clients = "token"
+
+    def __repr__(self) -> str:  # never the token, in logs or tracebacks
+        shown = "***" if self.token else ""
+        return f"Hello(site={self.site!r}, role={self.role!r}, token={shown!r})"
 
 
 def encode_hello(hello: Hello) -> bytes:
-    body = {
+    body: dict[str, object] = {
         "site": hello.site,
         "role": hello.role,
         "cluster": hello.cluster,
@@ -62,6 +68,8 @@ def encode_hello(hello: Hello) -> bytes:
         "heads": hello.heads,
         "version": hello.version,
     }
+    if hello.token:
+        body["token"] = hello.token
     return encode_frame(FrameType.HELLO, _pack(body))
 
 
@@ -84,9 +92,12 @@ def decode_hello(frame: Frame) -> Hello:
     ):
         raise ProtocolError("HELLO heads must map partition numbers to seqs >= 0")
     site, cluster, origin = body.get("site"), body.get("cluster"), body.get("origin", "")
-    if not isinstance(site, str) or not isinstance(cluster, str) or not isinstance(origin, str):
-        raise ProtocolError("HELLO site, cluster and origin must be strings")
-    return Hello(site, role, cluster, origin, heads, version)
+    token = body.get("token", "")
+    if not (isinstance(site, str) and isinstance(cluster, str)) or not (
+        isinstance(origin, str) and isinstance(token, str)
+    ):
+        raise ProtocolError("HELLO site, cluster, origin and token must be strings")
+    return Hello(site, role, cluster, origin, heads, version, token)
 
 
 def encode_batches(batches: Sequence[RecordBatch]) -> bytes:

@@ -283,3 +283,15 @@ def test_slice_batch_refuses_a_seq_not_strictly_inside(seq: int) -> None:
     """Slicing at the first seq or outside the batch is a caller error."""
     with pytest.raises(ValueError, match=r"is not inside batch 10\.\.14"):
         slice_batch(make_batch(first_seq=10, count=5), seq)
+
+
+def test_a_zstd_bomb_is_refused_before_it_is_decompressed() -> None:
+    """A few KiB of zstd that claim 300 MiB: a DecodeError, not 300 MiB of memory."""
+    import zstandard
+
+    from multiactive.model.batch import CODEC_ZSTD, MAX_DECOMPRESSED_BYTES, _assemble
+
+    bomb = zstandard.ZstdCompressor().compress(b"\0" * (MAX_DECOMPRESSED_BYTES + (44 << 20)))
+    batch = _assemble("bj", 0, 1, 1, 1, 1, CODEC_ZSTD, bomb)  # a valid checksum over it
+    with pytest.raises(DecodeError, match="zstd body claims 300 MiB"):
+        list(parse_batch(batch.data).messages())

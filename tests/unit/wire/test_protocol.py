@@ -81,7 +81,7 @@ def test_hello_round_trips_every_role(role: Any) -> None:
         (good_hello(heads=[1, 2]), "HELLO heads must map partition numbers to seqs >= 0"),
         (good_hello(heads={0: -1}), "HELLO heads must map partition numbers to seqs >= 0"),
         (good_hello(heads={"0": 1}), "HELLO heads must map partition numbers"),
-        (good_hello(site=5), "HELLO site, cluster and origin must be strings"),
+        (good_hello(site=5), "HELLO site, cluster, origin and token must be strings"),
         ({k: v for k, v in good_hello().items() if k != "cluster"}, "must be strings"),
     ],
 )
