@@ -25,6 +25,8 @@
     store = "sqlite"             # none (default) | sqlite (per site) | postgresql (shared)
     dsn = ""                     # postgresql://user@host:port/db for store = "postgresql"
 
+    [routing]                    # optional: see multiactive.routing.config and docs/routing.md
+
     [[links]]                    # optional: override mode or address of one direction
     from = "bj-unicom"           # the origin whose messages travel on this link
     to = "gz"                    # the receiver
@@ -175,6 +177,8 @@ class Topology:
     replication: ReplicationSettings = field(default_factory=ReplicationSettings)
     source: str = "<topology>"
     audit: AuditSettings = field(default_factory=AuditSettings)
+    # The raw [routing] table; multiactive.routing.config parses and checks it (a higher layer).
+    routing: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @property
     def site_names(self) -> tuple[str, ...]:
@@ -226,7 +230,9 @@ def parse_topology(
     raw: Mapping[str, Any], *, source: str = "<topology>", base_dir: Path | None = None
 ) -> Topology:
     reader = _Reader(source)
-    reader.known(raw, "", {"cluster", "limits", "replication", "sites", "links", "audit"})
+    reader.known(
+        raw, "", {"cluster", "limits", "replication", "sites", "links", "audit", "routing"}
+    )
     cluster = reader.table(raw, "cluster")
     reader.known(cluster, "cluster", {"name", "partitions", "default_link_mode"})
     partitions = reader.integer(cluster, "cluster", "partitions", DEFAULT_PARTITIONS, 1, 4096)
@@ -244,7 +250,8 @@ def parse_topology(
         )
     if audit.store == "postgresql" and not audit.dsn:
         raise reader.fail("audit.dsn", 'is required when audit.store = "postgresql"')
-    return Topology(name, partitions, sites, links, limits, replication, source, audit)
+    routing = reader.table(raw, "routing") if "routing" in raw else None
+    return Topology(name, partitions, sites, links, limits, replication, source, audit, routing)
 
 
 def parse_address(text: object, where: str) -> Address:
