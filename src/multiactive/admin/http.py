@@ -38,6 +38,7 @@ from multiactive.records import HeadsAnswer, MessageRecord, StreamHeads, TraceAn
 from multiactive.replication.inspector import DEAD_LETTER_COUNT_LIMIT, SiteInspector
 from multiactive.replication.processor import ProcessorView
 from multiactive.replication.reconciler import Reconciler
+from multiactive.routing.service import RoutingService
 from multiactive.state.base import StateBackend
 
 PEER_TIMEOUT_S = 2.0
@@ -56,6 +57,7 @@ class AdminServer:
         processor: ProcessorView,
         reconciler: Reconciler,
         inspector: SiteInspector,
+        routing: RoutingService | None = None,
     ) -> None:
         self._site = site
         self._topology = topology
@@ -64,6 +66,7 @@ class AdminServer:
         self._processor = processor
         self._reconciler = reconciler
         self._inspector = inspector
+        self._routing = routing
         self._runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
 
@@ -96,6 +99,8 @@ class AdminServer:
                 web.get("/trace/{id}", self._trace),
             ]
         )
+        if self._routing is not None:
+            app.add_routes(self._routing.routes())
         return app
 
     async def start(self) -> None:

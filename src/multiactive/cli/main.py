@@ -11,6 +11,7 @@ from multiactive.cli.check import check
 from multiactive.cli.demo import demo
 from multiactive.cli.inspect import lag, status, trace
 from multiactive.cli.repair import deadletters, reconcile, replay
+from multiactive.cli.route import route
 from multiactive.cli.site import site
 from multiactive.cli.wan import wan
 from multiactive.errors import MultiactiveError
@@ -32,6 +33,7 @@ cli.add_command(trace)
 cli.add_command(reconcile)
 cli.add_command(deadletters)
 cli.add_command(replay)
+cli.add_command(route)
 
 
 def main() -> None:

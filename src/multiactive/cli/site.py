@@ -15,6 +15,7 @@ import click
 
 from multiactive import aio, logs
 from multiactive.admin.http import AdminServer
+from multiactive.cli.route import routing_service
 from multiactive.errors import ConfigError, MultiactiveError
 from multiactive.model.topology import Topology, load_topology
 from multiactive.replication.handlers import HandlerRegistry
@@ -158,7 +159,7 @@ async def _serve(node: SiteNode) -> None:
     if node.config.admin is not None:
         admin = AdminServer(
             node.name, node.topology, node.journal, node.state, node.processor, node.reconciler,
-            node.inspector,
+            node.inspector, routing_service(node),
         )  # fmt: skip
     try:
         if admin is not None:
