@@ -1,25 +1,42 @@
 """Routing policy changes travel the mesh as journaled messages: every site holds the new
 policy within a round trip, a cut site catches up when it heals, and the record names who,
-when, before and after, and a change from an outdated revision is refused."""
+when, before and after, and a change from an outdated revision is refused; a live router in front of
+one site follows the policy that site holds."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from click.testing import CliRunner
 
 from multiactive.cli.main import cli
 from multiactive.local.cluster import LocalCluster
+from multiactive.model.topology import Address, load_topology
+from multiactive.procs import free_port
+from multiactive.routing.app import SiteApp
+from multiactive.routing.config import routing_config
+from multiactive.routing.router import Router
 from tests.integration.conftest import ClusterFactory, wait_for
 from tests.integration.test_admin import _chromium
+from tests.integration.test_router import wait_for as await_condition
 
-ROUTING = """
+pytestmark = pytest.mark.routing
+
+APPS = {site: Address("127.0.0.1", free_port()) for site in ("a", "b", "c")}
+ROUTING = (
+    """
 [routing]
+[routing.upstreams]
+"""
+    + "".join(f'{site} = ["{address}"]\n' for site, address in APPS.items())
+    + """
 [[routing.regions]]
 name = "north"
 cidrs = ["127.0.0.2/32"]
@@ -38,6 +55,7 @@ ranges = [[0, 5000]]
 name = "u1"
 ranges = [[5000, 10000]]
 """
+)
 
 
 def route(cluster: LocalCluster, *args: str) -> Any:
@@ -51,6 +69,52 @@ def route(cluster: LocalCluster, *args: str) -> Any:
 
 def revision(cluster: LocalCluster, site: str) -> int:
     return int(cluster.get(site, "/routing")["policy"]["revision"])
+
+
+async def _routed(router: Router, users: list[str]) -> dict[str, str]:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    ) as session:
+        sites = {}
+        for user in users:
+            async with session.get(f"http://{router.address}/", headers={"X-User-Id": user}) as r:
+                sites[user] = r.headers["X-Served-By"]
+        return sites
+
+
+def router_follows_the_site(cluster: LocalCluster) -> None:
+    """A live router in front of site a routes by the policy a holds, and sees the shift."""
+
+    async def main() -> None:
+        config = routing_config(load_topology(cluster.topology_path))
+        apps = [SiteApp(site, address) for site, address in APPS.items()]
+        for app in apps:
+            await app.start()
+        router = Router("a", config, cluster.processes["a"].admin, policy_poll_s=0.1)
+        await router.start(Address("127.0.0.1", free_port()))
+        stop = asyncio.Event()
+        task = asyncio.create_task(router.run(stop))
+        try:
+            users = [f"user-{n}" for n in range(300)]
+            before = await _routed(router, users)
+            route(cluster, "shift", "--from", "a", "--to", "c", "--percent", "30",
+                  "--region", "north", "--site", "b", "--who", "ops@test")  # fmt: skip
+
+            async def seen() -> bool:  # published at b, seen by a's router
+                return router.feed.policy.revision == 1
+
+            await await_condition(seen, 5, "a's router to see revision 1")
+            after = await _routed(router, users)
+            moved = {u for u in users if after[u] != before[u]}
+            assert moved == {u for u in users if 4000 <= router.feed.policy.bucket_of(u) < 7000}
+            assert all((before[u], after[u]) == ("a", "c") for u in moved)
+        finally:
+            stop.set()
+            await task
+            for app in apps:
+                await app.stop()
+
+    asyncio.run(main())
 
 
 @pytest.fixture
@@ -69,15 +133,14 @@ def test_a_change_reaches_every_site_and_a_cut_site_catches_up(
     assert dry["units"] == {"u0": 1000, "u1": 2000}
     assert all(revision(cluster, s) == 0 for s in cluster.sites)  # a dry run changes nothing
 
-    answer = route(cluster, "shift", "--from", "a", "--to", "c", "--percent", "30",
-                   "--region", "north", "--site", "a", "--who", "ops@test")  # fmt: skip
-    assert answer["change"]["who"] == "ops@test"
+    router_follows_the_site(cluster)
     wait_for(lambda: all(revision(cluster, s) == 1 for s in cluster.sites), 10, "revision 1")
     held = cluster.get("b", "/routing")
     assert held["policy"]["assignments"]["north"] == [[0, 4000, "a"], [4000, 7000, "c"],
                                                       [7000, 10000, "b"]]  # fmt: skip
     change = held["changes"][0]
-    assert (change["kind"], change["site"], change["revision"]) == ("shift", "a", 1)
+    assert (change["kind"], change["site"], change["revision"]) == ("shift", "b", 1)
+    assert change["who"] == "ops@test"
     assert change["before"]["assignments"]["north"] == [[0, 7000, "a"], [7000, 10000, "b"]]
 
     cluster.isolate("c")

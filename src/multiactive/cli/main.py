@@ -12,6 +12,7 @@ from multiactive.cli.demo import demo
 from multiactive.cli.inspect import lag, status, trace
 from multiactive.cli.repair import deadletters, reconcile, replay
 from multiactive.cli.route import route
+from multiactive.cli.router import router
 from multiactive.cli.site import site
 from multiactive.cli.wan import wan
 from multiactive.errors import MultiactiveError
@@ -34,6 +35,7 @@ cli.add_command(reconcile)
 cli.add_command(deadletters)
 cli.add_command(replay)
 cli.add_command(route)
+cli.add_command(router)
 
 
 def main() -> None:
