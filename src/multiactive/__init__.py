@@ -12,6 +12,7 @@ from multiactive.errors import (
     PayloadTooLarge,
     ProtocolError,
     RejectedError,
+    RoutingRefused,
     UnknownSiteError,
 )
 from multiactive.model import Message, StreamId, Topology, load_topology
@@ -37,6 +38,7 @@ __all__ = [
     "PayloadTooLarge",
     "ProtocolError",
     "RejectedError",
+    "RoutingRefused",
     "StreamId",
     "Topology",
     "UnknownSiteError",

@@ -33,7 +33,9 @@ from multiactive.errors import (
     RejectedError,
 )
 from multiactive.model.ids import IdGenerator
-from multiactive.model.topology import DEFAULT_MAX_FRAME_BYTES, Address, parse_address
+from multiactive.model.topology import DEFAULT_MAX_FRAME_BYTES, Address, Topology, parse_address
+from multiactive.routing.guard import WriteGuard
+from multiactive.routing.policy import Policy
 from multiactive.wire.connection import FrameConnection
 from multiactive.wire.frames import FrameType
 from multiactive.wire.protocol import (
@@ -92,10 +94,19 @@ def _refusal(result: list[Any]) -> RejectedError | OutcomeUnknown:
 
 
 class Client:
-    def __init__(self, address: str | Address, *, connect_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        address: str | Address,
+        *,
+        connect_timeout_s: float = 5.0,
+        guard: WriteGuard | None = None,
+    ) -> None:
+        """`guard`: publish only what the routing policy lets this user write at the site
+        connected to (`multiactive.routing.guard`); otherwise RoutingRefused names the site."""
         self.address = (
             address if isinstance(address, Address) else parse_address(address, "address")
         )
+        self.guard = guard
         self._timeout = connect_timeout_s
         self._ids = IdGenerator()
         self._conn: FrameConnection | None = None
@@ -107,6 +118,19 @@ class Client:
         self._next_request = 1
         self._lost: ConnectionLost | None = None
         self.site = ""
+
+    @classmethod
+    def for_user(
+        cls, topology: Topology, policy: Policy, routing_key: str, *, region: str,
+        connect_timeout_s: float = 5.0,
+    ) -> Client:  # fmt: skip
+        """A guarded client connected (on `connect`) to the site that takes this user's
+        writes; RoutingRefused at once if no site may take them now."""
+        guard = WriteGuard(policy, routing_key, region)
+        home = guard.home_site()
+        if not home or guard.decision().mode != "read-write":
+            guard.check(home)
+        return cls(topology.site(home).listen, connect_timeout_s=connect_timeout_s, guard=guard)
 
     @property
     def connected(self) -> bool:
@@ -145,6 +169,8 @@ class Client:
         id: str | None = None,
     ) -> Ack:
         """Publish one message; returns when it is durable at the site."""
+        if self.guard is not None:
+            self.guard.check(self.site)
         draft: Draft = (id or self._ids.new(), type, key, dict(headers or {}), payload)
         return await self._enqueue(draft)
 
@@ -158,6 +184,8 @@ class Client:
         id gets a fresh one here. Returns one Ack per draft, in order; if the site refuses any
         draft, raises `BatchRejected` carrying every outcome (the others were journaled)."""
         self._check_connected()
+        if self.guard is not None:
+            self.guard.check(self.site)
         new_id = self._ids.new
         waits = []
         for start in range(0, len(drafts), MAX_DRAFTS_PER_FRAME):

@@ -17,11 +17,15 @@ import pytest
 from click.testing import CliRunner
 
 from multiactive.cli.main import cli
+from multiactive.client import Client
+from multiactive.errors import RoutingRefused
 from multiactive.local.cluster import LocalCluster
 from multiactive.model.topology import Address, load_topology
 from multiactive.procs import free_port
 from multiactive.routing.app import SiteApp
 from multiactive.routing.config import routing_config
+from multiactive.routing.guard import WriteGuard
+from multiactive.routing.policy import Policy, PolicyState
 from multiactive.routing.router import Router
 from tests.integration.conftest import ClusterFactory, wait_for
 from tests.integration.test_admin import _chromium
@@ -117,6 +121,37 @@ def router_follows_the_site(cluster: LocalCluster) -> None:
     asyncio.run(main())
 
 
+def writes_go_home(cluster: LocalCluster) -> None:
+    """A guarded client publishes at the user's home site; after set-mode read-only its write
+    is refused naming the home site; a client at another site is told where to go."""
+    topology = load_topology(cluster.topology_path)
+    config = routing_config(topology)
+
+    def held() -> Policy:
+        return Policy(config, PolicyState.from_json(cluster.get("a", "/routing")["policy"]))
+
+    user = next(f"w{n}" for n in range(1000) if held().route_key("north", f"w{n}").site == "a")
+
+    async def main() -> None:
+        async with Client.for_user(topology, held(), user, region="north") as client:
+            assert client.site == "a"
+            await client.publish("kv.set", f"{user}:1", b"v")
+        guard = WriteGuard(held(), user, "north")
+        async with Client(cluster.client_address("c"), guard=guard) as elsewhere:
+            with pytest.raises(RoutingRefused, match="go to site a, not c"):
+                await elsewhere.publish("kv.set", f"{user}:2", b"v")
+        unit = held().route_key("north", user).unit
+        route(cluster, "set-mode", unit, "read-only", "--site", "a")
+        async with Client(
+            cluster.client_address("a"), guard=WriteGuard(held(), user, "north")
+        ) as c:
+            with pytest.raises(RoutingRefused, match=f"unit {unit} is read-only") as caught:
+                await c.publish("kv.set", f"{user}:3", b"v")
+            assert caught.value.home_site == "a"
+
+    asyncio.run(main())
+
+
 @pytest.fixture
 def cluster(make_cluster: ClusterFactory) -> LocalCluster:
     cluster = make_cluster(("a", "b", "c"), wan={}, routing=ROUTING)
@@ -162,6 +197,8 @@ def test_a_change_reaches_every_site_and_a_cut_site_catches_up(
         urllib.request.urlopen(request, timeout=5)
     assert caught.value.code == 409
     assert "holds policy revision 2" in caught.value.read().decode()
+
+    writes_go_home(cluster)
 
     browser = _chromium(tmp_path)  # the dashboard shows the policy and its changes
     try:
