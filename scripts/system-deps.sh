@@ -9,11 +9,17 @@ declare -A NEEDED=(
   [chromedriver]=chromium-driver
   [redis-server]=redis-server      # the redis journal and state tests start their own servers
   [redis-cli]=redis-tools
+  [curl]=curl                      # the routing tests check the nginx export by hand, as operators do
+  [dig]=bind9-dnsutils             # ... and ask the BIND export's views
+  [named-checkconf]=bind9-utils    # the BIND export is checked by the real tools
+  [named-checkzone]=bind9-utils
 )
 
 # file pattern -> Debian package, for programs that are not on PATH.
 declare -A NEEDED_FILES=(
   ["/usr/lib/postgresql/*/bin/initdb"]=postgresql   # the PostgreSQL audit store tests
+  ["/usr/sbin/nginx"]=nginx                         # the routing tests run the nginx export
+  ["/usr/sbin/named"]=bind9                         # ... and the BIND export
 )
 
 missing=()

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import getpass
 import json
+import shlex
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +25,10 @@ from rich.console import Console
 from rich.table import Table
 
 from multiactive.errors import ConfigError
-from multiactive.model.topology import SiteConfig, Topology, load_topology
+from multiactive.model.topology import SiteConfig, Topology, load_topology, parse_address
 from multiactive.routing.changes import make_change
 from multiactive.routing.config import MODES, RoutingConfig, routing_config
+from multiactive.routing.export import bind_config, nginx_config
 from multiactive.routing.hashing import UNIT_SPACE
 from multiactive.routing.messages import Change
 from multiactive.routing.policy import Impact, Policy, PolicyState
@@ -259,3 +263,126 @@ def set_mode(
     it) or none."""
     _change(topology_path, site_name, "set-mode", {"unit": unit, "mode": mode}, who, dry_run,
             as_json)  # fmt: skip
+
+
+@route.group("export")
+def export() -> None:
+    """The policy as configuration for the real edge: nginx, BIND."""
+
+
+from_topology_option = click.option(
+    "--from-topology", is_flag=True,
+    help="Export the topology's own policy (revision 0) without asking a site.",
+)  # fmt: skip
+
+
+def _policy_for_export(topology_path: Path, site_name: str | None, offline: bool) -> Policy:
+    if offline:
+        return Policy(routing_config(load_topology(topology_path)))
+    return _load(topology_path, site_name)[3]
+
+
+def _write(path: Path, text: str) -> None:
+    """Replace a file in one step (an edge reloading mid-write must not read half of it)."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
+@export.command("nginx")
+@topology_option
+@site_option
+@from_topology_option
+@click.option("--listen", default="127.0.0.1:8080", help="The address the server block listens on.")
+@click.option("--out", "out", default=None, type=click.Path(path_type=Path),
+              help="Write the include here (default: standard output).")  # fmt: skip
+@click.option("--watch", is_flag=True, help="Keep running: re-export after every policy change "
+              "(needs --out).")  # fmt: skip
+@click.option("--reload-command", default=None,
+              help='Run after every re-export, e.g. "nginx -s reload".')  # fmt: skip
+def export_nginx(
+    topology_path: Path, site_name: str | None, from_topology: bool, listen: str,
+    out: Path | None, watch: bool, reload_command: str | None,
+) -> None:  # fmt: skip
+    """An nginx include (inside http {}): geo, maps, split_clients, upstreams and a server."""
+    address = parse_address(listen, "--listen")
+
+    def render(policy: Policy) -> str:
+        try:
+            return nginx_config(policy, address).text
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    policy = _policy_for_export(topology_path, site_name, from_topology)
+    if out is None:
+        if watch:
+            raise click.UsageError("--watch needs --out FILE")
+        click.echo(render(policy), nl=False)
+        return
+    _write(out, render(policy))
+    click.echo(f"wrote {out} (policy revision {policy.revision})", err=True)
+    if watch:
+        _watch(topology_path, site_name, policy, lambda p: _write(out, render(p)), reload_command)
+
+
+@export.command("bind")
+@topology_option
+@site_option
+@from_topology_option
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="The folder for named.conf and one zone file per region.")  # fmt: skip
+@click.option("--listen", default="127.0.0.1:53", help="Where named listens (listen-on).")
+@click.option("--watch", is_flag=True, help="Keep running: re-export after every policy change.")
+@click.option(
+    "--reload-command", default=None, help='Run after every re-export, e.g. "rndc reload".'
+)
+def export_bind(
+    topology_path: Path, site_name: str | None, from_topology: bool, out: Path, listen: str,
+    watch: bool, reload_command: str | None,
+) -> None:  # fmt: skip
+    """BIND views: named.conf (match-clients per region) and a zone file per view."""
+    address = parse_address(listen, "--listen")
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write(policy: Policy) -> None:
+        try:
+            result = bind_config(policy, str(out.resolve()), address)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from exc
+        for name, text in result.zones.items():
+            _write(out / name, text)
+        _write(out / "named.conf", result.named_conf)
+
+    policy = _policy_for_export(topology_path, site_name, from_topology)
+    write(policy)
+    click.echo(f"wrote {out}/named.conf and {len(policy.config.regions)} zones "
+               f"(policy revision {policy.revision})", err=True)  # fmt: skip
+    if watch:
+        _watch(topology_path, site_name, policy, write, reload_command)
+
+
+WATCH_POLL_S = 1.0
+
+
+def _watch(
+    topology_path: Path, site_name: str | None, policy: Policy,
+    write: Callable[[Policy], None], reload_command: str | None,
+) -> None:  # fmt: skip
+    """Re-export whenever the site's policy changes, until interrupted."""
+    current = policy.state
+    while True:
+        time.sleep(WATCH_POLL_S)
+        try:
+            fresh = _load(topology_path, site_name)[3]
+        except click.ClickException as exc:
+            click.echo(f"cannot read the policy: {exc.message}", err=True)
+            continue
+        if fresh.state == current:
+            continue
+        write(fresh)
+        current = fresh.state
+        click.echo(f"re-exported policy revision {fresh.revision}", err=True)
+        if reload_command:
+            result = subprocess.run(shlex.split(reload_command), check=False)
+            if result.returncode != 0:
+                click.echo(f"{reload_command!r} exited with {result.returncode}", err=True)
