@@ -116,3 +116,16 @@ def test_health_settings(tmp_path: Path) -> None:
     config = routing_config(load_topology(write_topology(tmp_path, routing)))
     assert (config.health.interval_s, config.health.failures) == (0.5, 2)
     assert "health.timeout_s" in fails(tmp_path, routing.replace("0.2", "0.9"))
+
+
+def test_the_example_topology_parses_and_exports() -> None:
+    """examples/weibo.toml (documented in the README) is a valid topology with routing."""
+    from multiactive.model.topology import Address
+    from multiactive.routing.export import bind_config, nginx_config
+    from multiactive.routing.policy import Policy
+
+    path = Path(__file__).resolve().parents[3] / "examples" / "weibo.toml"
+    policy = Policy(routing_config(load_topology(path)))
+    assert [r.name for r in policy.config.regions] == ["north", "south"]
+    assert "upstream ma_gz" in nginx_config(policy, Address("127.0.0.1", 8180)).text
+    assert bind_config(policy, "/tmp/x", Address("127.0.0.1", 5353)).zones["south.zone"]
