@@ -31,9 +31,11 @@ from multiactive.errors import (
     PayloadTooLarge,
     ProtocolError,
     RejectedError,
+    RoutingRefused,
 )
 from multiactive.model.ids import IdGenerator
 from multiactive.model.topology import DEFAULT_MAX_FRAME_BYTES, Address, Topology, parse_address
+from multiactive.routing.gate import KEY_HEADER, REGION_HEADER
 from multiactive.routing.guard import WriteGuard
 from multiactive.routing.policy import Policy
 from multiactive.wire.connection import FrameConnection
@@ -89,6 +91,8 @@ def _refusal(result: list[Any]) -> RejectedError | OutcomeUnknown:
     unknown outcome (`RESULT_UNKNOWN`: publish again with the same id)."""
     if result[0] == RESULT_UNKNOWN:
         return OutcomeUnknown(str(result[2]))
+    if result[1] == "routing":  # the site's routing policy: [1, "routing", text, home site]
+        return RoutingRefused(str(result[2]), str(result[3]) if len(result) > 3 else "", "", "")
     kind = PayloadTooLarge if result[1] == "payload_too_large" else RejectedError
     return kind(str(result[2]), str(result[1]))
 
@@ -169,9 +173,12 @@ class Client:
         id: str | None = None,
     ) -> Ack:
         """Publish one message; returns when it is durable at the site."""
+        fields = dict(headers or {})
         if self.guard is not None:
             self.guard.check(self.site)
-        draft: Draft = (id or self._ids.new(), type, key, dict(headers or {}), payload)
+            fields[KEY_HEADER] = self.guard.routing_key
+            fields[REGION_HEADER] = self.guard.region
+        draft: Draft = (id or self._ids.new(), type, key, fields, payload)
         return await self._enqueue(draft)
 
     async def publish_many(self, drafts: Sequence[tuple[str, str, bytes]]) -> list[Ack]:
@@ -186,6 +193,8 @@ class Client:
         self._check_connected()
         if self.guard is not None:
             self.guard.check(self.site)
+            routed = {KEY_HEADER: self.guard.routing_key, REGION_HEADER: self.guard.region}
+            drafts = [(d[0], d[1], d[2], {**d[3], **routed}, d[4]) for d in drafts]
         new_id = self._ids.new
         waits = []
         for start in range(0, len(drafts), MAX_DRAFTS_PER_FRAME):

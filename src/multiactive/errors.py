@@ -79,7 +79,7 @@ class RoutingRefused(RejectedError):
     go (empty when none may take them), `unit` and `mode` the user's unit and its mode."""
 
     def __init__(self, message: str, home_site: str, unit: str, mode: str) -> None:
-        super().__init__(message)
+        super().__init__(message, "routing")
         self.home_site = home_site
         self.unit = unit
         self.mode = mode

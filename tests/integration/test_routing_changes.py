@@ -141,7 +141,22 @@ def writes_go_home(cluster: LocalCluster) -> None:
             with pytest.raises(RoutingRefused, match="go to site a, not c"):
                 await elsewhere.publish("kv.set", f"{user}:2", b"v")
         unit = held().route_key("north", user).unit
+        stale = WriteGuard(held(), user, "north")  # made before the change below
         route(cluster, "set-mode", unit, "read-only", "--site", "a")
+        async with Client(cluster.client_address("a"), guard=stale) as old:
+            refusals: list[RoutingRefused] = []
+
+            async def site_refuses() -> bool:  # the site's own gate, not the client's guard
+                try:
+                    await old.publish("kv.set", f"{user}:stale", b"v")
+                except RoutingRefused as exc:
+                    refusals.append(exc)
+                return bool(refusals)
+
+            await await_condition(site_refuses, 5, "site a to refuse the stale client's write")
+            assert refusals[0].home_site == "a"
+            assert f"unit {unit} is read-only" in str(refusals[0])
+            assert "site a refuses writes" in str(refusals[0])
         async with Client(
             cluster.client_address("a"), guard=WriteGuard(held(), user, "north")
         ) as c:
