@@ -386,3 +386,24 @@ def _watch(
             result = subprocess.run(shlex.split(reload_command), check=False)
             if result.returncode != 0:
                 click.echo(f"{reload_command!r} exited with {result.returncode}", err=True)
+
+
+@route.command("demo")
+@click.option("--users", default=1000, type=click.IntRange(min=10), help="Users per region.")
+@json_option
+def demo(users: int, as_json: bool) -> None:
+    """The live router in front of three local sites: users from two regions (127.0.0.2 and
+    127.0.0.3), a 30 % shift and a drain mid-run; reports per-site traffic and who moved."""
+    from multiactive import aio
+    from multiactive.demo_traffic import run_traffic_demo
+
+    result = aio.run(run_traffic_demo(users, lambda line: None if as_json else click.echo(line)))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    elif result.problems:
+        for problem in result.problems[:20]:
+            click.echo(f"PROBLEM {problem}")
+    else:
+        click.echo("only the users in the shifted ranges moved in each phase, as the policy says")
+    if result.problems:
+        raise SystemExit(1)
