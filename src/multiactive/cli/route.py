@@ -75,7 +75,7 @@ def route() -> None:
 
 def _request(site: SiteConfig, path: str, body: Any = None) -> Any:
     if site.admin is None:
-        raise ConfigError(f"site {site.name} has no admin address (sites[].admin)")
+        raise click.ClickException(f"site {site.name} has no admin address (sites[].admin)")
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
         f"http://{site.admin}{path}", data=data, headers={"Content-Type": "application/json"}
