@@ -124,7 +124,7 @@ async def wait_for(condition, timeout_s: float, what: str) -> float:  # type: ig
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-USERS = [f"user-{n}" for n in range(600)]
+USERS = [f"user-{n}" for n in range(300)]
 
 
 def test_routes_by_region_and_key_sticky_and_as_the_policy_says(tmp_path: Path) -> None:
@@ -136,7 +136,7 @@ def test_routes_by_region_and_key_sticky_and_as_the_policy_says(tmp_path: Path) 
             assert got == {u: policy.route("127.0.0.2", u).site for u in USERS}
             assert set(got.values()) == {"bj-unicom", "bj-telecom"}
             assert set((await sites_of(south, router, USERS[:50])).values()) == {"gz"}
-            for _ in range(3):  # sticky: the same users, the same sites
+            for _ in range(2):  # sticky: the same users, the same sites
                 assert await sites_of(north, router, USERS) == got
 
             # a 30 % shift of north to gz moves 30 % +- 1 % of north's users, no one else
@@ -146,7 +146,7 @@ def test_routes_by_region_and_key_sticky_and_as_the_policy_says(tmp_path: Path) 
             assert all((got[u], after[u]) == ("bj-unicom", "gz") for u in moved)
             expected = [u for u in USERS if 4000 <= router.feed.policy.bucket_of(u) < 7000]
             assert moved == expected
-            assert abs(len(moved) / len(USERS) - 0.3) < 0.05  # 600 users: sampling error
+            assert abs(len(moved) / len(USERS) - 0.3) < 0.05  # 300 users: sampling error
 
             # draining bj-telecom moves every one of its users
             shifted = router.feed.policy

@@ -36,6 +36,7 @@ from multiactive.routing.config import MODES, SITE_STATES, Mode, RoutingConfig, 
 from multiactive.routing.hashing import UNIT_SPACE, bucket_of, murmur2
 
 Span = tuple[int, int, str]  # [from, to) -> site
+REGION_CACHE_ENTRIES = 65_536  # client addresses whose region a Policy remembers
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +126,7 @@ class Policy:
             region: _site_table(spans) for region, spans in self.state.assignments.items()
         }
         self._stand_ins: dict[tuple[str, frozenset[str]], tuple[str, ...]] = {}
+        self._regions: dict[str, str] = {}  # client address -> region, a bounded cache
 
     def with_state(self, state: PolicyState) -> Policy:
         return Policy(self.config, state)
@@ -135,6 +137,14 @@ class Policy:
 
     def region_of(self, address: str) -> str:
         """The region whose CIDRs hold `address` (the default region when none does)."""
+        cached = self._regions.get(address)
+        if cached is None:
+            cached = self._regions[address] = self._find_region(address)
+            if len(self._regions) > REGION_CACHE_ENTRIES:
+                self._regions.clear()
+        return cached
+
+    def _find_region(self, address: str) -> str:
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
