@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -167,6 +169,10 @@ def writes_go_home(cluster: LocalCluster) -> None:
     asyncio.run(main())
 
 
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
 @pytest.fixture
 def cluster(make_cluster: ClusterFactory) -> LocalCluster:
     cluster = make_cluster(("a", "b", "c"), wan={}, routing=ROUTING)
@@ -183,7 +189,20 @@ def test_a_change_reaches_every_site_and_a_cut_site_catches_up(
     assert dry["units"] == {"u0": 1000, "u1": 2000}
     assert all(revision(cluster, s) == 0 for s in cluster.sites)  # a dry run changes nothing
 
-    router_follows_the_site(cluster)
+    include = cluster.root / "edge.conf"  # the edge's include, re-exported on every change
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "multiactive", "route", "export", "nginx", "--topology",
+         str(cluster.topology_path), "--site", "c", "--out", str(include), "--watch"],
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: "policy revision 0" in _read(include), 30, "the first export")
+        router_follows_the_site(cluster)
+        wait_for(lambda: "policy revision 1" in _read(include), 10, "the re-export")
+        assert '"north:s4000" ma_c;' in _read(include)
+    finally:
+        watcher.terminate()
+        watcher.wait(10)
     wait_for(lambda: all(revision(cluster, s) == 1 for s in cluster.sites), 10, "revision 1")
     held = cluster.get("b", "/routing")
     assert held["policy"]["assignments"]["north"] == [[0, 4000, "a"], [4000, 7000, "c"],
