@@ -17,7 +17,7 @@ from multiactive.clock import Clock
 from multiactive.errors import DecodeError
 from multiactive.routing.config import RoutingConfig
 from multiactive.routing.messages import POLICY_KEY, decode_change
-from multiactive.routing.policy import Policy
+from multiactive.routing.policy import Policy, state_problem
 from multiactive.state.base import StateBackend
 
 KEY_HEADER = "ma-routing-key"
@@ -66,7 +66,7 @@ class RoutingGate:
             held = decode_change(entry.value)[0]
         except DecodeError:
             return
-        if held != self.policy.state:
+        if held != self.policy.state and state_problem(self.policy.config, held) is None:
             self.policy = self.policy.with_state(held)
 
     async def run(self, state: StateBackend, clock: Clock) -> None:

@@ -73,6 +73,30 @@ class PolicyState:
         return sum(b - a for a, b, s in self.assignments[region] if s == site)
 
 
+def state_problem(config: RoutingConfig, state: PolicyState) -> str | None:
+    """Why a state does not fit a config (another topology's regions, sites or units), or
+    None. Held and received states are checked before anyone routes by them."""
+    regions = {r.name for r in config.regions}
+    if set(state.assignments) != regions:
+        return f"regions {sorted(state.assignments)} are not the topology's {sorted(regions)}"
+    for region, spans in state.assignments.items():
+        at = 0
+        for start, end, site in spans:
+            if start != at or end <= start or site not in config.sites:
+                return f"region {region}: span [{start}, {end}) -> {site!r} does not fit"
+            at = end
+        if at != UNIT_SPACE:
+            return f"region {region}: the spans end at {at}, not {UNIT_SPACE}"
+    for site, site_state in state.site_states.items():
+        if site not in config.sites or site_state not in SITE_STATES:
+            return f"site state {site!r}: {site_state!r} does not fit"
+    units = {u.name for u in config.units}
+    for unit, mode in state.unit_modes.items():
+        if unit not in units or mode not in MODES:
+            return f"unit mode {unit!r}: {mode!r} does not fit"
+    return None
+
+
 def initial_state(config: RoutingConfig) -> PolicyState:
     """Revision 0: the topology's weights laid out in order, every site active."""
     assignments = {}

@@ -39,7 +39,7 @@ from multiactive.logs import get_logger
 from multiactive.model.topology import Address
 from multiactive.routing.config import KeySource, Network, RoutingConfig
 from multiactive.routing.health import HealthChecker
-from multiactive.routing.policy import Decision, Policy, PolicyState
+from multiactive.routing.policy import Decision, Policy, PolicyState, state_problem
 
 DEFAULT_POLICY_POLL_S = 0.5
 UPSTREAM_TIMEOUT_S = 30.0
@@ -161,6 +161,11 @@ class PolicyFeed:
             log.warning("policy_fetch_failed", admin=str(self._admin), error=str(exc))
             return
         self.fetches += 1
+        problem = state_problem(self.config, state)
+        if problem is not None:
+            self.failures += 1
+            log.warning("policy_does_not_fit", admin=str(self._admin), problem=problem)
+            return
         if state != self.policy.state:
             log.info("policy_changed", revision=state.revision)
             self.policy = Policy(self.config, state)

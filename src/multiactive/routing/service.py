@@ -29,7 +29,7 @@ from multiactive.routing.messages import (
     decode_change,
     encode_change,
 )
-from multiactive.routing.policy import PolicyState, initial_state
+from multiactive.routing.policy import PolicyState, initial_state, state_problem
 from multiactive.state.base import StateBackend
 from multiactive.wire.protocol import RESULT_OK
 
@@ -45,9 +45,10 @@ async def held_policy(config: RoutingConfig, state: StateBackend) -> PolicyState
     if entry is None or entry.value is None:
         return initial_state(config)
     try:
-        return decode_change(entry.value)[0]
+        held = decode_change(entry.value)[0]
     except DecodeError:
         return initial_state(config)
+    return initial_state(config) if state_problem(config, held) else held
 
 
 async def held_changes(state: StateBackend) -> list[Change]:
@@ -91,6 +92,11 @@ class RoutingService:
             base = int(body["base_revision"])
         except (ValueError, KeyError, TypeError) as exc:
             raise web.HTTPBadRequest(text=f"not a policy change: {exc}") from exc
+        problem = state_problem(self._config, state)
+        if problem is not None:
+            raise web.HTTPBadRequest(
+                text=f"the policy does not fit {self._config.source}: {problem}"
+            )
         held = await held_policy(self._config, self._state)
         if held.revision != base or state.revision != base + 1:
             raise web.HTTPConflict(

@@ -21,6 +21,7 @@ from multiactive.routing.policy import (
     set_site_state,
     set_unit_mode,
     shift,
+    state_problem,
 )
 from tests.unit.routing.conftest import ROUTING, write_topology
 
@@ -252,3 +253,19 @@ def test_a_shift_moves_only_the_shifted_ranges(
         total = sum(m.end - m.start for m in moves if m.region == (region or m.region))
         assert total <= len(after.config.regions) * round(percent * UNIT_SPACE / 100)
         policy = after
+
+
+def test_a_state_that_does_not_fit_the_topology_is_named(policy: Policy) -> None:
+    """A held or published state from another topology is found out before anyone routes by it."""
+    good = shift(policy, "bj-unicom", "gz", 20)
+    assert state_problem(policy.config, good) is None
+    bad_site = dataclasses.replace(
+        good, assignments={**good.assignments, "south": ((0, 10000, "sh"),)}
+    )
+    assert "does not fit" in (state_problem(policy.config, bad_site) or "")
+    hole = dataclasses.replace(good, assignments={**good.assignments, "south": ((0, 9000, "gz"),)})
+    assert "end at 9000" in (state_problem(policy.config, hole) or "")
+    regions = dataclasses.replace(good, assignments={"north": good.assignments["north"]})
+    assert "regions" in (state_problem(policy.config, regions) or "")
+    modes = dataclasses.replace(good, unit_modes={"u9": "none"})
+    assert "u9" in (state_problem(policy.config, modes) or "")
