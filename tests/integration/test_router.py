@@ -23,8 +23,8 @@ from multiactive.routing.router import Router
 
 pytestmark = pytest.mark.routing
 
-INTERVAL_S = 0.2
-FAILURES = 3
+INTERVAL_S = 0.5
+FAILURES = 2
 SITES = ("bj-unicom", "bj-telecom", "gz")
 
 
@@ -43,7 +43,7 @@ trusted_proxies = ["127.0.0.1/32"]
 interval_s = {INTERVAL_S}
 failures = {FAILURES}
 rise = 1
-timeout_s = 0.2
+timeout_s = 0.4
 
 [routing.upstreams]
 {upstreams}
@@ -204,7 +204,7 @@ def test_a_killed_upstream_is_evacuated_in_time_and_restored(tmp_path: Path) -> 
         async with running(tmp_path) as (router, apps), client("127.0.0.2") as north:
             users = USERS[:200]
             before = await sites_of(north, router, users)
-            telecom = [u for u in users if before[u] == "bj-telecom"]
+            telecom = [u for u in users if before[u] == "bj-telecom"][:20]  # a cheap probe
             await apps["bj-telecom"].stop()
 
             async def evacuated() -> bool:
@@ -219,8 +219,10 @@ def test_a_killed_upstream_is_evacuated_in_time_and_restored(tmp_path: Path) -> 
             await apps["bj-telecom"].start()  # the same address: it recovers
 
             async def restored() -> bool:
-                return await sites_of(north, router, users) == before
+                got = await asyncio.gather(*(served_by(north, router, u) for u in telecom))
+                return all(site == "bj-telecom" for _, _, site in got)
 
-            await wait_for(restored, INTERVAL_S * 2 + 1.0, "users back on bj-telecom")
+            await wait_for(restored, INTERVAL_S * 1 + 1.0, "users back on bj-telecom")  # rise 1
+            assert await sites_of(north, router, users) == before
 
     asyncio.run(main())
