@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/multiactive demo
+	$(BIN)/multiactive route demo
 
 system-deps:
 	@scripts/system-deps.sh

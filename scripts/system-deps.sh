@@ -12,11 +12,17 @@ declare -A NEEDED=(
   [mariadbd]=mariadb-server        # the database layer's tests start a primary and replicas
   [mariadb-install-db]=mariadb-server
   [mariadb]=mariadb-client
+  [curl]=curl                      # the routing tests check the nginx export by hand, as operators do
+  [dig]=bind9-dnsutils             # ... and ask the BIND export's views
+  [named-checkconf]=bind9-utils    # the BIND export is checked by the real tools
+  [named-checkzone]=bind9-utils
 )
 
 # file pattern -> Debian package, for programs that are not on PATH.
 declare -A NEEDED_FILES=(
   ["/usr/lib/postgresql/*/bin/initdb"]=postgresql   # the PostgreSQL audit store tests
+  ["/usr/sbin/nginx"]=nginx                         # the routing tests run the nginx export
+  ["/usr/sbin/named"]=bind9                         # ... and the BIND export
 )
 
 missing=()

@@ -13,6 +13,7 @@ from multiactive.errors import (
     PayloadTooLarge,
     ProtocolError,
     RejectedError,
+    RoutingRefused,
     UnknownSiteError,
 )
 from multiactive.model import Message, StreamId, Topology, load_topology
@@ -39,6 +40,7 @@ __all__ = [
     "PayloadTooLarge",
     "ProtocolError",
     "RejectedError",
+    "RoutingRefused",
     "StreamId",
     "Topology",
     "UnknownSiteError",

@@ -37,9 +37,13 @@ from multiactive.errors import (
     PayloadTooLarge,
     ProtocolError,
     RejectedError,
+    RoutingRefused,
 )
 from multiactive.model.ids import IdGenerator
-from multiactive.model.topology import DEFAULT_MAX_FRAME_BYTES, Address, parse_address
+from multiactive.model.topology import DEFAULT_MAX_FRAME_BYTES, Address, Topology, parse_address
+from multiactive.routing.gate import KEY_HEADER, REGION_HEADER
+from multiactive.routing.guard import WriteGuard
+from multiactive.routing.policy import Policy
 from multiactive.wire.connection import FrameConnection
 from multiactive.wire.frames import FrameType
 from multiactive.wire.protocol import (
@@ -93,6 +97,8 @@ def _refusal(result: list[Any]) -> RejectedError | OutcomeUnknown:
     unknown outcome (`RESULT_UNKNOWN`: publish again with the same id)."""
     if result[0] == RESULT_UNKNOWN:
         return OutcomeUnknown(str(result[2]))
+    if result[1] == "routing":  # the site's routing policy: [1, "routing", text, home site]
+        return RoutingRefused(str(result[2]), str(result[3]) if len(result) > 3 else "", "", "")
     kind = PayloadTooLarge if result[1] == "payload_too_large" else RejectedError
     return kind(str(result[2]), str(result[1]))
 
@@ -106,10 +112,14 @@ class Client:
         tls: ssl.SSLContext | None = None,
         server_name: str | None = None,
         token: str = "",
+        guard: WriteGuard | None = None,
     ) -> None:
+        """`guard`: publish only what the routing policy lets this user write at the site
+        connected to (`multiactive.routing.guard`); otherwise RoutingRefused names the site."""
         self.address = (
             address if isinstance(address, Address) else parse_address(address, "address")
         )
+        self.guard = guard
         self._timeout = connect_timeout_s
         self._tls = tls
         self._server_name = server_name
@@ -124,6 +134,19 @@ class Client:
         self._next_request = 1
         self._lost: ConnectionLost | None = None
         self.site = ""
+
+    @classmethod
+    def for_user(
+        cls, topology: Topology, policy: Policy, routing_key: str, *, region: str,
+        connect_timeout_s: float = 5.0,
+    ) -> Client:  # fmt: skip
+        """A guarded client connected (on `connect`) to the site that takes this user's
+        writes; RoutingRefused at once if no site may take them now."""
+        guard = WriteGuard(policy, routing_key, region)
+        home = guard.home_site()
+        if not home or guard.decision().mode != "read-write":
+            guard.check(home)
+        return cls(topology.site(home).listen, connect_timeout_s=connect_timeout_s, guard=guard)
 
     @property
     def connected(self) -> bool:
@@ -168,7 +191,12 @@ class Client:
         id: str | None = None,
     ) -> Ack:
         """Publish one message; returns when it is durable at the site."""
-        draft: Draft = (id or self._ids.new(), type, key, dict(headers or {}), payload)
+        fields = dict(headers or {})
+        if self.guard is not None:
+            self.guard.check(self.site)
+            fields[KEY_HEADER] = self.guard.routing_key
+            fields[REGION_HEADER] = self.guard.region
+        draft: Draft = (id or self._ids.new(), type, key, fields, payload)
         return await self._enqueue(draft)
 
     async def publish_many(self, drafts: Sequence[tuple[str, str, bytes]]) -> list[Ack]:
@@ -181,6 +209,10 @@ class Client:
         id gets a fresh one here. Returns one Ack per draft, in order; if the site refuses any
         draft, raises `BatchRejected` carrying every outcome (the others were journaled)."""
         self._check_connected()
+        if self.guard is not None:
+            self.guard.check(self.site)
+            routed = {KEY_HEADER: self.guard.routing_key, REGION_HEADER: self.guard.region}
+            drafts = [(d[0], d[1], d[2], {**d[3], **routed}, d[4]) for d in drafts]
         new_id = self._ids.new
         waits = []
         for start in range(0, len(drafts), MAX_DRAFTS_PER_FRAME):

@@ -8,7 +8,9 @@
     │   └── ProtocolError      a peer broke the wire protocol; only that connection closes
     ├── RejectedError          a write was refused at ingress; nothing was journaled for it
     │   ├── PayloadTooLarge    the payload is over `max_payload_bytes`
-    │   └── BatchRejected      some drafts of a batch were refused (`outcomes` says which)
+    │   ├── BatchRejected      some drafts of a batch were refused (`outcomes` says which)
+    │   └── RoutingRefused     the routing policy forbids this write here: the user's unit is
+    │                          read-only or closed, or its home is another site (names it)
     ├── JournalError           a journal invariant would break (J1/J2)
     ├── StateError             a state invariant would break (P1-P3)
     │   └── StaleStep          a step whose watermark is not above the applied one (P3)
@@ -75,6 +77,17 @@ class BatchRejected(RejectedError):
         first = f"; first: {refused[0]}" if refused else ""
         super().__init__(f"{len(refused)} of {len(outcomes)} drafts refused{first}")
         self.outcomes = list(outcomes)
+
+
+class RoutingRefused(RejectedError):
+    """The routing policy forbids a write at this site; `home_site` is where the user's writes
+    go (empty when none may take them), `unit` and `mode` the user's unit and its mode."""
+
+    def __init__(self, message: str, home_site: str, unit: str, mode: str) -> None:
+        super().__init__(message, "routing")
+        self.home_site = home_site
+        self.unit = unit
+        self.mode = mode
 
 
 class JournalError(MultiactiveError):

@@ -22,7 +22,7 @@ RANKS: dict[str, int] = {
     "replication": 2, "records": 2, "client": 2, "routing": 2, "db": 2,
     "site": 3,
     "admin": 4,
-    "local": 5, "chaos": 5, "demo": 5,
+    "local": 5, "chaos": 5, "demo": 5, "demo_traffic": 5,
     "cli": 6,
     "__init__": 6, "__main__": 7,
     "testing": 8,  # helpers for the project's tests: nothing in the product imports them

@@ -43,6 +43,7 @@ from multiactive.records import HeadsAnswer, MessageRecord, StreamHeads, TraceAn
 from multiactive.replication.inspector import DEAD_LETTER_COUNT_LIMIT, SiteInspector
 from multiactive.replication.processor import ProcessorView
 from multiactive.replication.reconciler import Reconciler
+from multiactive.routing.service import RoutingService
 from multiactive.security.tls import TlsMaterial
 from multiactive.state.base import StateBackend
 
@@ -65,6 +66,7 @@ class AdminServer:
         inspector: SiteInspector,
         control: Control | None = None,
         tls: TlsMaterial | None = None,
+        routing: RoutingService | None = None,
     ) -> None:
         """`control`: journals a control message (type, key, payload) at this site."""
         self._site = site
@@ -76,6 +78,7 @@ class AdminServer:
         self._reconciler = reconciler
         self._inspector = inspector
         self._control = control
+        self._routing = routing
         self._runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
 
@@ -110,6 +113,8 @@ class AdminServer:
                 web.post("/db/writer", self._db_writer),
             ]
         )
+        if self._routing is not None:
+            app.add_routes(self._routing.routes())
         return app
 
     async def start(self) -> None:

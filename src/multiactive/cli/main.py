@@ -13,6 +13,8 @@ from multiactive.cli.db import db
 from multiactive.cli.demo import demo
 from multiactive.cli.inspect import lag, status, trace
 from multiactive.cli.repair import deadletters, reconcile, replay
+from multiactive.cli.route import route
+from multiactive.cli.router import router
 from multiactive.cli.site import site
 from multiactive.cli.wan import wan
 from multiactive.errors import MultiactiveError
@@ -36,6 +38,8 @@ cli.add_command(deadletters)
 cli.add_command(replay)
 cli.add_command(db)
 cli.add_command(certs)
+cli.add_command(route)
+cli.add_command(router)
 
 
 def main() -> None:

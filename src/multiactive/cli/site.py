@@ -15,6 +15,7 @@ import click
 
 from multiactive import aio, logs
 from multiactive.admin.http import AdminServer
+from multiactive.cli.route import routing_service
 from multiactive.errors import ConfigError, MultiactiveError
 from multiactive.model.topology import Topology, load_topology
 from multiactive.replication.handlers import HandlerRegistry
@@ -160,6 +161,7 @@ async def _serve(node: SiteNode) -> None:
         admin = AdminServer(
             node.name, node.topology, node.journal, node.state, node.processor, node.reconciler,
             node.inspector, tls=node.tls, control=node.publish_internal,
+            routing=routing_service(node),
         )  # fmt: skip
     try:
         if admin is not None:

@@ -108,6 +108,7 @@ class LocalCluster:
     log_level: str = "INFO"
     extra_pythonpath: Sequence[str] = ()
     wan: Mapping[tuple[str, str], LinkShape] | None = None  # every link through the emulator
+    routing: str = ""  # TOML appended to the topology: its [routing] section (docs/routing.md)
     processes: dict[str, SiteProcess] = field(init=False, default_factory=dict)
     emulator: SiteProcess | None = field(init=False, default=None)
     redis: dict[str, RedisServer] = field(init=False, default_factory=dict)
@@ -208,7 +209,7 @@ class LocalCluster:
                 lines.append(f'mode = "{self.modes[(origin, receiver)]}"')
             if (origin, receiver) in self.link_addresses:
                 lines.append(f'address = "{self.link_addresses[(origin, receiver)]}"')
-        self.topology_path.write_text("\n".join(lines) + "\n")
+        self.topology_path.write_text("\n".join(lines) + "\n" + self.routing)
 
     def client_address(self, site: str) -> Address:
         return self.processes[site].listen

@@ -28,6 +28,7 @@
     [tls]                        # optional: mutual TLS on every link (model/tls.py)
     ca = "certs/ca.crt"
     cert = "certs/{site}.crt"
+    [routing]                    # optional: see multiactive.routing.config and docs/routing.md
 
     [[links]]                    # optional: override mode or address of one direction
     from = "bj-unicom"           # the origin whose messages travel on this link
@@ -185,6 +186,8 @@ class Topology:
     audit: AuditSettings = field(default_factory=AuditSettings)
     extensions: Mapping[str, Any] = field(default_factory=dict)  # EXTENSION_SECTIONS, raw
     tls: TlsSettings | None = None  # [tls] (model/tls.py); None: plaintext
+    # The raw [routing] table; multiactive.routing.config parses and checks it (a higher layer).
+    routing: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @property
     def site_names(self) -> tuple[str, ...]:
@@ -236,7 +239,7 @@ def parse_topology(
     raw: Mapping[str, Any], *, source: str = "<topology>", base_dir: Path | None = None
 ) -> Topology:
     reader = _Reader(source)
-    sections = {"cluster", "limits", "replication", "sites", "links", "audit", "tls"}
+    sections = {"cluster", "limits", "replication", "sites", "links", "audit", "tls", "routing"}
     reader.known(raw, "", sections | set(EXTENSION_SECTIONS))
     cluster = reader.table(raw, "cluster")
     reader.known(cluster, "cluster", {"name", "partitions", "default_link_mode"})
@@ -257,9 +260,11 @@ def parse_topology(
         raise reader.fail("audit.dsn", 'is required when audit.store = "postgresql"')
     extensions = {key: reader.table(raw, key) for key in EXTENSION_SECTIONS if key in raw}
     tls = parse_tls(raw, source, base_dir or Path.cwd())
+    routing = reader.table(raw, "routing") if "routing" in raw else None
     return Topology(
-        name, partitions, sites, links, limits, replication, source, audit, extensions, tls
-    )
+        name, partitions, sites, links, limits, replication, source, audit, extensions, tls,
+        routing,
+    )  # fmt: skip
 
 
 def parse_address(text: object, where: str) -> Address:

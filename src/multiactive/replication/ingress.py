@@ -16,7 +16,7 @@ every new draft is refused `unavailable` at once; nothing is queued that cannot 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +124,9 @@ class Ingress:
         self._counts = dict.fromkeys(
             ("accepted", "duplicates", "refused", "flushes", "errors", "unknown"), 0
         )
+        # Routed writes (headers with a routing key) the site's routing policy forbids here:
+        # (reason, home site) or None (`multiactive.routing.gate`).
+        self.gate: Callable[[Mapping[str, str]], tuple[str, str] | None] | None = None
 
     @property
     def pending(self) -> int:
@@ -219,6 +222,8 @@ class Ingress:
                 "bad_headers",
                 f"headers must map str to str, at most {MAX_HEADER_BYTES} bytes",
             ]
+        if self.gate is not None and headers and (refused := self.gate(headers)) is not None:
+            return [RESULT_REFUSED, "routing", refused[0], refused[1]]
         return (id_, type_, key, headers, payload)
 
     async def run(self) -> None:

@@ -39,6 +39,8 @@ from multiactive.replication.handlers import (
     Handler,
     HandlerRegistry,
 )
+from multiactive.routing.messages import CONTROL_TYPES
+from multiactive.routing.messages import builtin_ops as control_ops
 from multiactive.state.base import (
     BUILTIN_TYPES,
     COUNTER_ADD,
@@ -362,6 +364,10 @@ class Processor:
                     op = (row[1], row[2], row[3], origin, row[6])
                     ops = _counters_twice([op]) if self._counter_twice else [op]
                     self._step(stream).builtin.extend(ops)
+                elif row[1] in CONTROL_TYPES and (
+                    ops := control_ops(row[1], row[3], origin, row[6])
+                ):
+                    self._step(stream).builtin.extend(ops)  # a routing policy change
                 else:
                     message = message_from_row(row, origin, stream.partition, offset)
                     await self._user_message(stream, message)

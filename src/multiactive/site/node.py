@@ -40,6 +40,8 @@ from multiactive.replication.inspector import SiteInspector, SiteStatistics
 from multiactive.replication.links import LinkMonitor
 from multiactive.replication.processor import CANARY_TYPE, Processor, ProcessorView
 from multiactive.replication.reconciler import Reconciler
+from multiactive.routing.config import routing_config
+from multiactive.routing.gate import RoutingGate
 from multiactive.security.tls import TlsMaterial
 from multiactive.site.applier import ApplierLaunch, ProcessorProcess
 from multiactive.site.connections import Connections
@@ -61,6 +63,13 @@ def _auditor(topology: Topology, site: SiteConfig) -> Auditor | None:
 
         return Auditor(site.name, PostgresAuditStore(settings.dsn))
     return Auditor(site.name, SqliteAuditStore(site.data_dir / "audit.sqlite3"))
+
+
+def routing_gate(topology: Topology, site: str) -> RoutingGate | None:
+    """The check of routed writes, when the topology has [routing] (checked here at start)."""
+    if topology.routing is None:
+        return None
+    return RoutingGate(site, routing_config(topology))
 
 
 def canary_keys(site: str, partitions: int) -> list[str]:
@@ -120,6 +129,9 @@ class SiteNode:
         self.connections = Connections(
             site, topology, self.journal, self.ingress, self.monitors, self.clock, clock, self.tls
         )
+        self.gate = routing_gate(topology, site)
+        if self.gate is not None:
+            self.ingress.gate = self.gate.check
         self.auditor = _auditor(topology, self.config)
         if self.auditor is not None:
             self._observe(self.auditor)
@@ -160,6 +172,8 @@ class SiteNode:
             await self.auditor.store.open()
         self.clock.observe(self.journal.max_version)
         await self.processor.load()
+        if self.gate is not None:
+            await self.gate.refresh(self.state)
         await self.connections.listen()
         for warning in [] if self.tls is None else self.tls.warnings():
             log.warning("tls_certificate_expiring", site=self.name, detail=warning)
@@ -185,6 +199,7 @@ class SiteNode:
                     group.create_task(self._send_canaries()),
                     *([group.create_task(self.auditor.run())] if self.auditor else []),
                     *([group.create_task(self.tls.watch(self._clock))] if self.tls else []),
+                    *self._gate_tasks(group),
                     *(group.create_task(d) for d in self.connections.dialers()),
                 ]
                 await stop.wait()
@@ -196,6 +211,12 @@ class SiteNode:
         """SIGHUP: new certificates for new connections; those up keep theirs."""
         if self.tls is not None:
             self.tls.reload("sighup")
+
+    def _gate_tasks(self, group: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
+        """The routing gate's refresh from state, when the topology has [routing]."""
+        if self.gate is None:
+            return []
+        return [group.create_task(self.gate.run(self.state, self._clock))]
 
     async def _drain(self) -> None:
         log.info("site_draining", site=self.name, pending=self.ingress.pending)

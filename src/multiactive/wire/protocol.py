@@ -206,6 +206,8 @@ REFUSAL_CODES = (
     "payload_too_large",
     "bad_headers",
     "unavailable",  # the site cannot journal now (storage down, shutting down): try later
+    "routing",  # the site's routing policy forbids this user's write here: [1, "routing", text,
+    # home site] (multiactive.routing.gate)
 )
 # Outcome-unknown codes ([2, code, text]).
 UNKNOWN_CODES = ("store_unknown",)

@@ -1,0 +1,228 @@
+"""The live router over real TCP: routes by client subnet (source addresses 127.0.0.x) and
+routing key, names the serving site in a header, keeps users where they are, refuses writes to
+a read-only unit naming the home site, evacuates a killed upstream within interval x failures
++ 1 s and brings its users back after recovery, and counts per site, region and unit."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from multiactive.model.topology import Address, load_topology
+from multiactive.procs import free_port
+from multiactive.routing.app import SiteApp
+from multiactive.routing.config import routing_config
+from multiactive.routing.policy import Policy, set_site_state, shift
+from multiactive.routing.router import Router
+
+pytestmark = pytest.mark.routing
+
+INTERVAL_S = 0.5
+FAILURES = 2
+SITES = ("bj-unicom", "bj-telecom", "gz")
+
+
+def topology_text(apps: dict[str, SiteApp]) -> str:
+    sites = "".join(
+        f'[[sites]]\nname = "{s}"\nlisten = "127.0.0.1:{free_port()}"\n\n' for s in SITES
+    )
+    upstreams = "".join(f'{s} = ["{apps[s].address}"]\n' for s in SITES)
+    return (
+        sites
+        + f"""
+[routing]
+trusted_proxies = ["127.0.0.1/32"]
+
+[routing.health]
+interval_s = {INTERVAL_S}
+failures = {FAILURES}
+rise = 1
+timeout_s = 0.4
+
+[routing.upstreams]
+{upstreams}
+[[routing.regions]]
+name = "north"
+cidrs = ["127.0.0.2/32"]
+weights = {{ bj-unicom = 70, bj-telecom = 30 }}
+
+[[routing.regions]]
+name = "south"
+cidrs = ["127.0.0.3/32"]
+weights = {{ gz = 100 }}
+
+[[routing.units]]
+name = "u0"
+ranges = [[0, 9000]]
+
+[[routing.units]]
+name = "frozen"
+ranges = [[9000, 10000]]
+mode = "read-only"
+"""
+    )
+
+
+@asynccontextmanager
+async def running(tmp_path: Path) -> AsyncIterator[tuple[Router, dict[str, SiteApp]]]:
+    apps = {s: SiteApp(s, Address("127.0.0.1", free_port())) for s in SITES}
+    for app in apps.values():
+        await app.start()
+    path = tmp_path / "topology.toml"
+    path.write_text(topology_text(apps))
+    router = Router("bj-unicom", routing_config(load_topology(path)), None)
+    await router.start(Address("127.0.0.1", free_port()))
+    stop = asyncio.Event()
+    task = asyncio.create_task(router.run(stop))
+    try:
+        yield router, apps
+    finally:
+        stop.set()
+        await task
+        for app in apps.values():
+            await app.stop()
+
+
+def client(source: str) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(local_addr=(source, 0), limit=20)
+    return aiohttp.ClientSession(connector=connector)
+
+
+async def served_by(
+    session: aiohttp.ClientSession, router: Router, user: str, method: str = "GET"
+) -> tuple[int, str, str]:
+    """(status, the site header, the site the app says) for one request of `user`."""
+    async with session.request(
+        method, f"http://{router.address}/timeline?x=1", headers={"X-User-Id": user}
+    ) as response:
+        body = await response.json() if response.status == 200 else {}
+        return response.status, response.headers.get("X-Served-By", ""), body.get("site", "")
+
+
+async def sites_of(
+    session: aiohttp.ClientSession, router: Router, users: list[str]
+) -> dict[str, str]:
+    results = await asyncio.gather(*(served_by(session, router, u) for u in users))
+    for status, header, site in results:
+        assert status == 200
+        assert header == site
+    return {u: r[1] for u, r in zip(users, results, strict=True)}
+
+
+async def wait_for(condition, timeout_s: float, what: str) -> float:  # type: ignore[no-untyped-def]
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if await condition():
+            return time.monotonic() - start
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+USERS = [f"user-{n}" for n in range(300)]
+
+
+def test_routes_by_region_and_key_sticky_and_as_the_policy_says(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running(tmp_path) as (router, _apps), client("127.0.0.2") as north, \
+                client("127.0.0.3") as south:  # fmt: skip
+            policy = router.feed.policy
+            got = await sites_of(north, router, USERS)
+            assert got == {u: policy.route("127.0.0.2", u).site for u in USERS}
+            assert set(got.values()) == {"bj-unicom", "bj-telecom"}
+            assert set((await sites_of(south, router, USERS[:50])).values()) == {"gz"}
+            for _ in range(2):  # sticky: the same users, the same sites
+                assert await sites_of(north, router, USERS) == got
+
+            # a 30 % shift of north to gz moves 30 % +- 1 % of north's users, no one else
+            router.feed.policy = policy.with_state(shift(policy, "bj-unicom", "gz", 30, "north"))
+            after = await sites_of(north, router, USERS)
+            moved = [u for u in USERS if after[u] != got[u]]
+            assert all((got[u], after[u]) == ("bj-unicom", "gz") for u in moved)
+            expected = [u for u in USERS if 4000 <= router.feed.policy.bucket_of(u) < 7000]
+            assert moved == expected
+            assert abs(len(moved) / len(USERS) - 0.3) < 0.05  # 300 users: sampling error
+
+            # draining bj-telecom moves every one of its users
+            shifted = router.feed.policy
+            router.feed.policy = shifted.with_state(
+                set_site_state(shifted, "bj-telecom", "draining")
+            )
+            drained = await sites_of(north, router, USERS)
+            assert "bj-telecom" not in drained.values()
+            assert all(drained[u] == after[u] for u in USERS if after[u] != "bj-telecom")
+
+            # the app saw the client address in X-Forwarded-For; metrics count per site/region/unit
+            async with north.get(f"http://{router.address}/a", headers={"X-User-Id": "x"}) as r:
+                assert (await r.json())["forwarded_for"] == "127.0.0.2"
+            async with north.get(f"http://{router.address}/_router/metrics") as r:
+                metrics = await r.text()
+            assert 'region="north",router="bj-unicom",site="gz",unit="u0"' in metrics.replace(
+                'reason="home",', ""
+            )
+
+    asyncio.run(main())
+
+
+def test_forwarded_for_from_a_trusted_proxy_picks_the_region(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running(tmp_path) as (router, _apps), client("127.0.0.1") as proxy, \
+                client("127.0.0.2") as stranger:  # fmt: skip
+            headers = {"X-User-Id": "u", "X-Forwarded-For": "127.0.0.3"}
+            async with proxy.get(f"http://{router.address}/", headers=headers) as response:
+                assert response.headers["X-Served-By"] == "gz"  # south, as the proxy says
+            async with stranger.get(f"http://{router.address}/", headers=headers) as response:
+                assert response.headers["X-Served-By"] != "gz"  # not believed from 127.0.0.2
+
+    asyncio.run(main())
+
+
+def test_a_write_to_a_read_only_unit_is_refused_naming_the_home_site(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running(tmp_path) as (router, _apps), client("127.0.0.2") as north:
+            policy: Policy = router.feed.policy
+            user = next(u for u in USERS if policy.route("127.0.0.2", u).unit == "frozen")
+            home = policy.route("127.0.0.2", user).home
+            assert (await served_by(north, router, user, "GET"))[0] == 200
+            async with north.post(
+                f"http://{router.address}/post", headers={"X-User-Id": user}, data=b"hi"
+            ) as response:
+                assert response.status == 403
+                assert response.headers["X-Home-Site"] == home
+                assert f"its home site is {home}" in await response.text()
+
+    asyncio.run(main())
+
+
+def test_a_killed_upstream_is_evacuated_in_time_and_restored(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running(tmp_path) as (router, apps), client("127.0.0.2") as north:
+            users = USERS[:200]
+            before = await sites_of(north, router, users)
+            telecom = [u for u in users if before[u] == "bj-telecom"][:20]  # a cheap probe
+            await apps["bj-telecom"].stop()
+
+            async def evacuated() -> bool:
+                got = await asyncio.gather(*(served_by(north, router, u) for u in telecom))
+                return all(status == 200 and site == "bj-unicom" for status, _, site in got)
+
+            took = await wait_for(evacuated, INTERVAL_S * FAILURES + 1.0, "the evacuation")
+            assert took <= INTERVAL_S * FAILURES + 1.0
+            others = [u for u in users if before[u] != "bj-telecom"]
+            assert all(s == before[u] for u, s in (await sites_of(north, router, others)).items())
+
+            await apps["bj-telecom"].start()  # the same address: it recovers
+
+            async def restored() -> bool:
+                got = await asyncio.gather(*(served_by(north, router, u) for u in telecom))
+                return all(site == "bj-telecom" for _, _, site in got)
+
+            await wait_for(restored, INTERVAL_S * 1 + 1.0, "users back on bj-telecom")  # rise 1
+            assert await sites_of(north, router, users) == before
+
+    asyncio.run(main())
