@@ -183,24 +183,25 @@ class Connections:
                     continue
                 if frame.type != FrameType.PUBLISH:
                     raise ProtocolError(f"a publisher may send PUBLISH, not {frame.type.name}")
-                request, drafts = decode_publish(frame)
+                request, drafts, floor = decode_publish(frame)
                 while ingress.full:
                     await ingress.room.wait()
-                self._publish(conn, request, drafts)
+                self._publish(conn, request, drafts, floor)
         finally:
             self._publishers.discard(conn)
 
-    def _publish(self, conn: Connection, request: int, drafts: list[Any]) -> None:
+    def _publish(self, conn: Connection, request: int, drafts: list[Any], floor: int) -> None:
+        versions = self._versions
         try:
-            done = self._ingress.submit(drafts)
+            done = self._ingress.submit(drafts, floor=floor)
         except RejectedError as exc:
             refusal = [RESULT_REFUSED, exc.code, str(exc)]
-            conn.send(encode_published(request, [refusal] * len(drafts)))
+            conn.send(encode_published(request, [refusal] * len(drafts), versions.last))
             return
 
         def answer(future: asyncio.Future[list[Any]]) -> None:
             with contextlib.suppress(ConnectionLost):
-                conn.send(encode_published(request, future.result()))
+                conn.send(encode_published(request, future.result(), versions.last))
 
         done.add_done_callback(answer)
 

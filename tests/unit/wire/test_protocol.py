@@ -159,31 +159,43 @@ def test_publish_round_trips() -> None:
     ]
     frame = one_frame(encode_publish(42, drafts))
     assert frame.type == FrameType.PUBLISH
-    request, decoded = decode_publish(frame)
-    assert request == 42
+    request, decoded, floor = decode_publish(frame)
+    assert (request, floor) == (42, 0)
     assert [tuple(d) for d in decoded] == drafts
 
 
-@pytest.mark.parametrize("body", [{"r": 1}, [1], [1, [], 3], ["1", []], [1, "drafts"]])
+def test_publish_carries_a_causal_floor() -> None:
+    """A causal session's token travels as the PUBLISH floor."""
+    assert decode_publish(one_frame(encode_publish(1, [], 12345)))[2] == 12345
+
+
+@pytest.mark.parametrize("body", [{"r": 1}, [1], [1, [], 3, 4], ["1", []], [1, "drafts"]])
 def test_publish_refuses_malformed_bodies(body: Any) -> None:
-    """A PUBLISH that is not [request number, [drafts]] raises ProtocolError."""
-    with pytest.raises(ProtocolError, match=r"PUBLISH body must be \[request number, \[drafts\]\]"):
+    """A PUBLISH that is not [request number, [drafts], floor?] raises ProtocolError."""
+    with pytest.raises(ProtocolError, match=r"PUBLISH body must be \[request number, \[drafts\]"):
         decode_publish(raw_frame(FrameType.PUBLISH, body))
+
+
+@pytest.mark.parametrize("floor", [-1, "9", 1.5])
+def test_publish_refuses_a_floor_that_is_no_version(floor: Any) -> None:
+    """A floor must be an int >= 0."""
+    with pytest.raises(ProtocolError, match="PUBLISH floor must be a version"):
+        decode_publish(raw_frame(FrameType.PUBLISH, [1, [], floor]))
 
 
 def test_published_round_trips() -> None:
     """A PUBLISHED frame carries the request number and one result per draft, in order."""
     results = [[RESULT_OK, 3, 17, False], [RESULT_OK, 3, 9, True], [RESULT_REFUSED, "big", "x"]]
-    frame = one_frame(encode_published(7, results))
+    frame = one_frame(encode_published(7, results, 99))
     assert frame.type == FrameType.PUBLISHED
-    assert decode_published(frame) == (7, results)
+    assert decode_published(frame) == (7, results, 99)
 
 
-@pytest.mark.parametrize("body", [{"r": 1}, [1], [1, [], 3], ["1", []], [1, "results"]])
+@pytest.mark.parametrize("body", [{"r": 1}, [1], [1, [], 3, 4], ["1", []], [1, "results"]])
 def test_published_refuses_malformed_bodies(body: Any) -> None:
-    """A PUBLISHED that is not [request number, [results]] raises ProtocolError."""
+    """A PUBLISHED that is not [request number, [results], clock?] raises ProtocolError."""
     with pytest.raises(
-        ProtocolError, match=r"PUBLISHED body must be \[request number, \[results\]\]"
+        ProtocolError, match=r"PUBLISHED body must be \[request number, \[results\]"
     ):
         decode_published(raw_frame(FrameType.PUBLISHED, body))
 
