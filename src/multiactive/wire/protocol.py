@@ -53,6 +53,9 @@ class Hello:
     heads: dict[int, int] = field(default_factory=dict)
     version: int = PROTOCOL_VERSION
     token: str = ""  # a publisher's application token, when [tls] clients = "token"
+    # What the two ends' topology files must agree on (links check them; 0 / () = not said)
+    partitions: int = 0
+    sites: tuple[str, ...] = ()
 
     def __repr__(self) -> str:  # never the token, in logs or tracebacks
         shown = "***" if self.token else ""
@@ -67,6 +70,8 @@ def encode_hello(hello: Hello) -> bytes:
         "origin": hello.origin,
         "heads": hello.heads,
         "version": hello.version,
+        "partitions": hello.partitions,
+        "sites": list(hello.sites),
     }
     if hello.token:
         body["token"] = hello.token
@@ -97,7 +102,14 @@ def decode_hello(frame: Frame) -> Hello:
         isinstance(origin, str) and isinstance(token, str)
     ):
         raise ProtocolError("HELLO site, cluster, origin and token must be strings")
-    return Hello(site, role, cluster, origin, heads, version, token)
+    partitions, sites = body.get("partitions", 0), body.get("sites", [])
+    if (
+        not isinstance(partitions, int)
+        or not isinstance(sites, list)
+        or not all(isinstance(name, str) for name in sites)
+    ):
+        raise ProtocolError("HELLO partitions must be an int and sites a list of names")
+    return Hello(site, role, cluster, origin, heads, version, token, partitions, tuple(sites))
 
 
 def encode_batches(batches: Sequence[RecordBatch]) -> bytes:

@@ -58,7 +58,8 @@ def good_hello(**changes: Any) -> dict[str, Any]:
 
 def test_hello_round_trips() -> None:
     """A HELLO with heads comes back equal, partition numbers still ints."""
-    hello = Hello("gz", "pull", "weibo", origin="bj", heads={0: 5, 7: 0, 3: 12})
+    hello = Hello("gz", "pull", "weibo", origin="bj", heads={0: 5, 7: 0, 3: 12},
+                  partitions=8, sites=("bj", "gz"))  # fmt: skip
     frame = one_frame(encode_hello(hello))
     assert frame.type == FrameType.HELLO
     assert decode_hello(frame) == hello
@@ -83,6 +84,8 @@ def test_hello_round_trips_every_role(role: Any) -> None:
         (good_hello(heads={"0": 1}), "HELLO heads must map partition numbers"),
         (good_hello(site=5), "HELLO site, cluster, origin and token must be strings"),
         ({k: v for k, v in good_hello().items() if k != "cluster"}, "must be strings"),
+        (good_hello(partitions="8"), "HELLO partitions must be an int and sites a list"),
+        (good_hello(sites=["a", 1]), "HELLO partitions must be an int and sites a list"),
     ],
 )
 def test_hello_refuses_malformed_bodies(body: Any, reason: str) -> None:
