@@ -29,9 +29,11 @@ from multiactive.records import (
     link_views,
 )
 
+TOPOLOGY_ENV = "MULTIACTIVE_TOPOLOGY"
 topology_option = click.option(
     "--topology", "topology_path", required=True, type=click.Path(path_type=Path),
-    help="The topology file shared by all sites.",
+    envvar=TOPOLOGY_ENV, show_envvar=True,
+    help=f"The topology file shared by all sites (or set {TOPOLOGY_ENV}).",
 )  # fmt: skip
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 

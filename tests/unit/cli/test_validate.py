@@ -160,3 +160,14 @@ def test_an_unknown_site_is_one_problem(tmp_path: Path) -> None:
     code, output = run(write(tmp_path, SITES), "--site", "north")
     assert code == 1
     assert "unknown site 'north'" in output
+
+
+def test_the_topology_may_come_from_multiactive_topology(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --topology, MULTIACTIVE_TOPOLOGY names the file (every command's option)."""
+    path = write(tmp_path, SITES)
+    monkeypatch.setenv("MULTIACTIVE_TOPOLOGY", str(path))
+    result = CliRunner().invoke(validate, [])
+    assert result.exit_code == 0, result.output
+    assert "valid (2 sites" in result.output
