@@ -60,6 +60,8 @@ DESCRIPTIONS = {
     "replication.reconnect_max_s": "longest delay between a link's dial attempts",
     "replication.apply_max_attempts": "attempts of a failing handler before it is parked",
     "replication.apply_retry_backoff_ms": "first delay between a handler's attempts (doubling)",
+    "replication.handler_timeout_s": "a user handler's attempt running longer fails (retried, "
+    "then parked); a handler may set its own timeout_s",
     "replication.retention_s": "how long the origin keeps batches every peer acknowledged",
     "replication.reconcile_interval_s": "how often the reconciler runs",
     "replication.redrive_max_attempts": "re-drives of a dead letter before giving up (reported)",
@@ -76,6 +78,12 @@ DESCRIPTIONS = {
     "links.mode": "push: the origin dials the receiver; pull: the receiver dials the origin",
     "links.address": "host:port the dialing end connects to instead of the listening site's "
     "listen (push: the receiver's side; pull: the origin's side), e.g. a WAN proxy",
+}
+
+# Sections a higher layer parses (`Topology.extensions`): where their keys are described.
+EXTENSIONS = {
+    "database": "Parsed by `multiactive.db.config` (mode, writer, replication account, per-site "
+    "`url` and `admin_url`); its keys and defaults are in that module's docstring.",
 }
 
 _FIELD = re.compile(r"^(\w+)\s*:")
@@ -142,7 +150,8 @@ def _cell(text: str) -> str:
 
 def missing_descriptions() -> list[str]:
     """Keys no comment or DESCRIPTIONS entry explains (the test lists them)."""
-    return [
+    missing = [f"[{s}] (EXTENSIONS)" for s in t.EXTENSION_SECTIONS if s not in EXTENSIONS]
+    return missing + [
         f"{table} {key}"
         for table, kind in sections()
         for key, _, _, described in rows(table, kind)
@@ -158,6 +167,8 @@ def render() -> str:
         for key, type_, default, described in rows(table, kind):
             shown = f"`{default}`" if default else ""
             parts.append(f"| `{key}` | `{_cell(type_)}` | {shown} | {described} |")
+    for section in t.EXTENSION_SECTIONS:
+        parts += ["", f"## [{section}]\n", EXTENSIONS.get(section, "")]
     return "\n".join(parts) + "\n"
 
 
