@@ -17,6 +17,7 @@ import inspect
 import re
 import sys
 import textwrap
+import typing
 from typing import Any
 
 from multiactive.model import topology as t
@@ -36,6 +37,8 @@ CLUSTER_KEYS = (
     ("default_link_mode", '"push"', "push | pull, for site pairs without a [[links]] entry"),
 )  # fmt: skip
 
+NONE = type(None)
+INTERNAL_FIELDS = {"source"}  # filled by the parser, not keys of the file
 LINK_KEYS = {"origin": "from", "receiver": "to"}  # LinkConfig field -> TOML key
 
 # Defaults the parser supplies where the dataclass has none (it always gets a value)
@@ -43,9 +46,20 @@ PARSER_DEFAULTS = {
     "sites.admin": "none (no admin API)",
     "sites.data_dir": "data/NAME",
     "links.mode": "[cluster] default_link_mode",
+    "tls.ca": '"certs/ca.crt"',
+    "tls.cert": '"certs/{site}.crt"',
+    "tls.key": '"certs/{site}.key"',
 }
 
 DESCRIPTIONS = {
+    "tls.ca": "the cluster CA certificate (a list trusts several, for a CA rotation); with "
+    "[tls] every link is mutual TLS 1.3 (docs/security.md)",
+    "tls.key": "this site's private key; {site} is replaced by the site's name",
+    "tls.clients": "tls (server-authenticated) | cert (a client certificate of the CA) | token "
+    "(an application token from the tokens file)",
+    "tls.tokens": "the tokens file: admin tokens and per-application tokens (secrets, not in "
+    "the topology)",
+    "tls.admin_read": "open | token: whether the admin API's read-only endpoints need a token",
     "replication.window_bytes": "cap of what one link keeps in flight; the window adapts below it",
     "replication.stall_after_s": "a link owing messages with no progress this long is stalled",
     "limits.max_payload_bytes": "largest payload accepted at ingress (larger is refused)",
@@ -80,8 +94,11 @@ DESCRIPTIONS = {
     "listen (push: the receiver's side; pull: the origin's side), e.g. a WAN proxy",
 }
 
-# Sections a higher layer parses (`Topology.extensions`): where their keys are described.
+# Sections a higher layer parses (kept raw by the topology): where their keys are described.
+RAW_SECTIONS = (*t.EXTENSION_SECTIONS, "routing")
 EXTENSIONS = {
+    "routing": "Parsed by `multiactive.routing.config` (regions by CIDR, weights, units, "
+    "access modes, health); its keys are in that module's docstring.",
     "database": "Parsed by `multiactive.db.config` (mode, writer, replication account, per-site "
     "`url` and `admin_url`); its keys and defaults are in that module's docstring.",
 }
@@ -111,10 +128,12 @@ def field_comments(kind: type[Any]) -> dict[str, str]:
 def sections() -> list[tuple[str, type[Any]]]:
     """(TOML table, dataclass) for every settings table of the topology."""
     found: list[tuple[str, type[Any]]] = []
+    hints = typing.get_type_hints(t.Topology)
     for f in dataclasses.fields(t.Topology):
-        factory: Any = f.default_factory
-        if isinstance(factory, type) and dataclasses.is_dataclass(factory):
-            found.append((f"[{f.name}]", factory))
+        kinds = [k for k in typing.get_args(hints[f.name]) or (hints[f.name],) if k is not NONE]
+        kind = kinds[0] if len(kinds) == 1 else None  # X or X | None
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+            found.append((f"[{f.name}]", kind))
     return [*found, ("[[sites]]", t.SiteConfig), ("[[links]]", t.LinkConfig)]
 
 
@@ -124,6 +143,8 @@ def rows(table: str, kind: type[Any]) -> list[tuple[str, str, str, str]]:
     comments = field_comments(kind)
     out = []
     for f in dataclasses.fields(kind):
+        if f.name in INTERNAL_FIELDS:
+            continue
         key = LINK_KEYS.get(f.name, f.name) if kind is t.LinkConfig else f.name
         name = f"{prefix}.{f.name}"
         described = comments.get(f.name) or DESCRIPTIONS.get(name, "")
@@ -150,7 +171,7 @@ def _cell(text: str) -> str:
 
 def missing_descriptions() -> list[str]:
     """Keys no comment or DESCRIPTIONS entry explains (the test lists them)."""
-    missing = [f"[{s}] (EXTENSIONS)" for s in t.EXTENSION_SECTIONS if s not in EXTENSIONS]
+    missing = [f"[{s}] (EXTENSIONS)" for s in RAW_SECTIONS if s not in EXTENSIONS]
     return missing + [
         f"{table} {key}"
         for table, kind in sections()
@@ -167,7 +188,7 @@ def render() -> str:
         for key, type_, default, described in rows(table, kind):
             shown = f"`{default}`" if default else ""
             parts.append(f"| `{key}` | `{_cell(type_)}` | {shown} | {described} |")
-    for section in t.EXTENSION_SECTIONS:
+    for section in RAW_SECTIONS:
         parts += ["", f"## [{section}]\n", EXTENSIONS.get(section, "")]
     return "\n".join(parts) + "\n"
 
