@@ -349,11 +349,11 @@ class Client:
         """Publish one message; returns when it is durable at the site."""
         header_map = dict(headers or {})
         check_draft(type, key, payload, header_map, id or "")
-        self._check_open()
-        if self.guard is not None:
+        if self.guard is not None:  # refused here, before anything is queued or sent
             self.guard.check(self.site)
             header_map[KEY_HEADER] = self.guard.routing_key
             header_map[REGION_HEADER] = self.guard.region
+        self._check_open()
         if self._outstanding >= self.max_in_flight:
             await self._wait_for_room(1)
         draft: Draft = (id or self._ids.new(), type, key, header_map, payload)
@@ -377,13 +377,13 @@ class Client:
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"drafts[{index}]: {exc}") from None
             checked.append(draft if id_ else (new_id(), type_, key, headers, payload))
-        self._check_open()
-        if not checked:
-            return []
-        if self.guard is not None:
+        if self.guard is not None:  # refused here, before anything is queued or sent
             self.guard.check(self.site)
             routed = {KEY_HEADER: self.guard.routing_key, REGION_HEADER: self.guard.region}
             checked = [(d[0], d[1], d[2], {**d[3], **routed}, d[4]) for d in checked]
+        self._check_open()
+        if not checked:
+            return []
         if self._outstanding + len(checked) > self.max_in_flight:
             await self._wait_for_room(len(checked))
         batch = _Batch(len(checked))
