@@ -205,6 +205,28 @@ def check_draft(type: str, key: str, payload: bytes, headers: object, id: str) -
         raise ValueError(f"id {id!r} is not 1..128 printable ASCII characters without spaces")
 
 
+_PAYLOAD_CHECKED = BUILTIN_TYPES - {"kv.set", "kv.del"}  # built-ins whose payload has a format
+
+
+def _plainly_valid(
+    id_: object, type_: object, key: object, headers: object, payload: object
+) -> bool:
+    """The bulk path's quick test (about 0.3 us): True for the common valid draft (fresh id or
+    none, no headers, a type whose payload is free). False means: ask `check_draft`, which
+    either passes the draft too or names what is wrong."""
+    return (
+        payload.__class__ is bytes
+        and key.__class__ is str
+        and type_.__class__ is str
+        and id_ == ""
+        and not headers
+        and headers.__class__ is dict
+        and bool(key)
+        and 0 < len(type_) <= MAX_TYPE_LENGTH
+        and type_ not in _PAYLOAD_CHECKED
+    )
+
+
 def _kind(value: object) -> str:
     return f"{value.__class__.__name__} {value!r:.40}"
 
@@ -373,7 +395,8 @@ class Client:
         for index, draft in enumerate(drafts):
             try:
                 id_, type_, key, headers, payload = draft
-                check_draft(type_, key, payload, headers, id_)
+                if not _plainly_valid(id_, type_, key, headers, payload):
+                    check_draft(type_, key, payload, headers, id_)
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"drafts[{index}]: {exc}") from None
             checked.append(draft if id_ else (new_id(), type_, key, headers, payload))

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from multiactive.client import Client
+from multiactive.client import Client, _plainly_valid, check_draft
 from multiactive.errors import BatchRejected, ConnectionLost, OutcomeUnknown, RejectedError
 from multiactive.model.topology import Address
 from multiactive.wire.base import Connection
@@ -447,3 +447,23 @@ def test_the_token_follows_the_highest_version_and_travels_as_the_floor() -> Non
         assert later.version > ack.version
 
     run(main())
+
+
+def test_the_bulk_fast_path_passes_only_what_the_full_check_passes() -> None:
+    """`_plainly_valid` (the bulk path's quick test) never lets through a draft that
+    `check_draft` refuses."""
+    good = ("", "kv.set", "k", {}, b"v")
+    bad = [
+        ("", "kv.set", "", {}, b"v"),
+        ("", "kv.set", "k", {}, "v"),
+        ("", "counter.add", "k", {}, b"x"),
+        ("", "", "k", {}, b"v"),
+        ("", "kv.set", 5, {}, b"v"),
+        ("has space", "kv.set", "k", {}, b"v"),
+        ("", "kv.set", "k", {"n": 1}, b"v"),
+    ]
+    assert _plainly_valid(*good)
+    for draft in bad:
+        assert not _plainly_valid(*draft), draft
+        with pytest.raises((TypeError, ValueError)):
+            check_draft(draft[1], draft[2], draft[4], draft[3], draft[0])  # type: ignore[arg-type]
