@@ -486,6 +486,7 @@ class Client:
         request.number = None
         self.follow(clock)
         again: list[int] = []
+        earlier = request.maybe  # an earlier attempt may have been journaled
         for index, (draft, result) in enumerate(zip(request.drafts, results, strict=True)):
             if result[0] == RESULT_OK:
                 version = result[4] if len(result) > 4 else None
@@ -496,8 +497,11 @@ class Client:
             elif result[0] == RESULT_UNKNOWN:
                 request.maybe = True
                 again.append(index)
-            elif result[1] in self._retry_codes:
+            elif result[1] in self._retry_codes or (earlier and result[1] == "unavailable"):
                 again.append(index)
+            elif earlier:  # refused now, but an earlier attempt may be journaled
+                why = f"refused when sent again ({result[1]}: {result[2]})"
+                self._settle(request, index, _unknown(why, [(draft[0], True)], None))
             else:
                 self._settle(request, index, _refusal(result))
         self._retry_or_forget(request, again)
@@ -517,11 +521,13 @@ class Client:
         delay = min(high, low * 2 ** min(part.attempts, 10))
         part.retry = loop.call_later(delay, self._send_if_possible, part)
 
-    def _settle(self, request: _Request, index: int, outcome: Ack | RejectedError) -> None:
+    def _settle(
+        self, request: _Request, index: int, outcome: Ack | RejectedError | OutcomeUnknown
+    ) -> None:
         if request.futures is not None:
             future = request.futures[index]
             if not future.done():
-                if isinstance(outcome, RejectedError):
+                if isinstance(outcome, Exception):
                     future.set_exception(outcome)
                 else:
                     future.set_result(outcome)
@@ -529,7 +535,11 @@ class Client:
         assert request.batch is not None
         assert request.slots is not None
         batch = request.batch
-        batch.outcomes[request.slots[index]] = outcome
+        if isinstance(outcome, OutcomeUnknown):
+            batch.expired.append((request.drafts[index][0], True))
+            batch.why = str(outcome)
+        else:
+            batch.outcomes[request.slots[index]] = outcome
         batch.remaining -= 1
         if batch.remaining == 0:
             _finish_batch(batch)

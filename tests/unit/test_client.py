@@ -467,3 +467,25 @@ def test_the_bulk_fast_path_passes_only_what_the_full_check_passes() -> None:
         assert not _plainly_valid(*draft), draft
         with pytest.raises((TypeError, ValueError)):
             check_draft(draft[1], draft[2], draft[4], draft[3], draft[0])  # type: ignore[arg-type]
+
+
+def test_a_write_that_may_be_journaled_is_never_reported_refused() -> None:
+    """Unknown, then `unavailable` on the retry (with retry_unavailable=False): still sent
+    again, and acknowledged as the duplicate it is; unknown, then another refusal: the error
+    is OutcomeUnknown naming it, never RejectedError."""
+
+    async def main() -> None:
+        sites = Sites("a")
+        site = sites.by_port[1]
+        async with sites.client(retry_unavailable=False) as client:
+            site.refuse = ["unknown", "unavailable"]
+            ack = await client.publish("kv.set", "k", b"v", id="m1")
+            site.refuse = ["unknown", "bad_payload"]
+            with pytest.raises(OutcomeUnknown) as caught:
+                await client.publish("kv.set", "k", b"v", id="m2")
+        assert ack.duplicate
+        assert site.sent_ids == ["m1", "m1", "m1", "m2", "m2"]
+        assert caught.value.unknown == ["m2"]
+        assert not isinstance(caught.value, RejectedError)
+
+    run(main())
