@@ -18,7 +18,8 @@
     │   │                      or holds data this process did not write (names the URL or the
     │   │                      file, and the setting)
     │   └── StoreOutcomeUnknown  a write was sent and its answer lost: it may be stored
-    ├── OutcomeUnknown         the site could not tell whether a write was journaled;
+    ├── OutcomeUnknown         whether a write was journaled is not known (the site's storage
+    │                          failed mid-write, or a client's deadline passed unanswered);
     │                          publishing it again with the same id is safe
     ├── DatabaseError          a site's database cannot be reached, refused a statement or is
     │   │                      set up wrong (names the URL's setting)
@@ -123,14 +124,27 @@ class StoreOutcomeUnknown(StoreError):
 
 
 class OutcomeUnknown(MultiactiveError):
-    """The site could not tell whether a write was journaled (its storage failed mid-write).
-    The write is stored at most once: publish it again with the same id, and the site answers
-    with its first position if it was. For a batch, `outcomes` holds per draft the Ack, the
-    RejectedError, or this error."""
+    """Whether a write was journaled is not known: the site's storage failed mid-write, or
+    the client's deadline passed (or it was closed) before an answer. A write is stored at
+    most once: publish it again with the same id at the same site, and the site answers with
+    its first position if it was journaled.
 
-    def __init__(self, message: str, outcomes: Sequence[object] = ()) -> None:
+    `unknown`: ids of writes that may be journaled. `not_journaled`: ids that certainly are
+    not (never sent, or refused as unavailable). `outcomes`: for a batch, per draft its Ack,
+    its RejectedError, or None where not known."""
+
+    def __init__(
+        self,
+        message: str,
+        outcomes: Sequence[object] = (),
+        *,
+        unknown: Sequence[str] = (),
+        not_journaled: Sequence[str] = (),
+    ) -> None:
         super().__init__(message)
         self.outcomes = list(outcomes)
+        self.unknown = list(unknown)
+        self.not_journaled = list(not_journaled)
 
 
 class ApplierError(MultiactiveError):

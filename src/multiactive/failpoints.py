@@ -12,6 +12,9 @@ An unknown name is an error that lists the known ones, so a typo cannot silently
 
     counter_applied_twice   the processor hands every counter.add op to the state twice
                             (`replication/processor.py`), so counters grow by double deltas
+    clock_behind            the site's version clock reads the wall clock 50 ms late
+                            (`site/node.py`): clock skew between datacenters, which causal
+                            sessions must overcome
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from multiactive.errors import ConfigError
 
 ENV_VAR = "MULTIACTIVE_FAILPOINTS"
 COUNTER_APPLIED_TWICE = "counter_applied_twice"
+CLOCK_BEHIND = "clock_behind"
+CLOCK_BEHIND_MS = 50
 KNOWN = {
     COUNTER_APPLIED_TWICE: "the processor applies every counter.add op twice",
+    CLOCK_BEHIND: f"the site's version clock runs {CLOCK_BEHIND_MS} ms behind the wall clock",
 }
 
 

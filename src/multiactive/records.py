@@ -12,10 +12,12 @@ returns. A renamed field fails `tests/unit/test_records.py` and mypy, not a scri
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from multiactive.model.message import Message
 from multiactive.model.record import Record
+from multiactive.model.topology import LinkConfig
 from multiactive.replication.ingress import IngressStatistics
 from multiactive.replication.links import LinkState, LinkStatistics
 from multiactive.replication.processor import RetryState, RunningHandler
@@ -30,6 +32,7 @@ __all__ = [
     "HeadsAnswer",
     "IngressStatistics",
     "LinkStatistics",
+    "LinkView",
     "MessageRecord",
     "OriginTotals",
     "PositionTrace",
@@ -45,6 +48,7 @@ __all__ = [
     "StreamLag",
     "StreamStatus",
     "TraceAnswer",
+    "link_views",
 ]
 
 
@@ -216,6 +220,7 @@ class ClusterTrace(Record):
     origin: str = ""
     message: MessageRecord | None = None
     sites: dict[str, PositionTrace | None] = field(default_factory=dict)
+    links: dict[str, LinkView] = field(default_factory=dict)  # per site: origin -> site
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,3 +302,59 @@ class ClusterLag(Record):
     applied: int
     lag_messages: int
     lag_s: float | None
+
+
+LINK_STATE_RANK = {"streaming": 0, "connecting": 1, "stalled": 2, "cut": 3, "unknown": 4}
+
+
+@dataclass(frozen=True, slots=True)
+class LinkView(Record):
+    """One link as its two ends report it, merged by one rule that `status`, `lag`, `trace`
+    and the dashboard (`/cluster/status`) share: the worse state of the two ends, and the
+    larger owed count and age. The sender's figures are current even while the link is cut
+    (its own journal, the receiver's last acknowledged heads); the receiver's come from the
+    sender's heartbeats, which stop with the link. `unknown`: neither end answered."""
+
+    name: str
+    origin: str
+    receiver: str
+    mode: str
+    state: str
+    owed_messages: int
+    owed_age_s: float | None
+    messages_per_s: float
+    rtt_ms: float | None
+    window_bytes: int
+    connects: int
+    errors: tuple[str, ...] = ()
+
+    @property
+    def healthy(self) -> bool:
+        return self.state == "streaming"
+
+
+def link_views(links: Sequence[LinkConfig], ends: Iterable[LinkStatistics]) -> list[LinkView]:
+    """Each configured link from the ends that reported it (any site's /status links)."""
+    by_end: Mapping[tuple[str, str], LinkStatistics] = {(e.name, e.side): e for e in ends}
+    return [_view(link, by_end.get((link.name, "sender")), by_end.get((link.name, "receiver")))
+            for link in links]  # fmt: skip
+
+
+def _view(
+    link: LinkConfig, sender: LinkStatistics | None, receiver: LinkStatistics | None
+) -> LinkView:
+    seen = [end for end in (sender, receiver) if end is not None]
+    if not seen:
+        return LinkView(link.name, link.origin, link.receiver, link.mode, "unknown", 0, None,
+                        0.0, None, 0, 0)  # fmt: skip
+    state = max((end.state for end in seen), key=lambda x: LINK_STATE_RANK.get(x, 9))
+    ages = [e.oldest_unreceived_age_s for e in seen if e.oldest_unreceived_age_s is not None]
+    flow = sender or receiver
+    assert flow is not None
+    errors = tuple(f"{e.side}: {e.last_error}" for e in seen if e.last_error)
+    return LinkView(
+        link.name, link.origin, link.receiver, link.mode, state,
+        max(e.backlog_messages for e in seen), max(ages) if ages else None,
+        flow.messages_per_s, flow.rtt_ms, flow.window_bytes,
+        max(e.connects for e in seen), errors if state != "streaming" else (),
+    )  # fmt: skip

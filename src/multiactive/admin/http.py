@@ -39,7 +39,14 @@ from multiactive.errors import ConfigError, DecodeError, MultiactiveError, Store
 from multiactive.journal.base import Journal
 from multiactive.model.message import Position, StreamId
 from multiactive.model.topology import Address, Topology
-from multiactive.records import HeadsAnswer, MessageRecord, StreamHeads, TraceAnswer
+from multiactive.records import (
+    HeadsAnswer,
+    MessageRecord,
+    SiteStatus,
+    StreamHeads,
+    TraceAnswer,
+    link_views,
+)
 from multiactive.replication.inspector import DEAD_LETTER_COUNT_LIMIT, SiteInspector
 from multiactive.replication.processor import ProcessorView
 from multiactive.replication.reconciler import Reconciler
@@ -163,12 +170,14 @@ class AdminServer:
                     {"name": x.name, "origin": x.origin, "receiver": x.receiver, "mode": x.mode}
                     for x in topology.links
                 ],
+                "link_views": [view.to_json() for view in _link_views(topology, sites)],
                 "sites": sites,
                 "tls_warnings": [] if self._tls is None else self._tls.warnings(),
             }
         )
 
     async def _peer_status(self, address: Address | None) -> Any:
+        """A peer's /status JSON, or None when it does not answer (in time)."""
         if address is None:
             return None
         if self._http is None:
@@ -230,6 +239,7 @@ class AdminServer:
         report = self._reconciler.last
         figures = {} if report is None else report.figures()
         inspector = self._inspector
+        await inspector.refresh_senders()
         scrape = Scrape(inspector.statistics(), await inspector.lag(), len(dead), figures)
         scrape.canaries.update(self._processor.canaries())
         if self._tls is not None:
@@ -395,3 +405,14 @@ def _int(request: web.Request, name: str, default: int) -> int:
     if not text.isdigit():
         raise web.HTTPBadRequest(text=f"{name} must be a whole number, got {text!r}")
     return int(text)
+
+
+def _link_views(topology: Topology, sites: dict[str, Any]) -> list[Any]:
+    """The links as the dashboard shows them: both ends merged by `records.link_views`."""
+    ends = [
+        link
+        for answer in sites.values()
+        if answer is not None
+        for link in SiteStatus.from_json(answer).links
+    ]
+    return link_views(topology.links, ends)

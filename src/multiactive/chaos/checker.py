@@ -566,7 +566,11 @@ class _Run:
             await client.close()
         if time.monotonic() < retry_at:
             return None, retry_at
-        fresh = Client(self.cluster.client_address(site), connect_timeout_s=CONNECT_TIMEOUT_S)
+        fresh = Client(
+            self.cluster.client_address(site),
+            connect_timeout_s=CONNECT_TIMEOUT_S,
+            deadline_s=PUBLISH_TIMEOUT_S,
+        )
         try:
             await fresh.connect()
         except (MultiactiveError, OSError, TimeoutError):

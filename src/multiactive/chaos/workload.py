@@ -19,6 +19,9 @@ from multiactive.model.topology import Address
 
 TICK_S = 0.01
 MAX_IN_FLIGHT_PER_SITE = 20_000
+PUBLISH_DEADLINE_S = (
+    10.0  # a write unanswered this long counts as failed (the client retries it until then)
+)
 
 
 @dataclass
@@ -82,7 +85,7 @@ class Workload:
             return client
         if client is not None:
             await client.close()
-        fresh = Client(self.addresses[site], connect_timeout_s=1.0)
+        fresh = Client(self.addresses[site], connect_timeout_s=1.0, deadline_s=PUBLISH_DEADLINE_S)
         try:
             await fresh.connect()
         except MultiactiveError as exc:

@@ -62,7 +62,8 @@ _topology_option = click.option(
     "topology_path",
     type=click.Path(path_type=Path),
     default=None,
-    help="Put files where this topology's [tls] says.",
+    envvar="MULTIACTIVE_TOPOLOGY",
+    help="Put files where this topology's [tls] says (or set MULTIACTIVE_TOPOLOGY).",
 )
 _dir_option = click.option(
     "--dir",

@@ -7,6 +7,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,15 +22,18 @@ from multiactive.model.topology import SiteConfig, Topology, load_topology
 from multiactive.records import (
     ClusterLag,
     ClusterTrace,
-    LinkStatistics,
+    LinkView,
     PositionTrace,
     SiteStatus,
     TraceAnswer,
+    link_views,
 )
 
+TOPOLOGY_ENV = "MULTIACTIVE_TOPOLOGY"
 topology_option = click.option(
     "--topology", "topology_path", required=True, type=click.Path(path_type=Path),
-    help="The topology file shared by all sites.",
+    envvar=TOPOLOGY_ENV, show_envvar=True,
+    help=f"The topology file shared by all sites (or set {TOPOLOGY_ENV}).",
 )  # fmt: skip
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
@@ -46,54 +50,92 @@ def _statuses(topology: Topology) -> dict[str, SiteStatus | None]:
     return {site.name: fetch_status(site) for site in topology.sites}
 
 
-_STATE_RANK = {"streaming": 0, "connecting": 1, "stalled": 2, "cut": 3}
+EXIT_HEALTHY = 0
+EXIT_UNHEALTHY = 1  # a site down, a link not streaming, dead letters
+EXIT_UNREACHABLE = 2  # no site answered
+
+
+def cluster_problems(
+    topology: Topology, statuses: dict[str, SiteStatus | None], views: list[LinkView]
+) -> list[str]:
+    """What is wrong now, one line each: sites that do not answer, links not streaming (with
+    what the origin owes), dead letters."""
+    problems = []
+    for name, site_status in statuses.items():
+        if site_status is None:
+            problems.append(f"site {name} does not answer on {topology.site(name).admin}")
+        elif site_status.dead_letters:
+            problems.append(
+                f"site {name} holds {site_status.dead_letters} dead letters "
+                "(multiactive deadletters)"
+            )
+    for view in views:
+        if not view.healthy:
+            age = "" if view.owed_age_s is None else f", the oldest {view.owed_age_s:.1f} s old"
+            problems.append(f"link {view.name} is {view.state}: {view.owed_messages:,} owed{age}")
+    return problems
+
+
+def exit_code(statuses: dict[str, SiteStatus | None], problems: list[str]) -> int:
+    """0 healthy, 1 unhealthy, 2 when no site answered."""
+    if all(s is None for s in statuses.values()):
+        return EXIT_UNREACHABLE
+    return EXIT_UNHEALTHY if problems else EXIT_HEALTHY
+
+
+def cluster_link_views(
+    topology: Topology, statuses: dict[str, SiteStatus | None]
+) -> list[LinkView]:
+    """Every link with both its ends merged (`records.link_views`, as the dashboard)."""
+    ends = [link for st in statuses.values() if st is not None for link in st.links]
+    return link_views(topology.links, ends)
+
+
+def _finish(console: Console, statuses: dict[str, SiteStatus | None], problems: list[str]) -> None:
+    """Print the problems and exit with the health code."""
+    for problem in problems:
+        console.print(f"[red]problem[/] {problem}")
+    code = exit_code(statuses, problems)
+    if code == EXIT_HEALTHY:
+        console.print("[green]healthy[/]")
+    raise SystemExit(code)
 
 
 @click.command()
 @topology_option
 @json_option
 def status(topology_path: Path, as_json: bool) -> None:
-    """Every link: state at both ends, backlog, lag, window, round trip and rate."""
+    """Every link: state (both ends merged), owed messages and their age, window, round trip,
+    rate. Exit code 0 healthy, 1 unhealthy (a site down, a link cut or stalled, dead
+    letters), 2 when no site answers."""
     topology = load_topology(topology_path)
     statuses = _statuses(topology)
+    views = cluster_link_views(topology, statuses)
+    problems = cluster_problems(topology, statuses, views)
     if as_json:
-        click.echo(json.dumps({n: s and s.to_json() for n, s in statuses.items()}, indent=2))
-        return
-    ends = _link_ends(statuses)
+        click.echo(json.dumps({
+            "links": [v.to_json() for v in views], "problems": problems,
+            "sites": {n: s and s.to_json() for n, s in statuses.items()},
+        }, indent=2))  # fmt: skip
+        raise SystemExit(exit_code(statuses, problems))
     table = Table(box=box.SIMPLE_HEAD, title=f"cluster {topology.name}", title_justify="left")
-    for column in ("link", "mode", "state", "backlog", "lag s", "window", "rtt ms", "msg/s",
+    for column in ("link", "mode", "state", "owed", "owed age s", "window", "rtt ms", "msg/s",
                    "conn"):  # fmt: skip
         table.add_column(
             column, justify="left" if column in ("link", "mode", "state") else "right", no_wrap=True
         )
-    errors = []
-    for link in topology.links:
-        sender, receiver = ends.get((link.name, "sender")), ends.get((link.name, "receiver"))
-        seen = [end for end in (sender, receiver) if end is not None]
-        if not seen:
-            table.add_row(link.name, link.mode, "[red]unknown[/]", *[""] * 6)
-            continue
-        state = max((end.state for end in seen), key=lambda x: _STATE_RANK.get(x, 9))
-        info = receiver or sender
-        flow = sender or receiver
-        assert info is not None
-        assert flow is not None
+    for v in views:
         table.add_row(
-            link.name, link.mode, _state(state), f"{info.backlog_messages:,}",
-            _num(info.oldest_unreceived_age_s, 1), _mib(flow.window_bytes),
-            _num(flow.rtt_ms, 1), f"{flow.messages_per_s:,.0f}",
-            str(max(end.connects for end in seen)),
+            v.name, v.mode, _state(v.state), f"{v.owed_messages:,}", _num(v.owed_age_s, 1),
+            _mib(v.window_bytes), _num(v.rtt_ms, 1), f"{v.messages_per_s:,.0f}", str(v.connects),
         )  # fmt: skip
-        if state != "streaming":
-            errors += [f"{link.name} ({e.side}): {e.last_error}" for e in seen if e.last_error]
     console = Console()
     console.print(table)
-    unreachable = [name for name, site_status in statuses.items() if site_status is None]
-    if unreachable:
-        console.print(f"[red]unreachable sites[/]: {', '.join(unreachable)}")
-    for error in errors:
-        console.print(f"[dim]last error {error}[/]")
+    for v in views:
+        for error in v.errors:
+            console.print(f"[dim]last error {v.name} ({error})[/]")
     _print_stuck(console, statuses)
+    _finish(console, statuses, problems)
 
 
 def _print_stuck(console: Console, statuses: dict[str, SiteStatus | None]) -> None:
@@ -105,15 +147,6 @@ def _print_stuck(console: Console, statuses: dict[str, SiteStatus | None]) -> No
                 f"{r.partition}@{r.seq}) running {r.running_s:.1f} s, attempt {r.attempt}, "
                 f"timeout {r.timeout_s:g} s"
             )
-
-
-def _link_ends(statuses: dict[str, SiteStatus | None]) -> dict[tuple[str, str], LinkStatistics]:
-    return {
-        (link.name, link.side): link
-        for site_status in statuses.values()
-        if site_status is not None
-        for link in site_status.links
-    }
 
 
 def cluster_lags(statuses: dict[str, SiteStatus | None]) -> list[ClusterLag]:
@@ -156,13 +189,15 @@ def _heads_of(status: SiteStatus, origin: str) -> dict[int, int]:
 @topology_option
 @json_option
 def lag(topology_path: Path, as_json: bool) -> None:
-    """Per site and origin: what the origin holds, what arrived, what is applied, how far behind."""
+    """Per site and origin: what the origin holds, what arrived, what is applied, how far
+    behind. Exit code as for `status`: 0 healthy, 1 unhealthy, 2 no site answers."""
     topology = load_topology(topology_path)
     statuses = _statuses(topology)
     rows = cluster_lags(statuses)
+    problems = cluster_problems(topology, statuses, cluster_link_views(topology, statuses))
     if as_json:
         click.echo(json.dumps([row.to_json() for row in rows], indent=2))
-        return
+        raise SystemExit(exit_code(statuses, problems))
     table = Table(box=box.SIMPLE_HEAD, title=f"cluster {topology.name}", title_justify="left")
     for column in ("site", "origin", "origin head", "received", "applied", "lag msgs", "lag s"):
         table.add_column(
@@ -175,9 +210,7 @@ def lag(topology_path: Path, as_json: bool) -> None:
         )  # fmt: skip
     console = Console()
     console.print(table)
-    unreachable = [name for name, site_status in statuses.items() if site_status is None]
-    if unreachable:
-        console.print(f"[red]unreachable sites[/]: {', '.join(unreachable)}")
+    _finish(console, statuses, problems)
 
 
 def _state(state: str) -> str:
@@ -220,7 +253,22 @@ def trace_request(topology: Topology, request_id: str) -> ClusterTrace:
     origin, partition, seq = answer.position
     query = f"/trace/position?origin={origin}&partition={partition}&seq={seq}"
     sites = {site.name: _trace_at(site, query) for site in topology.sites}
-    return ClusterTrace(request_id, True, origin, answer.message, sites)
+    statuses = {site.name: fetch_status(site) for site in topology.sites}
+    views = {v.receiver: v for v in cluster_link_views(topology, statuses) if v.origin == origin}
+    for name, here in sites.items():
+        view = views.get(name)
+        if here is not None and not here.received and view is not None:
+            sites[name] = replace(here, why=_not_received(view))
+    return ClusterTrace(request_id, True, origin, answer.message, sites, views)
+
+
+def _not_received(view: LinkView) -> str:
+    """Why a site lacks the message, in the link's figures (the same as `status` shows)."""
+    age = "" if view.owed_age_s is None else f", the oldest {view.owed_age_s:.1f} s old"
+    errors = f"; last error {'; '.join(view.errors)}" if view.errors else ""
+    return (
+        f"not received: link {view.name} is {view.state}, {view.owed_messages:,} owed{age}{errors}"
+    )
 
 
 def _trace_at(site: SiteConfig, query: str) -> PositionTrace | None:

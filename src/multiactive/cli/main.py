@@ -16,6 +16,7 @@ from multiactive.cli.repair import deadletters, reconcile, replay
 from multiactive.cli.route import route
 from multiactive.cli.router import router
 from multiactive.cli.site import site
+from multiactive.cli.validate import validate
 from multiactive.cli.wan import wan
 from multiactive.errors import MultiactiveError
 
@@ -40,6 +41,7 @@ cli.add_command(db)
 cli.add_command(certs)
 cli.add_command(route)
 cli.add_command(router)
+cli.add_command(validate)
 
 
 def main() -> None:

@@ -41,7 +41,8 @@ HTTP_TIMEOUT_S = 15.0
 
 topology_option = click.option(
     "--topology", "topology_path", required=True, type=click.Path(path_type=Path),
-    help="The topology file shared by all sites.",
+    envvar="MULTIACTIVE_TOPOLOGY", show_envvar=True,
+    help="The topology file shared by all sites (or set MULTIACTIVE_TOPOLOGY).",
 )  # fmt: skip
 site_option = click.option(
     "--site", "site_name", default=None,

@@ -21,6 +21,7 @@ def router() -> None:
 
 @router.command("run")
 @click.option("--topology", "topology_path", required=True, type=click.Path(path_type=Path),
+              envvar="MULTIACTIVE_TOPOLOGY", show_envvar=True,
               help="The topology file shared by all sites (with a [routing] section).")  # fmt: skip
 @click.option("--site", "site_name", required=True,
               help="The site this router stands in front of (it follows its policy).")  # fmt: skip

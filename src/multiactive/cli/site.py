@@ -15,6 +15,7 @@ import click
 
 from multiactive import aio, logs
 from multiactive.admin.http import AdminServer
+from multiactive.cli.inspect import topology_option
 from multiactive.cli.route import routing_service
 from multiactive.errors import ConfigError, MultiactiveError
 from multiactive.model.topology import Topology, load_topology
@@ -37,13 +38,7 @@ def site() -> None:
 
 
 @site.command("run")
-@click.option(
-    "--topology",
-    "topology_path",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="The topology file shared by all sites.",
-)
+@topology_option
 @click.option("--site", "site_name", required=True, help="Which site of the topology this is.")
 @click.option(
     "--handlers",

@@ -79,8 +79,33 @@ def show(control: str) -> None:
     click.echo(json.dumps(_call(control, "GET", "/links"), indent=2))
 
 
+def _chosen(control: str, names: tuple[str, ...], sites: tuple[str, ...]) -> list[str]:
+    """The links named, and every link to or from each site (links named ORIGIN-to-RECEIVER,
+    as `multiactive demo` and the local cluster name them)."""
+    if not names and not sites:
+        raise click.UsageError("name at least one link, or a site with --site")
+    known = [link["name"] for link in _call(control, "GET", "/links")]
+    chosen = list(names)
+    for site in sites:
+        ends = [n for n in known if site in n.split("-to-", 1) and "-to-" in n]
+        if not ends:
+            raise ConfigError(
+                f"--site {site}: no link named {site}-to-X or X-to-{site}; "
+                f"links: {', '.join(known)}"
+            )
+        chosen += [n for n in ends if n not in chosen]
+    return chosen
+
+
+site_select = click.option(
+    "--site", "sites", multiple=True,
+    help="Also every link to and from this site (links named ORIGIN-to-RECEIVER); repeatable.",
+)  # fmt: skip
+
+
 @wan.command("cut")
-@click.argument("name")
+@click.argument("names", nargs=-1)
+@site_select
 @click.option(
     "--mode",
     type=click.Choice(["reset", "blackhole"]),
@@ -88,17 +113,20 @@ def show(control: str) -> None:
     help="reset: abort connections and refuse new ones; blackhole: move no bytes.",
 )
 @control_option
-def cut(name: str, mode: str, control: str) -> None:
-    """Cut link NAME."""
-    click.echo(json.dumps(_call(control, "POST", f"/links/{name}/cut", {"mode": mode})))
+def cut(names: tuple[str, ...], sites: tuple[str, ...], mode: str, control: str) -> None:
+    """Cut the links NAMES (and with --site, every link of a site), in one command."""
+    for name in _chosen(control, names, sites):
+        click.echo(json.dumps(_call(control, "POST", f"/links/{name}/cut", {"mode": mode})))
 
 
 @wan.command("heal")
-@click.argument("name")
+@click.argument("names", nargs=-1)
+@site_select
 @control_option
-def heal(name: str, control: str) -> None:
-    """Heal link NAME."""
-    click.echo(json.dumps(_call(control, "POST", f"/links/{name}/heal", {})))
+def heal(names: tuple[str, ...], sites: tuple[str, ...], control: str) -> None:
+    """Heal the links NAMES (and with --site, every link of a site)."""
+    for name in _chosen(control, names, sites):
+        click.echo(json.dumps(_call(control, "POST", f"/links/{name}/heal", {})))
 
 
 @wan.command("shape")

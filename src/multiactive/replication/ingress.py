@@ -32,7 +32,7 @@ from multiactive.errors import (
 from multiactive.journal.base import Journal, LocalGroup
 from multiactive.logs import get_logger
 from multiactive.model.batch import row_bytes
-from multiactive.model.clock import HybridClock, wall_ms
+from multiactive.model.clock import HybridClock, version_ms, wall_ms
 from multiactive.model.ids import IdGenerator, is_valid_id
 from multiactive.model.message import Row
 from multiactive.model.partition import partition_for
@@ -48,6 +48,7 @@ MAX_HEADER_BYTES = 4096
 # While the journal's storage is down: how soon, and at most how often, `check()` is tried.
 RECOVER_MIN_S = 0.05
 RECOVER_MAX_S = 2.0
+MAX_FLOOR_AHEAD_MS = 300_000  # how far a causal token may be ahead of this site's wall clock
 
 Result = list[Any]  # [0, partition, seq, duplicate, version], [1 or 2, code, text]
 
@@ -137,10 +138,11 @@ class Ingress:
         return self._pending >= self._limits.max_pending_messages
 
     def submit(
-        self, drafts: Sequence[Any], *, internal: bool = False
+        self, drafts: Sequence[Any], *, internal: bool = False, floor: int = 0
     ) -> asyncio.Future[list[Result]]:
         """Queue drafts; the future resolves with one result per draft once durable.
-        Types starting with `ma.` are reserved for the site's own messages (`internal`)."""
+        Types starting with `ma.` are reserved for the site's own messages (`internal`).
+        `floor`: a causal session's token; the drafts get versions above it."""
         if self._closing:
             raise RejectedError(
                 f"site {self.site} is shutting down; publish to another site", "unavailable"
@@ -151,6 +153,8 @@ class Ingress:
                 "journaled, publish again later",
                 "unavailable",
             )
+        if floor and (problem := self._observe_floor(floor)) is not None:
+            return _Request([[RESULT_REFUSED, "bad_floor", problem]] * len(drafts), 0).done
         results: list[Result] = [[]] * len(drafts)
         checked = [self._check(draft, internal) for draft in drafts]
         valid = sum(1 for c in checked if isinstance(c, tuple))
@@ -162,6 +166,20 @@ class Ingress:
                 results[index] = outcome
                 self._counts["refused"] += 1
         return request.done
+
+    def _observe_floor(self, floor: int) -> str | None:
+        """Move the clock past a session's token; or why not, if the token is implausibly far
+        ahead of this site's wall clock (a corrupt token must not drag every version on)."""
+        ahead_ms = version_ms(floor) - wall_ms()
+        if ahead_ms > MAX_FLOOR_AHEAD_MS:
+            self._counts["refused"] += 1
+            return (
+                f"the causal token is {ahead_ms} ms ahead of site {self.site}'s clock "
+                f"(at most {MAX_FLOOR_AHEAD_MS} ms): a token of another cluster, or a clock "
+                "far off"
+            )
+        self._clock.observe(floor)
+        return None
 
     def _enqueue(self, request: _Request, checked: list[Any], valid: int) -> None:
         version = self._clock.tick(valid)
@@ -200,11 +218,11 @@ class Ingress:
             return [RESULT_REFUSED, "bad_type", f"types starting {RESERVED_PREFIX!r} are reserved"]
         if not isinstance(type_, str) or not 0 < len(type_) <= MAX_TYPE_LENGTH:
             return [RESULT_REFUSED, "bad_type", f"type must be 1..{MAX_TYPE_LENGTH} characters"]
-        if not isinstance(key, str) or len(key.encode()) > MAX_KEY_BYTES:
+        if not isinstance(key, str) or not key or len(key.encode()) > MAX_KEY_BYTES:
             return [
                 RESULT_REFUSED,
                 "bad_key",
-                f"key must be a string of at most {MAX_KEY_BYTES} bytes",
+                f"key must be a non-empty string of at most {MAX_KEY_BYTES} bytes",
             ]
         if not isinstance(payload, bytes):
             return [RESULT_REFUSED, "bad_payload", "payload must be bytes"]

@@ -98,8 +98,30 @@ class SiteInspector:
             tuple(m.snapshot() for m in self.monitors.values()),
         )
 
+    async def refresh_senders(self) -> None:
+        """Bring each sender-side link record up to date from the journal: what the origin
+        holds, and the creation time of the oldest message the receiver has not acknowledged.
+        A session's heartbeats keep these only while the link is up; read here, they stay
+        true while it is cut (the owed count grows and ages)."""
+        own = {s.partition: h for s, h in self._journal.heads(self.site).items()}
+        for monitor in self.monitors.values():
+            if monitor.side != "sender":
+                continue
+            monitor.origin_heads.update(own)
+            oldest: int | None = None
+            for partition, head in own.items():
+                acked = monitor.receiver_heads.get(partition, 0)
+                if head > acked:
+                    created = await self._journal.created_at(
+                        StreamId(self.site, partition), acked + 1
+                    )
+                    if created is not None and (oldest is None or created < oldest):
+                        oldest = created
+            monitor.oldest_unreceived_ms = oldest
+
     async def status(self, reconcile: ReconcileReport | None) -> SiteStatus:
         """`/status`: statistics, lag per stream and origin, dead letters, last reconcile."""
+        await self.refresh_senders()
         stats = self.statistics()
         lags = await self.lag()
         letters = await self._state.dead_letters(limit=DEAD_LETTER_COUNT_LIMIT)
@@ -210,6 +232,8 @@ class SiteInspector:
             return "not received: no link from its origin to this site"
         snap = monitor.snapshot()
         detail = f"; last error: {snap.last_error}" if snap.last_error else ""
+        if snap.state != "streaming":  # the heartbeats stopped: only the origin knows what is owed
+            return f"not received: link {snap.name} is {snap.state}{detail}"
         return (
             f"not received: link {snap.name} is {snap.state}, {snap.backlog_messages} owed{detail}"
         )

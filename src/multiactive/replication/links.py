@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from multiactive.clock import SYSTEM_CLOCK, Clock
-from multiactive.errors import ProtocolError, UnknownSiteError
+from multiactive.errors import ConfigError, ProtocolError, UnknownSiteError
 from multiactive.model.record import Record
 from multiactive.model.topology import LinkConfig, Topology
 from multiactive.wire.protocol import Hello
@@ -185,18 +185,45 @@ class LinkMonitor:
         )
 
 
+def check_agreement(topology: Topology, hello: Hello) -> None:
+    """Refuse a peer whose topology differs in the cluster name, the partitions or the sites,
+    naming each difference (a peer that does not say, 0 or (), is not compared)."""
+    if hello.cluster != topology.name:
+        raise ProtocolError(
+            f"peer {hello.site!r} belongs to cluster {hello.cluster!r}, this site to "
+            f"{topology.name!r} ([cluster] name in {topology.source})"
+        )
+    differences = []
+    if hello.partitions and hello.partitions != topology.partitions:
+        differences.append(
+            f"[cluster] partitions = {hello.partitions} there, {topology.partitions} here"
+        )
+    ours = tuple(sorted(topology.site_names))
+    if hello.sites and tuple(sorted(hello.sites)) != ours:
+        differences.append(
+            f"[[sites]] {', '.join(sorted(hello.sites))} there, {', '.join(ours)} here"
+        )
+    if differences:
+        raise ConfigError(
+            f"peer {hello.site!r} runs on a different topology than {topology.source}: "
+            f"{'; '.join(differences)}; every site must use the same file"
+        )
+
+
 def link_for_hello(topology: Topology, local: str, hello: Hello) -> LinkConfig:
     """The link a dialing peer's HELLO asks for, checked against the topology.
 
     `push`: the peer is the origin and this site the receiver; `pull`: this site is the
     origin and the peer the receiver. The link's mode in the topology must match.
     """
-    if hello.cluster != topology.name:
-        raise ProtocolError(
-            f"peer {hello.site!r} belongs to cluster {hello.cluster!r}, this site to "
-            f"{topology.name!r}"
+    check_agreement(topology, hello)
+    if hello.site == local:
+        raise ConfigError(
+            f"a peer says it is this site ({local!r}): two sites share an address, or this "
+            f"site dials itself; check listen, admin and [[links]] address in "
+            f"{topology.source} (multiactive validate)"
         )
-    if hello.site not in topology.site_names or hello.site == local:
+    if hello.site not in topology.site_names:
         raise UnknownSiteError(
             f"unknown site {hello.site!r} in HELLO; {topology.source} defines: "
             f"{', '.join(n for n in topology.site_names if n != local)}"

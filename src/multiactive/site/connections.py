@@ -36,7 +36,7 @@ from multiactive.model.clock import HybridClock
 from multiactive.model.topology import Address, LinkConfig, Topology
 from multiactive.replication.collector import Collector
 from multiactive.replication.ingress import Ingress
-from multiactive.replication.links import LinkMonitor, link_for_hello
+from multiactive.replication.links import LinkMonitor, check_agreement, link_for_hello
 from multiactive.replication.reship import Reship
 from multiactive.security.tls import TlsMaterial, check_link_peer, refusal_reason
 from multiactive.wire.base import Connection
@@ -45,6 +45,7 @@ from multiactive.wire.frames import Frame, FrameType
 from multiactive.wire.protocol import (
     RESULT_REFUSED,
     Hello,
+    Role,
     decode_error,
     decode_hello,
     decode_publish,
@@ -134,23 +135,29 @@ class Connections:
         finally:
             await conn.close()
 
+    def _hello(self, role: Role, origin: str = "", heads: dict[int, int] | None = None) -> bytes:
+        """A HELLO of this site, with what the peer's topology must agree on."""
+        topology = self._topology
+        return encode_hello(Hello(
+            self._site, role, topology.name, origin, heads or {},
+            partitions=topology.partitions, sites=tuple(sorted(topology.site_names)),
+        ))  # fmt: skip
+
     async def _dispatch(self, conn: Connection, hello: Hello) -> None:
-        site, cluster = self._site, self._topology.name
         if hello.role == "client":
             self._check_publisher(conn, hello)
-            conn.send(encode_hello(Hello(site, "reply", cluster)))
+            conn.send(self._hello("reply"))
             await self._serve_publisher(conn)
             return
         if hello.role not in ("push", "pull"):
             raise ProtocolError(f"a connection cannot start with HELLO role {hello.role!r}")
         check_link_peer(conn.peer_names, hello.site, self._topology.site_names)
-        link = link_for_hello(self._topology, site, hello)
+        link = link_for_hello(self._topology, self._site, hello)
         if hello.role == "push":
-            heads = self._receiver_heads(link)
-            conn.send(encode_hello(Hello(site, "reply", cluster, link.origin, heads)))
+            conn.send(self._hello("reply", link.origin, self._receiver_heads(link)))
             await self._session(link, self._collect(conn, link))
         else:
-            conn.send(encode_hello(Hello(site, "reply", cluster, link.origin)))
+            conn.send(self._hello("reply", link.origin))
             await self._session(link, self._reship(conn, link, hello.heads))
 
     # -- publishers ----------------------------------------------------------------------
@@ -183,24 +190,25 @@ class Connections:
                     continue
                 if frame.type != FrameType.PUBLISH:
                     raise ProtocolError(f"a publisher may send PUBLISH, not {frame.type.name}")
-                request, drafts = decode_publish(frame)
+                request, drafts, floor = decode_publish(frame)
                 while ingress.full:
                     await ingress.room.wait()
-                self._publish(conn, request, drafts)
+                self._publish(conn, request, drafts, floor)
         finally:
             self._publishers.discard(conn)
 
-    def _publish(self, conn: Connection, request: int, drafts: list[Any]) -> None:
+    def _publish(self, conn: Connection, request: int, drafts: list[Any], floor: int) -> None:
+        versions = self._versions
         try:
-            done = self._ingress.submit(drafts)
+            done = self._ingress.submit(drafts, floor=floor)
         except RejectedError as exc:
             refusal = [RESULT_REFUSED, exc.code, str(exc)]
-            conn.send(encode_published(request, [refusal] * len(drafts)))
+            conn.send(encode_published(request, [refusal] * len(drafts), versions.last))
             return
 
         def answer(future: asyncio.Future[list[Any]]) -> None:
             with contextlib.suppress(ConnectionLost):
-                conn.send(encode_published(request, future.result()))
+                conn.send(encode_published(request, future.result(), versions.last))
 
         done.add_done_callback(answer)
 
@@ -302,14 +310,12 @@ class Connections:
         )
 
     async def _dialed(self, conn: Connection, link: LinkConfig) -> None:
-        site, cluster = self._site, self._topology.name
         if link.mode == "push":
-            conn.send(encode_hello(Hello(site, "push", cluster, link.origin)))
+            conn.send(self._hello("push", link.origin))
             reply = await self._reply(conn, link.receiver)
             await self._session(link, self._reship(conn, link, reply.heads))
         else:
-            heads = self._receiver_heads(link)
-            conn.send(encode_hello(Hello(site, "pull", cluster, link.origin, heads)))
+            conn.send(self._hello("pull", link.origin, self._receiver_heads(link)))
             await self._reply(conn, link.origin)
             await self._session(link, self._collect(conn, link))
 
@@ -344,6 +350,7 @@ class Connections:
                 f"expected a HELLO reply from {expected}, "
                 f"got role {reply.role!r} from {reply.site!r}"
             )
+        check_agreement(self._topology, reply)
         return reply
 
     async def close(self) -> None:

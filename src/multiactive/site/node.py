@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import aiohttp
 
+from multiactive import failpoints
 from multiactive.audit import Auditor, SqliteAuditStore, Stage
 from multiactive.clock import SYSTEM_CLOCK, Clock
 from multiactive.db.site import open_db_apply
@@ -30,7 +31,7 @@ from multiactive.errors import (
 from multiactive.journal import Journal, open_journal
 from multiactive.logs import get_logger
 from multiactive.model.batch import RecordBatch, split_batches
-from multiactive.model.clock import HybridClock
+from multiactive.model.clock import HybridClock, wall_ms
 from multiactive.model.message import StreamId
 from multiactive.model.partition import partition_for
 from multiactive.model.topology import SiteConfig, Topology
@@ -72,6 +73,10 @@ def routing_gate(topology: Topology, site: str) -> RoutingGate | None:
     return RoutingGate(site, routing_config(topology))
 
 
+def _skewed_ms() -> int:
+    return wall_ms() - failpoints.CLOCK_BEHIND_MS
+
+
 def canary_keys(site: str, partitions: int) -> list[str]:
     """One key per partition, so that canaries travel every stream of a site."""
     keys: dict[int, str] = {}
@@ -98,7 +103,9 @@ class SiteNode:
         self.config: SiteConfig = topology.site(site)
         self.name = site
         self.registry = registry or HandlerRegistry()
-        self.clock = HybridClock()
+        self.clock = HybridClock(
+            _skewed_ms if failpoints.active(failpoints.CLOCK_BEHIND) else wall_ms
+        )
         self.journal: Journal = open_journal(self.config, topology.replication)
         self.state: StateBackend = open_state(topology, site)
         self.ingress = Ingress(

@@ -161,7 +161,10 @@ class FrameDecoder:
         view = memoryview(buf)
         while end - start >= FRAME_HEADER_SIZE:
             length, type_code, crc = _HEADER.unpack_from(buf, start)
-            self._check_header(length, type_code)
+            try:
+                self._check_header(length, type_code)
+            except ProtocolError as exc:
+                raise _http_instead(bytes(buf[start : start + FRAME_HEADER_SIZE])) or exc from None
             stop = start + FRAME_HEADER_SIZE + length
             if stop > end:
                 self._start, self._need = start, stop - start
@@ -198,6 +201,7 @@ class FrameDecoder:
         return frames
 
     def _check_header(self, length: int, type_code: int) -> None:
+        """An unknown type or an oversized length is a ProtocolError naming it."""
         if type_code not in _TYPES:
             raise ProtocolError(f"unknown frame type {type_code}")
         if length > self._max_frame_bytes:
@@ -216,3 +220,21 @@ def _unshared(buf: bytearray) -> bool:
         return False
     buf.append(0)
     return True
+
+
+HTTP_METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ")
+
+
+def _http_instead(header: bytes) -> ProtocolError | None:
+    """A clearer error when the other end speaks HTTP: the wrong port was dialed."""
+    if header.startswith(b"HTTP/"):
+        return ProtocolError(
+            "the peer answered in HTTP: this is an admin port (a site's `admin` address), "
+            "not its `listen` address; connect clients and links to `listen`"
+        )
+    if header.startswith(HTTP_METHODS):
+        return ProtocolError(
+            "the peer sent an HTTP request to a site's `listen` port (the wire protocol); "
+            "the admin API and the dashboard are on the site's `admin` address"
+        )
+    return None

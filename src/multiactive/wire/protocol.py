@@ -53,6 +53,9 @@ class Hello:
     heads: dict[int, int] = field(default_factory=dict)
     version: int = PROTOCOL_VERSION
     token: str = ""  # a publisher's application token, when [tls] clients = "token"
+    # What the two ends' topology files must agree on (links check them; 0 / () = not said)
+    partitions: int = 0
+    sites: tuple[str, ...] = ()
 
     def __repr__(self) -> str:  # never the token, in logs or tracebacks
         shown = "***" if self.token else ""
@@ -67,6 +70,8 @@ def encode_hello(hello: Hello) -> bytes:
         "origin": hello.origin,
         "heads": hello.heads,
         "version": hello.version,
+        "partitions": hello.partitions,
+        "sites": list(hello.sites),
     }
     if hello.token:
         body["token"] = hello.token
@@ -97,7 +102,14 @@ def decode_hello(frame: Frame) -> Hello:
         isinstance(origin, str) and isinstance(token, str)
     ):
         raise ProtocolError("HELLO site, cluster, origin and token must be strings")
-    return Hello(site, role, cluster, origin, heads, version, token)
+    partitions, sites = body.get("partitions", 0), body.get("sites", [])
+    if (
+        not isinstance(partitions, int)
+        or not isinstance(sites, list)
+        or not all(isinstance(name, str) for name in sites)
+    ):
+        raise ProtocolError("HELLO partitions must be an int and sites a list of names")
+    return Hello(site, role, cluster, origin, heads, version, token, partitions, tuple(sites))
 
 
 def encode_batches(batches: Sequence[RecordBatch]) -> bytes:
@@ -205,6 +217,7 @@ REFUSAL_CODES = (
     "bad_payload",
     "payload_too_large",
     "bad_headers",
+    "bad_floor",  # a causal token far ahead of the site's clock (another cluster's?)
     "unavailable",  # the site cannot journal now (storage down, shutting down): try later
     "routing",  # the site's routing policy forbids this user's write here: [1, "routing", text,
     # home site] (multiactive.routing.gate)
@@ -213,30 +226,44 @@ REFUSAL_CODES = (
 UNKNOWN_CODES = ("store_unknown",)
 
 
-def encode_publish(request: int, drafts: Sequence[Draft]) -> bytes:
-    return encode_frame(FrameType.PUBLISH, _pack([request, drafts]))
+def encode_publish(request: int, drafts: Sequence[Draft], floor: int = 0) -> bytes:
+    """A numbered list of drafts. `floor` (a causal session's token, 0 for none): the site
+    gives these drafts versions above it."""
+    body: list[object] = [request, drafts, floor] if floor else [request, drafts]
+    return encode_frame(FrameType.PUBLISH, _pack(body))
 
 
-def decode_publish(frame: Frame) -> tuple[int, list[Any]]:
-    body = _unpack(frame)
-    if not (isinstance(body, list) and len(body) == 2 and isinstance(body[0], int)) or (
-        not isinstance(body[1], list)
-    ):
-        raise ProtocolError("PUBLISH body must be [request number, [drafts]]")
-    return body[0], body[1]
-
-
-def encode_published(request: int, results: Sequence[Sequence[object]]) -> bytes:
-    return encode_frame(FrameType.PUBLISHED, _pack([request, results]))
-
-
-def decode_published(frame: Frame) -> tuple[int, list[Any]]:
+def decode_publish(frame: Frame) -> tuple[int, list[Any], int]:
+    """(request number, drafts, version floor)."""
     body = _unpack(frame)
     if not (
         isinstance(body, list)
-        and len(body) == 2
+        and len(body) in (2, 3)
         and isinstance(body[0], int)
         and isinstance(body[1], list)
     ):
-        raise ProtocolError("PUBLISHED body must be [request number, [results]]")
-    return body[0], body[1]
+        raise ProtocolError("PUBLISH body must be [request number, [drafts], floor?]")
+    floor = body[2] if len(body) == 3 else 0
+    if not isinstance(floor, int) or floor < 0:
+        raise ProtocolError(f"PUBLISH floor must be a version (int >= 0), got {floor!r}")
+    return body[0], body[1], floor
+
+
+def encode_published(request: int, results: Sequence[Sequence[object]], clock: int = 0) -> bytes:
+    """One result per draft; `clock`: the site's version clock when it answered (at least
+    every version in the results), which a causal session keeps as its token."""
+    return encode_frame(FrameType.PUBLISHED, _pack([request, results, clock]))
+
+
+def decode_published(frame: Frame) -> tuple[int, list[Any], int]:
+    """(request number, results, the site's clock)."""
+    body = _unpack(frame)
+    if not (
+        isinstance(body, list)
+        and len(body) in (2, 3)
+        and isinstance(body[0], int)
+        and isinstance(body[1], list)
+    ):
+        raise ProtocolError("PUBLISHED body must be [request number, [results], clock?]")
+    clock = body[2] if len(body) == 3 and isinstance(body[2], int) else 0
+    return body[0], body[1], clock

@@ -241,19 +241,25 @@ REFUSALS = [
     pytest.param(
         ["x", "kv.set", "k" * 1025, {}, b""],
         "bad_key",
-        "key must be a string of at most 1024 bytes",
+        "key must be a non-empty string of at most 1024 bytes",
         id="key-long",
     ),
     pytest.param(
         ["x", "kv.set", "é" * 513, {}, b""],
         "bad_key",
-        "key must be a string of at most 1024 bytes",
+        "key must be a non-empty string of at most 1024 bytes",
         id="key-long-in-bytes",
+    ),
+    pytest.param(
+        ["x", "kv.set", "", {}, b""],
+        "bad_key",
+        "key must be a non-empty string of at most 1024 bytes",
+        id="key-empty",
     ),
     pytest.param(
         ["x", "kv.set", None, {}, b""],
         "bad_key",
-        "key must be a string of at most 1024 bytes",
+        "key must be a non-empty string of at most 1024 bytes",
         id="key-none",
     ),
     pytest.param(
@@ -364,6 +370,39 @@ def test_versions_increase_past_the_clock_and_created_time_is_set() -> None:
         assert all(v < w for v, w in itertools.pairwise(versions))
         assert clock.last >= versions[-1]
         assert all(before_ms <= m.created_ms <= after_ms for m in messages.values())
+
+    run(main())
+
+
+def test_a_causal_floor_puts_versions_above_it() -> None:
+    """A draft submitted with a session's token (floor) gets a version above the token, even
+    when the token is ahead of this site's clock."""
+
+    async def main() -> None:
+        journal = await opened()
+        ingress = new_ingress(journal)
+        floor = ((wall_ms() + 50) << LOGICAL_BITS) + 7  # another site's clock, 50 ms ahead
+        async with flushing(ingress):
+            (results,) = [await ingress.submit([draft("c1")], floor=floor)]
+        assert results[0][0] == 0
+        assert results[0][4] > floor
+
+    run(main())
+
+
+def test_a_floor_far_ahead_of_the_clock_is_refused() -> None:
+    """A token minutes ahead of the wall clock is refused (bad_floor) and moves no clock."""
+
+    async def main() -> None:
+        journal = await opened()
+        clock = HybridClock()
+        ingress = new_ingress(journal, clock=clock)
+        floor = (wall_ms() + 3_600_000) << LOGICAL_BITS
+        async with flushing(ingress):
+            (result,) = await ingress.submit([draft("c2")], floor=floor)
+        assert result[:2] == [1, "bad_floor"]
+        assert "ahead" in result[2]
+        assert clock.last < floor
 
     run(main())
 

@@ -205,3 +205,17 @@ def test_frames_before_a_bad_one_are_returned_then_the_error() -> None:
         decoder.feed(b"")
     with pytest.raises(ProtocolError, match="checksum mismatch"):
         decoder.filled(0)
+
+
+def test_an_http_answer_says_this_is_an_admin_port() -> None:
+    """Bytes of an HTTP response where a frame should be: the admin port was dialed."""
+    decoder = FrameDecoder(1 << 20)
+    with pytest.raises(ProtocolError, match="this is an admin port"):
+        decoder.feed(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_an_http_request_says_the_admin_api_is_elsewhere() -> None:
+    """A browser pointed at a site's listen port is told where the admin API is."""
+    decoder = FrameDecoder(1 << 20)
+    with pytest.raises(ProtocolError, match="admin API and the dashboard are on the site's"):
+        decoder.feed(b"GET /dashboard HTTP/1.1\r\nHost: x\r\n\r\n")

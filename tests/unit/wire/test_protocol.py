@@ -58,7 +58,8 @@ def good_hello(**changes: Any) -> dict[str, Any]:
 
 def test_hello_round_trips() -> None:
     """A HELLO with heads comes back equal, partition numbers still ints."""
-    hello = Hello("gz", "pull", "weibo", origin="bj", heads={0: 5, 7: 0, 3: 12})
+    hello = Hello("gz", "pull", "weibo", origin="bj", heads={0: 5, 7: 0, 3: 12},
+                  partitions=8, sites=("bj", "gz"))  # fmt: skip
     frame = one_frame(encode_hello(hello))
     assert frame.type == FrameType.HELLO
     assert decode_hello(frame) == hello
@@ -83,6 +84,8 @@ def test_hello_round_trips_every_role(role: Any) -> None:
         (good_hello(heads={"0": 1}), "HELLO heads must map partition numbers"),
         (good_hello(site=5), "HELLO site, cluster, origin and token must be strings"),
         ({k: v for k, v in good_hello().items() if k != "cluster"}, "must be strings"),
+        (good_hello(partitions="8"), "HELLO partitions must be an int and sites a list"),
+        (good_hello(sites=["a", 1]), "HELLO partitions must be an int and sites a list"),
     ],
 )
 def test_hello_refuses_malformed_bodies(body: Any, reason: str) -> None:
@@ -159,31 +162,43 @@ def test_publish_round_trips() -> None:
     ]
     frame = one_frame(encode_publish(42, drafts))
     assert frame.type == FrameType.PUBLISH
-    request, decoded = decode_publish(frame)
-    assert request == 42
+    request, decoded, floor = decode_publish(frame)
+    assert (request, floor) == (42, 0)
     assert [tuple(d) for d in decoded] == drafts
 
 
-@pytest.mark.parametrize("body", [{"r": 1}, [1], [1, [], 3], ["1", []], [1, "drafts"]])
+def test_publish_carries_a_causal_floor() -> None:
+    """A causal session's token travels as the PUBLISH floor."""
+    assert decode_publish(one_frame(encode_publish(1, [], 12345)))[2] == 12345
+
+
+@pytest.mark.parametrize("body", [{"r": 1}, [1], [1, [], 3, 4], ["1", []], [1, "drafts"]])
 def test_publish_refuses_malformed_bodies(body: Any) -> None:
-    """A PUBLISH that is not [request number, [drafts]] raises ProtocolError."""
-    with pytest.raises(ProtocolError, match=r"PUBLISH body must be \[request number, \[drafts\]\]"):
+    """A PUBLISH that is not [request number, [drafts], floor?] raises ProtocolError."""
+    with pytest.raises(ProtocolError, match=r"PUBLISH body must be \[request number, \[drafts\]"):
         decode_publish(raw_frame(FrameType.PUBLISH, body))
+
+
+@pytest.mark.parametrize("floor", [-1, "9", 1.5])
+def test_publish_refuses_a_floor_that_is_no_version(floor: Any) -> None:
+    """A floor must be an int >= 0."""
+    with pytest.raises(ProtocolError, match="PUBLISH floor must be a version"):
+        decode_publish(raw_frame(FrameType.PUBLISH, [1, [], floor]))
 
 
 def test_published_round_trips() -> None:
     """A PUBLISHED frame carries the request number and one result per draft, in order."""
     results = [[RESULT_OK, 3, 17, False], [RESULT_OK, 3, 9, True], [RESULT_REFUSED, "big", "x"]]
-    frame = one_frame(encode_published(7, results))
+    frame = one_frame(encode_published(7, results, 99))
     assert frame.type == FrameType.PUBLISHED
-    assert decode_published(frame) == (7, results)
+    assert decode_published(frame) == (7, results, 99)
 
 
-@pytest.mark.parametrize("body", [{"r": 1}, [1], [1, [], 3], ["1", []], [1, "results"]])
+@pytest.mark.parametrize("body", [{"r": 1}, [1], [1, [], 3, 4], ["1", []], [1, "results"]])
 def test_published_refuses_malformed_bodies(body: Any) -> None:
-    """A PUBLISHED that is not [request number, [results]] raises ProtocolError."""
+    """A PUBLISHED that is not [request number, [results], clock?] raises ProtocolError."""
     with pytest.raises(
-        ProtocolError, match=r"PUBLISHED body must be \[request number, \[results\]\]"
+        ProtocolError, match=r"PUBLISHED body must be \[request number, \[results\]"
     ):
         decode_published(raw_frame(FrameType.PUBLISHED, body))
 
