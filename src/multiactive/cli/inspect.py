@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,6 +25,7 @@ from multiactive.records import (
     SiteStatus,
     TraceAnswer,
 )
+from multiactive.security.tokens import admin_headers
 
 topology_option = click.option(
     "--topology", "topology_path", required=True, type=click.Path(path_type=Path),
@@ -197,10 +197,8 @@ def _get_json(site: SiteConfig, path: str, timeout_s: float = 5.0) -> Any:
     if site.admin is None:
         return None
     try:
-        request = urllib.request.Request(f"http://{site.admin}{path}")
-        token = os.environ.get("MULTIACTIVE_ADMIN_TOKEN")
-        if token:  # [tls] admin_read = "token"
-            request.add_header("Authorization", f"Bearer {token}")
+        # [tls] admin_read = "token": read-only endpoints need the admin token too
+        request = urllib.request.Request(f"http://{site.admin}{path}", headers=admin_headers())
         with urllib.request.urlopen(request, timeout=timeout_s) as resp:
             return json.load(resp)
     except (OSError, urllib.error.URLError, ValueError):
