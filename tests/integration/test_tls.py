@@ -79,6 +79,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         made.make(site)
         made.make(site, f"rot-{site}")
     made.make("evil")  # the cluster's own CA, a name that is no site
+    made.make("billing")  # a publisher's client certificate (certs issue --client)
     made.make("b", "b-wrong-ca", made.other_ca)
     made.make("b", "b-expired", not_before=now - dt.timedelta(days=30),
               not_after=now - dt.timedelta(days=1))  # fmt: skip
@@ -94,7 +95,7 @@ def tls_cluster(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     root = tmp_path_factory.mktemp("tls-cluster")
     with LocalCluster(
         root, ("a", "b"), partitions=2, modes={("b", "a"): "pull"},
-        settings={"tls": pki.settings("rot-")},
+        settings={"tls": pki.settings("rot-", clients="cert")},
     ) as cluster:  # fmt: skip
         cluster.start()
         yield cluster
@@ -117,9 +118,11 @@ def refusals(cluster: LocalCluster, site: str) -> dict[tuple[str, str], float]:
 
 
 async def publish_tls(
-    cluster: LocalCluster, pki: Pki, site: str, count: int, token: str = ""
+    cluster: LocalCluster, pki: Pki, site: str, count: int, token: str = "", cert: bool = True
 ) -> None:
-    context = client_context([pki.ca_file, pki.root / "ca-next.crt"])
+    """Publish over TLS, with the publisher's client certificate unless `cert` is False."""
+    mine = (pki.root / "billing.crt", pki.root / "billing.key") if cert else (None, None)
+    context = client_context([pki.ca_file, pki.root / "ca-next.crt"], *mine)
     address = cluster.client_address(site)
     async with Client(address, tls=context, server_name=site, token=token) as client:
         await asyncio.gather(*(client.publish("kv.set", f"{site}{i}", b"v") for i in range(count)))
@@ -144,12 +147,14 @@ def total_heads(cluster: LocalCluster, site: str) -> int:
 def test_known_sites_replicate_over_mutual_tls_in_both_modes(
     tls_cluster: LocalCluster, pki: Pki
 ) -> None:
-    """a->b (push) and b->a (pull) carry writes between the two known sites, and publishers
-    connect over TLS (server-authenticated) to either."""
+    """a->b (push) and b->a (pull) carry writes between the two known sites; publishers
+    connect over TLS to either, and need a client certificate (clients = "cert")."""
     cluster = tls_cluster
     assert {link.mode for link in cluster.status("a").links} == {"push", "pull"}
     for site in ("a", "b"):
         asyncio.run(publish_tls(cluster, pki, site, 50))
+    with pytest.raises(ConnectionLost, match="client certificate"):
+        asyncio.run(publish_tls(cluster, pki, "a", 1, cert=False))
     cluster.wait_converged(30)
     assert total_heads(cluster, "a") == total_heads(cluster, "b") == 100
 

@@ -29,6 +29,7 @@ from multiactive.db.failover import switchover as run_switchover
 from multiactive.db.replication import DbStatus, db_status
 from multiactive.errors import ClusterError, ConfigError
 from multiactive.model.topology import Topology, load_topology
+from multiactive.security.tokens import admin_headers
 
 to_option = click.option("--to", "target", required=True, help="The site that becomes the writer.")
 dry_run_option = click.option("--dry-run", is_flag=True, help="Check and print the steps only.")
@@ -133,8 +134,9 @@ def post_writer(topology: Topology, role: WriterRole) -> None:
     if site.admin is None:
         raise ConfigError(f"site {site.name} has no admin address (sites[].admin)")
     request = urllib.request.Request(
-        f"http://{site.admin}/db/writer", data=role.encode(), method="POST"
-    )
+        f"http://{site.admin}/db/writer", data=role.encode(), method="POST",
+        headers=admin_headers(),  # [tls]: a failover change needs the admin token
+    )  # fmt: skip
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             response.read()

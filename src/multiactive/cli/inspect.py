@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,6 +27,7 @@ from multiactive.records import (
     TraceAnswer,
     link_views,
 )
+from multiactive.security.tokens import admin_headers
 
 TOPOLOGY_ENV = "MULTIACTIVE_TOPOLOGY"
 topology_option = click.option(
@@ -230,10 +230,8 @@ def _get_json(site: SiteConfig, path: str, timeout_s: float = 5.0) -> Any:
     if site.admin is None:
         return None
     try:
-        request = urllib.request.Request(f"http://{site.admin}{path}")
-        token = os.environ.get("MULTIACTIVE_ADMIN_TOKEN")
-        if token:  # [tls] admin_read = "token"
-            request.add_header("Authorization", f"Bearer {token}")
+        # [tls] admin_read = "token": read-only endpoints need the admin token too
+        request = urllib.request.Request(f"http://{site.admin}{path}", headers=admin_headers())
         with urllib.request.urlopen(request, timeout=timeout_s) as resp:
             return json.load(resp)
     except (OSError, urllib.error.URLError, ValueError):

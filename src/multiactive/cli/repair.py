@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.request
 from datetime import datetime
@@ -20,9 +19,9 @@ from multiactive.errors import ConfigError
 from multiactive.model.record import decode, encode
 from multiactive.model.topology import SiteConfig, Topology, load_topology
 from multiactive.records import DeadLetter, ReconcileReport, ReplayResult
+from multiactive.security.tokens import admin_headers
 
 T = TypeVar("T")
-ADMIN_TOKEN_ENV = "MULTIACTIVE_ADMIN_TOKEN"
 
 site_option = click.option("--site", "site_names", multiple=True,
                            help="Only this site (repeatable); default: every site.")  # fmt: skip
@@ -34,9 +33,8 @@ def _call(site: SiteConfig, method: str, path: str, body: Any = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(f"http://{site.admin}{path}", data=data, method=method)
     request.add_header("Content-Type", "application/json")
-    token = os.environ.get(ADMIN_TOKEN_ENV)
-    if token:  # [tls]: mutating endpoints need an admin token
-        request.add_header("Authorization", f"Bearer {token}")
+    for name, value in admin_headers().items():  # [tls]: mutating endpoints need a token
+        request.add_header(name, value)
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             answer = json.load(response)

@@ -155,9 +155,15 @@ class TlsMaterial:
         key_pem = read_file(key_path, self._where("key"))
         cert = self._check_cert(cert_pem, cert_path)
         self._check_key(key_pem, key_path, cert)
-        server = _context(ssl.PROTOCOL_TLS_SERVER, ca_pem, cert_path, key_path)
-        server.verify_mode = ssl.CERT_OPTIONAL  # links demand one after the handshake
-        client = _context(ssl.PROTOCOL_TLS_CLIENT, ca_pem, cert_path, key_path)
+        try:
+            server = _context(ssl.PROTOCOL_TLS_SERVER, ca_pem, cert_path, key_path)
+            server.verify_mode = ssl.CERT_OPTIONAL  # links demand one after the handshake
+            client = _context(ssl.PROTOCOL_TLS_CLIENT, ca_pem, cert_path, key_path)
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f"{self._where('cert')} and tls.key: OpenSSL refuses {cert_path} with "
+                f"{key_path}: {exc}"
+            ) from exc
         tokens = self._load_tokens()
         self._server, self._client, self._stamp, self.tokens = server, client, stamp, tokens
         self.certificates = {"site": info(cert), **{f"ca{i}": info(c) for i, c in enumerate(cas)}}

@@ -12,6 +12,7 @@ Tokens are compared in constant time and never logged; an application is logged 
 from __future__ import annotations
 
 import hmac
+import os
 import secrets
 import tomllib
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from multiactive.errors import ConfigError
 from multiactive.security.certs import read_file
 
 MIN_TOKEN_CHARS = 16
+ADMIN_TOKEN_ENV = "MULTIACTIVE_ADMIN_TOKEN"  # what the CLI sends as the admin token
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,12 @@ class Tokens:
 
 def _same(presented: str, token: str) -> bool:
     return hmac.compare_digest(presented.encode(), token.encode())
+
+
+def admin_headers() -> dict[str, str]:
+    """The admin token from the environment (`MULTIACTIVE_ADMIN_TOKEN`) as a request header."""
+    token = os.environ.get(ADMIN_TOKEN_ENV, "")
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def new_token() -> str:

@@ -184,6 +184,9 @@ class SiteNode:
         await self.connections.listen()
         for warning in [] if self.tls is None else self.tls.warnings():
             log.warning("tls_certificate_expiring", site=self.name, detail=warning)
+        if self.tls is not None and not self.tls.tokens.admin:
+            detail = "no admin token in [tls] tokens: every mutating admin call is refused"
+            log.warning("admin_locked", site=self.name, detail=detail)
         self.inspector.started()
         log.info(
             "site_started",

@@ -188,3 +188,30 @@ def test_a_changed_certificate_file_is_reloaded_by_the_watcher(
         task.cancel()
 
     asyncio.run(scenario())
+
+
+def test_the_cli_sends_the_admin_token_from_its_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from multiactive.security.tokens import ADMIN_TOKEN_ENV, admin_headers
+
+    monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
+    assert admin_headers() == {}
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, "t" * 20)
+    assert admin_headers() == {"Authorization": "Bearer " + "t" * 20}
+
+
+def test_a_tokens_file_is_checked_and_never_shown(tmp_path: Path) -> None:
+    from multiactive.security.tokens import load_tokens
+
+    path = tmp_path / "tokens.toml"
+    admin, app = "a" * 20, "b" * 20
+    path.write_text(f'admin = ["{admin}"]\n[clients]\nbilling = "{app}"\n')
+    tokens = load_tokens(path, "tls.tokens")
+    assert tokens.admin_ok("a" * 20)
+    assert not tokens.admin_ok("b" * 20)
+    assert tokens.application("b" * 20) == "billing"
+    assert "a" * 20 not in repr(tokens)
+    path.write_text('admin = ["short"]\n')
+    with pytest.raises(ConfigError, match=r"tls.tokens: .*16\+ characters"):
+        load_tokens(path, "tls.tokens")
