@@ -88,6 +88,15 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return made
 
 
+TLS_ROUTING = """
+[routing]
+[[routing.regions]]
+name = "all"
+cidrs = ["127.0.0.0/8"]
+weights = { a = 50, b = 50 }
+"""
+
+
 @pytest.fixture(scope="module")
 def tls_cluster(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """Two sites on mutual TLS, a->b in push mode and b->a in pull mode: shared by the tests
@@ -95,7 +104,7 @@ def tls_cluster(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     root = tmp_path_factory.mktemp("tls-cluster")
     with LocalCluster(
         root, ("a", "b"), partitions=2, modes={("b", "a"): "pull"},
-        settings={"tls": pki.settings("rot-", clients="cert")},
+        settings={"tls": pki.settings("rot-", clients="cert")}, routing=TLS_ROUTING,
     ) as cluster:  # fmt: skip
         cluster.start()
         yield cluster
@@ -307,3 +316,23 @@ def test_mutating_admin_calls_need_the_admin_token(tls_cluster: LocalCluster) ->
     assert "admin_refused site=a method=POST path=/reconcile" in log
     assert ADMIN_TOKEN not in log
     assert "wrong-token" not in log
+
+
+def test_route_changes_need_the_admin_token(
+    tls_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With [tls], `multiactive route` changes are refused without the admin token (401) and
+    go through with MULTIACTIVE_ADMIN_TOKEN; the policy stays readable without one."""
+    from click.testing import CliRunner
+
+    from multiactive.cli.main import cli
+
+    args = ["route", "drain", "b", "--topology", str(tls_cluster.topology_path), "--site", "a"]
+    monkeypatch.delenv("MULTIACTIVE_ADMIN_TOKEN", raising=False)
+    refused = CliRunner().invoke(cli, args)
+    assert refused.exit_code != 0
+    assert "HTTP 401" in refused.output
+    monkeypatch.setenv("MULTIACTIVE_ADMIN_TOKEN", ADMIN_TOKEN)
+    done = CliRunner().invoke(cli, args)
+    assert done.exit_code == 0, done.output
+    assert tls_cluster.get("a", "/routing")["policy"]["site_states"]["b"] == "draining"

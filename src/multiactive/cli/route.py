@@ -1,5 +1,7 @@
 """`multiactive route`: show and change the routing policy, and export it for the real edge.
 
+With `[tls]`, set MULTIACTIVE_ADMIN_TOKEN to an admin token: changes need one.
+
 Every change is computed here from the policy a site holds (pure, `routing.changes`), shown
 with its impact, and, without `--dry-run`, published through that site as an
 `ma.route.policy` message that every other site applies within a round trip.
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import shlex
 import socket
 import subprocess
@@ -24,6 +27,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from multiactive.cli.repair import ADMIN_TOKEN_ENV
 from multiactive.errors import ConfigError
 from multiactive.model.topology import SiteConfig, Topology, load_topology, parse_address
 from multiactive.routing.changes import make_change
@@ -78,9 +82,11 @@ def _request(site: SiteConfig, path: str, body: Any = None) -> Any:
     if site.admin is None:
         raise click.ClickException(f"site {site.name} has no admin address (sites[].admin)")
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        f"http://{site.admin}{path}", data=data, headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json"}
+    token = os.environ.get(ADMIN_TOKEN_ENV)
+    if token:  # [tls]: changes (and, with admin_read = "token", reads) need an admin token
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(f"http://{site.admin}{path}", data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
             return json.load(response)

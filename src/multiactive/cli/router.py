@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from pathlib import Path
 
 import click
 
 from multiactive import aio, logs
+from multiactive.cli.repair import ADMIN_TOKEN_ENV
 from multiactive.model.topology import Address, load_topology, parse_address
 from multiactive.routing.config import routing_config
 from multiactive.routing.router import DEFAULT_POLICY_POLL_S, Router
@@ -41,7 +43,9 @@ def run_router(
     config = routing_config(topology)
     site = topology.site(site_name)
     address = parse_address(listen, "--listen") if listen else config.router_address(site_name)
-    aio.run(_serve(Router(site_name, config, site.admin, policy_poll_s=policy_poll), address))
+    token = os.environ.get(ADMIN_TOKEN_ENV)  # for a site with [tls] admin_read = "token"
+    router = Router(site_name, config, site.admin, policy_poll_s=policy_poll, admin_token=token)
+    aio.run(_serve(router, address))
 
 
 async def _serve(router: Router, listen: Address) -> None:

@@ -137,13 +137,15 @@ class PolicyFeed:
 
     def __init__(
         self, config: RoutingConfig, admin: Address | None, clock: Clock,
-        interval_s: float = DEFAULT_POLICY_POLL_S,
+        interval_s: float = DEFAULT_POLICY_POLL_S, token: str | None = None,
     ) -> None:  # fmt: skip
         self.policy = Policy(config)
         self.config = config
         self._admin = admin
         self._clock = clock
         self._interval_s = interval_s
+        # an admin token, for a site whose [tls] has admin_read = "token"
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.fetches = 0
         self.failures = 0
 
@@ -151,7 +153,8 @@ class PolicyFeed:
         if self._admin is None:
             return
         try:
-            async with session.get(f"http://{self._admin}/routing") as response:
+            url = f"http://{self._admin}/routing"
+            async with session.get(url, headers=self._headers) as response:
                 if response.status != 200:
                     raise ValueError(f"HTTP {response.status}")
                 body = await response.json()
@@ -204,10 +207,11 @@ class Router:
         admin: Address | None,
         clock: Clock = SYSTEM_CLOCK,
         policy_poll_s: float = DEFAULT_POLICY_POLL_S,
+        admin_token: str | None = None,
     ) -> None:
         self.site = site
         self.config = config
-        self.feed = PolicyFeed(config, admin, clock, policy_poll_s)
+        self.feed = PolicyFeed(config, admin, clock, policy_poll_s, admin_token)
         self.health = HealthChecker(config.upstreams, config.health, self._probe, clock)
         self.counters = RouterCounters()
         self._clock = clock
