@@ -300,19 +300,27 @@ class DbApply:
         batched: bool,
     ) -> None:
         done = outcome.marks.get(stream, 0)
+        origin, partition = stream
+        failures = self._failing
+        handlers: dict[str, DbHandler | None] = {}  # per type, looked up once a round
         for seq, row in items:
             if seq <= done:
                 continue  # already in the DB watermark: applied by an earlier commit
             if seq != done + 1:
                 self._reload = True  # the watermark is not where we read from: re-read it
                 break
-            failing = self._failing.get((stream, seq))
-            handler = self._handlers(row[1])
+            kind = row[1]
+            handler = (
+                handlers[kind]
+                if kind in handlers
+                else handlers.setdefault(kind, self._handlers(kind))
+            )
+            failing = failures.get((stream, seq)) if failures else None
             if failing is not None and failing.attempts >= self._settings.apply_max_attempts:
-                await self._park(tx, message_from_row(row, *stream, seq), failing)
+                await self._park(tx, message_from_row(row, origin, partition, seq), failing)
                 outcome.parked += 1
             elif handler is not None:
-                message = message_from_row(row, *stream, seq)
+                message = message_from_row(row, origin, partition, seq)
                 attempt = failing.attempts + 1 if failing else 1
                 await self._run_handler(handler, message, attempt, tx, batched)
                 outcome.applied += 1
