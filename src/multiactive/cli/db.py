@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from multiactive.cli.inspect import json_option, topology_option
+from multiactive.cli.repair import ADMIN_TOKEN_ENV
 from multiactive.db.config import database_settings
 from multiactive.db.control import WriterRole
 from multiactive.db.failover import (
@@ -135,6 +137,9 @@ def post_writer(topology: Topology, role: WriterRole) -> None:
     request = urllib.request.Request(
         f"http://{site.admin}/db/writer", data=role.encode(), method="POST"
     )
+    token = os.environ.get(ADMIN_TOKEN_ENV)
+    if token:  # [tls]: mutating endpoints need an admin token
+        request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             response.read()
