@@ -158,8 +158,19 @@ class DbApply:
 
     async def load(self) -> None:
         """Open the database and read the fence: the role it records wins over the topology's
-        initial writer (a failover happened before this start)."""
-        await self.database.open()
+        initial writer (a failover happened before this start).
+
+        In writer mode a database that does not answer (a dead old primary) does not stop the
+        site: its caches go on, the DB apply retries, and the role comes with the control
+        message. A bad account, or any failure in independent mode, is raised."""
+        try:
+            await self.database.open()
+        except DatabaseError as exc:
+            if self.mode != "writer" or not exc.transient:
+                raise
+            log.warning("db_unavailable_at_start", site=self.site, error=str(exc))
+            self.last_error = str(exc)
+            return
         if self.mode == "writer":
             fence = await self._read_fence()
             if fence is not None:
