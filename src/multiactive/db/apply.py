@@ -130,6 +130,7 @@ class DbApply:
         self._totals = {"applied": 0, "parked": 0, "failures": 0, "transactions": 0}
         self.last_error: str | None = None
         self.first_write_ms: int | None = None  # wall ms of the first commit under this role
+        self._role_at_ms = 0
 
     # -- the role ---------------------------------------------------------------------------
 
@@ -146,6 +147,7 @@ class DbApply:
         if self.active and not was:
             self._reload = True  # the watermark that replicated with the binlog
             self.first_write_ms = None
+            self._role_at_ms = self._clock.wall_ms()
         log.info("db_role", site=self.site, writer=role.writer, epoch=role.epoch)
         self.progress.fire()
         self._journal.appended.fire()  # wake the run loop
@@ -386,6 +388,10 @@ class DbApply:
         self._unavailable_s = 0.0
         if self.first_write_ms is None:
             self.first_write_ms = self._clock.wall_ms()
+            log.info(
+                "db_writing", site=self.site, epoch=self.role.epoch, messages=outcome.applied,
+                after_role_ms=self.first_write_ms - self._role_at_ms if self._role_at_ms else None,
+            )  # fmt: skip
         self.progress.fire()
 
     def _unavailable(self, exc: DatabaseError) -> None:
