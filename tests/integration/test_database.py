@@ -103,9 +103,14 @@ def test_bad_input_on_real_mariadb_is_refused_and_changes_nothing(mariadb: Any) 
         asyncio.run(switchover(settings, "gz", announce, max_lag=1))
     with pytest.raises(DatabaseError, match=r"--to bj-unicom: it is already the primary"):
         asyncio.run(switchover(settings, WRITER, announce))
+    gz.sql("START SLAVE SQL_THREAD")
+    mariadb.wait_replicated()
+    dry = asyncio.run(switchover(settings, "gz", announce, dry_run=True))
+    assert dry.steps
+    assert all(step.startswith("would: ") for _, step in dry.steps)
+    assert gz.sql("SHOW SLAVE STATUS")  # a dry run changes nothing: still a replica
     assert primary.value("@@read_only") == "0"  # nothing changed
     assert gz.value("@@read_only") == "1"
-    gz.sql("START SLAVE SQL_THREAD")
 
 
 def writes_at_three_sites_end_in_the_writers_database_exactly_once(
