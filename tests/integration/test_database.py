@@ -294,6 +294,14 @@ def test_an_unplanned_failover_applies_what_the_dead_primary_never_shipped_exact
     # The old writer cannot write: its transactions are refused by epoch at the new primary,
     # and by read_only at its old primary.
     assert_old_writer_refused(cluster, mariadb)
+    # `rejoin --rebuild`: the old primary drops what it never shipped, takes a dump of gz and
+    # replicates from it; every table then matches at the three servers.
+    rebuilt = asyncio.run(rejoin(settings_of(cluster), WRITER, rebuild=True))
+    assert any("replicates from gz" in step for _, step in rebuilt.steps), rebuilt.steps
+    mariadb.wait_replicated()
+    sums = mariadb.checksums(TABLES)
+    assert len(sums) == 3
+    assert all(s == sums["gz"] for s in sums.values()), sums
 
 
 def assert_old_writer_refused(cluster: LocalCluster, mariadb: Any) -> None:

@@ -115,11 +115,14 @@ def failover(
 @db.command()
 @topology_option
 @click.argument("site")
+@click.option("--rebuild", is_flag=True, help="With errant GTIDs: replace its database by a "
+              "dump of the primary's (needs mariadb-client).")  # fmt: skip
 @json_option
-def rejoin(topology_path: Path, site: str, as_json: bool) -> None:
-    """Bring an old primary back: read_only, then a replica of the primary (if not errant)."""
+def rejoin(topology_path: Path, site: str, rebuild: bool, as_json: bool) -> None:
+    """Bring an old primary back: read_only, then a replica of the primary."""
     settings = database_settings(load_topology(topology_path))
-    _finish(asyncio.run(run_rejoin(settings, site, report=_reporter(as_json))), as_json)
+    answer = run_rejoin(settings, site, rebuild=rebuild, report=_reporter(as_json))
+    _finish(asyncio.run(answer), as_json)
 
 
 def _announcer(topology: Topology) -> Announce:
