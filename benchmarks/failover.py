@@ -29,6 +29,8 @@ from typing import Any
 
 from multiactive.cli.db import post_writer
 from multiactive.client import Client
+from multiactive.clock import SYSTEM_CLOCK
+from multiactive.db.auto import Detector, watch
 from multiactive.db.config import database_settings
 from multiactive.db.control import WriterRole
 from multiactive.db.failover import failover, rejoin, switchover
@@ -98,14 +100,37 @@ def first_write(server: MariaServer, writer: str, timeout_s: float = 60) -> floa
     raise ClusterError(f"no DB write by {writer} within {timeout_s} s")
 
 
-def watch(server: MariaServer, writer: str) -> tuple[threading.Thread, list[float]]:
+def watch_first(server: MariaServer, writer: str) -> tuple[threading.Thread, list[float]]:
     found: list[float] = []
     thread = threading.Thread(target=lambda: found.append(first_write(server, writer)))
     thread.start()
     return thread, found
 
 
-def run(root: Path, rate: int) -> dict[str, Any]:
+def first_write_thread(*servers: MariaServer) -> tuple[threading.Thread, list[float]]:
+    """The first write by any of `servers`' own site (whichever becomes the writer)."""
+    found: list[float] = []
+
+    def poll() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not found:
+            for server in servers:
+                site = server.root.name
+                query = f"SELECT COUNT(*) FROM app.writes WHERE writer = '{site}'"
+                try:
+                    if int(server.sql(query)[0][0]) > 0:
+                        found.append(time.monotonic())
+                        return
+                except ClusterError:
+                    pass
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    return thread, found
+
+
+def run(root: Path, rate: int, auto_detect_s: float | None) -> dict[str, Any]:
     with MariaSet(root / "mariadb", SITES) as dbs:
         dbs.servers["bj-unicom"].sql(WRITES_TABLE)
         database = {
@@ -133,15 +158,28 @@ def run(root: Path, rate: int) -> dict[str, Any]:
                 dbs.servers[name].sql("STOP SLAVE IO_THREAD")
             shipped = rows(gz)[0]
             wait_for(lambda: rows(old)[0] > shipped + rate // 5, 30, "unshipped commits")
-            thread, seen = watch(gz, "gz")
+            thread, seen = first_write_thread(gz, tel)
             killed = time.monotonic()
             old.kill()
-            unplanned = asyncio.run(failover(settings, "gz", announce))
+            if auto_detect_s is None:
+                unplanned = asyncio.run(failover(settings, "gz", announce))
+            else:  # `db watch --auto`: holistic detection, then the most advanced replica
+                detector = Detector(detect_s=auto_detect_s)
+                found = asyncio.run(
+                    watch(settings, announce, detector, SYSTEM_CLOCK, period_s=0.2, act=True,
+                          stop_after_failover=True)
+                )  # fmt: skip
+                assert found is not None
+                unplanned = found
+                # The most advanced replica may be bj-telecom: the switchover then goes to gz.
+            new_writer = unplanned.target
             thread.join()
             failover_s = seen[0] - killed
             time.sleep(1.0)  # load goes on at the new writer
-            thread, seen = watch(tel, "bj-telecom")
-            planned = asyncio.run(switchover(settings, "bj-telecom", announce))
+            other = "bj-telecom" if new_writer == "gz" else "gz"
+            final = dbs.servers[other]
+            thread, seen = watch_first(final, other)
+            planned = asyncio.run(switchover(settings, other, announce))
             thread.join()
             assert planned.read_only_at_s is not None
             pause_ms = (seen[0] - planned.read_only_at_s) * 1000
@@ -149,9 +187,9 @@ def run(root: Path, rate: int) -> dict[str, Any]:
             load.stop.set()
             load.thread.join(30)
             acked = set(load.acked)
-            wait_for(lambda: rows(tel)[0] >= len(acked), 60, "every acknowledged write")
-            total, distinct = rows(tel)
-            stored = {r[0] for r in tel.sql("SELECT request_id FROM app.writes")}
+            wait_for(lambda: rows(final)[0] >= len(acked), 60, "every acknowledged write")
+            total, distinct = rows(final)
+            stored = {r[0] for r in final.sql("SELECT request_id FROM app.writes")}
             old.start()
             back = asyncio.run(rejoin(settings, "bj-unicom"))
     return {
@@ -161,6 +199,8 @@ def run(root: Path, rate: int) -> dict[str, Any]:
         "applied_twice": total - distinct,
         "unshipped_gtids_at_old_primary": back.errant_gtids,
         "failover_s": round(failover_s, 3),
+        "failover_detection": "none" if auto_detect_s is None else f"db watch, {auto_detect_s} s",
+        "failover_target": new_writer,
         "failover_steps": unplanned.to_json()["steps"],
         "switchover_pause_ms": round(pause_ms, 1),
         "switchover_steps": planned.to_json()["steps"],
@@ -171,9 +211,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rate", type=int, default=1000, help="writes/s in all, at 3 sites")
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument(
+        "--auto-detect-s", type=float, default=None,
+        help="fail over by `db watch --auto` with this detection period instead of at once",
+    )  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
-        result = run(Path(tmp), args.rate)
+        result = run(Path(tmp), args.rate, args.auto_detect_s)
     print(f"{'figure':<28} {'value':>10}  goal")
     for key, goal in (
         ("acknowledged", ""), ("lost", "0"), ("applied_twice", "0"),

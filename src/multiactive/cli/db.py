@@ -6,6 +6,7 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -14,6 +15,15 @@ from rich.console import Console
 from rich.table import Table
 
 from multiactive.cli.inspect import json_option, topology_option
+from multiactive.clock import SYSTEM_CLOCK
+from multiactive.db.auto import (
+    DEFAULT_BLOCK_S,
+    DEFAULT_DETECT_S,
+    DEFAULT_PERIOD_S,
+    Decision,
+    Detector,
+)
+from multiactive.db.auto import watch as run_watch
 from multiactive.db.config import database_settings
 from multiactive.db.control import WriterRole
 from multiactive.db.failover import (
@@ -114,11 +124,48 @@ def failover(
 @db.command()
 @topology_option
 @click.argument("site")
+@click.option("--rebuild", is_flag=True, help="With errant GTIDs: replace its database by a "
+              "dump of the primary's (needs mariadb-client).")  # fmt: skip
 @json_option
-def rejoin(topology_path: Path, site: str, as_json: bool) -> None:
-    """Bring an old primary back: read_only, then a replica of the primary (if not errant)."""
+def rejoin(topology_path: Path, site: str, rebuild: bool, as_json: bool) -> None:
+    """Bring an old primary back: read_only, then a replica of the primary."""
     settings = database_settings(load_topology(topology_path))
-    _finish(asyncio.run(run_rejoin(settings, site, report=_reporter(as_json))), as_json)
+    answer = run_rejoin(settings, site, rebuild=rebuild, report=_reporter(as_json))
+    _finish(asyncio.run(answer), as_json)
+
+
+@db.command()
+@topology_option
+@click.option("--auto", "act", is_flag=True, help="Fail over by itself (off: only report).")
+@click.option("--period-s", default=DEFAULT_PERIOD_S, help="Seconds between looks.")
+@click.option("--detect-s", default=DEFAULT_DETECT_S, help="How long the primary must be lost.")
+@click.option("--block-s", default=DEFAULT_BLOCK_S, help="Anti-flap: no second failover within.")
+@json_option
+def watch(
+    topology_path: Path, act: bool, period_s: float, detect_s: float, block_s: float,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Watch the primary: holistic detection, and with --auto an automatic failover."""
+    topology = load_topology(topology_path)
+
+    def show(decision: Decision) -> None:
+        if as_json:
+            click.echo(json.dumps(asdict(decision)))
+        else:
+            target = f" -> {decision.target}" if decision.target else ""
+            click.echo(f"{decision.action}{target}: {decision.reason}")
+
+    asyncio.run(
+        run_watch(
+            database_settings(topology),
+            _announcer(topology),
+            Detector(detect_s, block_s),
+            SYSTEM_CLOCK,
+            period_s=period_s,
+            act=act,
+            report=show,
+        )
+    )
 
 
 def _announcer(topology: Topology) -> Announce:

@@ -27,7 +27,6 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from multiactive.cli.repair import ADMIN_TOKEN_ENV
 from multiactive.errors import ConfigError
 from multiactive.model.topology import SiteConfig, Topology, load_topology, parse_address
 from multiactive.routing.changes import make_change
@@ -37,6 +36,7 @@ from multiactive.routing.hashing import UNIT_SPACE
 from multiactive.routing.messages import Change
 from multiactive.routing.policy import Impact, Policy, PolicyState
 from multiactive.routing.service import RoutingService
+from multiactive.security.tokens import ADMIN_TOKEN_ENV
 
 if TYPE_CHECKING:
     from multiactive.site.node import SiteNode

@@ -10,10 +10,10 @@ from pathlib import Path
 import click
 
 from multiactive import aio, logs
-from multiactive.cli.repair import ADMIN_TOKEN_ENV
 from multiactive.model.topology import Address, load_topology, parse_address
 from multiactive.routing.config import routing_config
 from multiactive.routing.router import DEFAULT_POLICY_POLL_S, Router
+from multiactive.security.tokens import ADMIN_TOKEN_ENV
 
 
 @click.group()

@@ -130,6 +130,7 @@ class DbApply:
         self._totals = {"applied": 0, "parked": 0, "failures": 0, "transactions": 0}
         self.last_error: str | None = None
         self.first_write_ms: int | None = None  # wall ms of the first commit under this role
+        self._role_at_ms = 0
 
     # -- the role ---------------------------------------------------------------------------
 
@@ -146,6 +147,7 @@ class DbApply:
         if self.active and not was:
             self._reload = True  # the watermark that replicated with the binlog
             self.first_write_ms = None
+            self._role_at_ms = self._clock.wall_ms()
         log.info("db_role", site=self.site, writer=role.writer, epoch=role.epoch)
         self.progress.fire()
         self._journal.appended.fire()  # wake the run loop
@@ -158,8 +160,19 @@ class DbApply:
 
     async def load(self) -> None:
         """Open the database and read the fence: the role it records wins over the topology's
-        initial writer (a failover happened before this start)."""
-        await self.database.open()
+        initial writer (a failover happened before this start).
+
+        In writer mode a database that does not answer (a dead old primary) does not stop the
+        site: its caches go on, the DB apply retries, and the role comes with the control
+        message. A bad account, or any failure in independent mode, is raised."""
+        try:
+            await self.database.open()
+        except DatabaseError as exc:
+            if self.mode != "writer" or not exc.transient:
+                raise
+            log.warning("db_unavailable_at_start", site=self.site, error=str(exc))
+            self.last_error = str(exc)
+            return
         if self.mode == "writer":
             fence = await self._read_fence()
             if fence is not None:
@@ -300,19 +313,27 @@ class DbApply:
         batched: bool,
     ) -> None:
         done = outcome.marks.get(stream, 0)
+        origin, partition = stream
+        failures = self._failing
+        handlers: dict[str, DbHandler | None] = {}  # per type, looked up once a round
         for seq, row in items:
             if seq <= done:
                 continue  # already in the DB watermark: applied by an earlier commit
             if seq != done + 1:
                 self._reload = True  # the watermark is not where we read from: re-read it
                 break
-            failing = self._failing.get((stream, seq))
-            handler = self._handlers(row[1])
+            kind = row[1]
+            handler = (
+                handlers[kind]
+                if kind in handlers
+                else handlers.setdefault(kind, self._handlers(kind))
+            )
+            failing = failures.get((stream, seq)) if failures else None
             if failing is not None and failing.attempts >= self._settings.apply_max_attempts:
-                await self._park(tx, message_from_row(row, *stream, seq), failing)
+                await self._park(tx, message_from_row(row, origin, partition, seq), failing)
                 outcome.parked += 1
             elif handler is not None:
-                message = message_from_row(row, *stream, seq)
+                message = message_from_row(row, origin, partition, seq)
                 attempt = failing.attempts + 1 if failing else 1
                 await self._run_handler(handler, message, attempt, tx, batched)
                 outcome.applied += 1
@@ -367,6 +388,10 @@ class DbApply:
         self._unavailable_s = 0.0
         if self.first_write_ms is None:
             self.first_write_ms = self._clock.wall_ms()
+            log.info(
+                "db_writing", site=self.site, epoch=self.role.epoch, messages=outcome.applied,
+                after_role_ms=self.first_write_ms - self._role_at_ms if self._role_at_ms else None,
+            )  # fmt: skip
         self.progress.fire()
 
     def _unavailable(self, exc: DatabaseError) -> None:

@@ -113,7 +113,8 @@ class BufferedWrites(ABC):
         key: Sequence[str],
         version_column: str | None = None,
     ) -> None:
-        sql = upsert_sql(self.dialect, table, tuple(row), tuple(key), version_column)
+        key = key if isinstance(key, tuple) else tuple(key)
+        sql = upsert_sql(self.dialect, table, tuple(row), key, version_column)
         await self.execute(sql, tuple(row.values()))
 
     @abstractmethod

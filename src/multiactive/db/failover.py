@@ -29,6 +29,7 @@ from typing import Any
 
 from multiactive.db.config import DatabaseSettings
 from multiactive.db.control import WriterRole
+from multiactive.db.rebuild import dump, load
 from multiactive.db.replication import (
     Admin,
     ServerState,
@@ -208,11 +209,16 @@ async def failover(
 
 
 async def rejoin(
-    settings: DatabaseSettings, site: str, *, report: Report = lambda line: None
+    settings: DatabaseSettings,
+    site: str,
+    *,
+    rebuild: bool = False,
+    report: Report = lambda line: None,
 ) -> FailoverResult:
-    """Bring an old primary back: read_only first, then a replica of the current primary, or
-    (errant GTIDs: transactions it committed that the new primary never received) an error
-    listing them; it stays read_only and out of replication until rebuilt from the primary."""
+    """Bring an old primary back: read_only first, then a replica of the current primary.
+    With errant GTIDs (transactions it committed that the new primary never received) it
+    stays read_only and out of replication, unless `rebuild`: then its database is replaced
+    by a dump of the primary's (`multiactive.db.rebuild`) and it replicates from there."""
     _check_target(settings, site)
     states = await gather_states(settings)
     primary = find_primary({s: st for s, st in states.items() if s != site})
@@ -227,12 +233,28 @@ async def rejoin(
         if result.errant_gtids:
             step(
                 f"{site}: errant GTIDs {', '.join(result.errant_gtids)} (committed here, never "
-                f"shipped; {primary} applied those messages again from its journal): it stays "
-                "read_only; rebuild it from a copy of the primary"
+                f"shipped; {primary} applied those messages again from its journal)"
             )
+            if not rebuild:
+                step(f"{site}: stays read_only; run `multiactive db rejoin {site} --rebuild`")
+                return result
+            await _rebuild(settings, old, primary, step)
             return result
         await _make_replica(settings, old, primary, step)
     return result
+
+
+async def _rebuild(settings: DatabaseSettings, old: Admin, primary: str, step: _Steps) -> None:
+    await old.run("STOP SLAVE")
+    await old.run("RESET SLAVE ALL")
+    text, position = await dump(settings.admin_url(primary))
+    step(f"{primary}: dumped its database at {position}")
+    await load(old.url, old.url.database, text)
+    await old.run("RESET MASTER")
+    await old.run("SET GLOBAL gtid_slave_pos = %s", (position,))
+    step(f"{old.site}: database replaced, binlog reset, gtid_slave_pos = {position}")
+    await _change_master(settings, old, primary)
+    step(f"{old.site}: replicates from {primary} (read_only = 1)")
 
 
 def _plan(primary: str, target: str, epoch: int, others: list[str]) -> list[str]:

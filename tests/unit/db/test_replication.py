@@ -79,3 +79,18 @@ def test_a_database_url_that_does_not_answer_is_an_error_naming_the_setting() ->
     ) as info:
         asyncio.run(database.open())
     assert info.value.transient
+
+
+def test_the_db_commands_are_registered_with_their_options() -> None:
+    from click.testing import CliRunner
+
+    from multiactive.cli.main import cli
+
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["db", "--help"])
+    assert listed.exit_code == 0
+    for command in ("status", "switchover", "failover", "rejoin"):
+        assert command in listed.output
+    failover = runner.invoke(cli, ["db", "failover", "--help"])
+    assert "--to" in failover.output
+    assert "--dry-run" in failover.output
