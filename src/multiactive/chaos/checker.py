@@ -833,9 +833,7 @@ def check_refused(refused: Sequence[str], journals: Mapping[str, Sequence[Messag
     journaled."""
     ids = set(refused)
     found = sorted(m.id for messages in journals.values() for m in messages if m.id in ids)
-    return bounded(
-        [f"write {id_} was refused to its client, but it is journaled" for id_ in found]
-    )
+    return bounded([f"write {id_} was refused to its client, but it is journaled" for id_ in found])
 
 
 def _ack_differences(ack: AckedWrite, message: Message) -> list[str]:
