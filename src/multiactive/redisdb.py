@@ -63,6 +63,9 @@ from multiactive.errors import ConfigError, StoreError
 SCHEMA_VERSION = "1"
 DEFAULT_PREFIX = "ma"
 CONNECT_TIMEOUT_S = 5.0
+# No command waits longer for its answer: a server that stopped answering (SIGSTOPped, cut
+# off without a reset) is then a StoreError like a closed connection, never a hang.
+COMMAND_TIMEOUT_S = 10.0
 _UNREACHABLE = (rex.ConnectionError, rex.TimeoutError, rex.ClusterError, rex.RedisClusterException)
 _PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
@@ -161,6 +164,7 @@ class RedisDb:
         """Connect and PING; StoreError naming the URL and the setting if that fails."""
         options: dict[str, Any] = {
             "socket_connect_timeout": CONNECT_TIMEOUT_S,
+            "socket_timeout": COMMAND_TIMEOUT_S,
             "retry": Retry(NoBackoff(), 0),
         }
         client: Client

@@ -7,8 +7,12 @@ import os
 import re
 import signal
 
+import pytest
+
+from multiactive.errors import DataDirLocked
 from multiactive.local.cluster import LocalCluster
 from multiactive.site.applier import APPLIER_MAX_RESTARTS
+from multiactive.site.lock import DataDirLock
 
 from .conftest import (
     ClusterFactory,
@@ -44,6 +48,8 @@ def test_killed_applier_is_logged_restarted_and_past_the_bound_the_site_exits_cl
 
     kill_applier(cluster, "a")
     wait_for(lambda: len(applier_pids(cluster, "a")) == 2, 30, "a new applier")
+    with pytest.raises(DataDirLocked, match=rf"process {applier_pids(cluster, 'a')[-1]} holds"):
+        DataDirLock(site.data_dir, "applier").acquire()  # the new applier holds its lock
     line = next(x for x in site.log_path.read_text().splitlines() if "applier_exited" in x)
     assert 'status="killed by SIGKILL"' in line, line
     assert "restart=True" in line, line

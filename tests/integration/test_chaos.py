@@ -81,3 +81,18 @@ def test_a_seed_plans_the_same_run_every_time() -> None:
     assert first.faults
     assert first.writes
     assert first != plan_chaos(ChaosOptions(seed=8, duration_s=30.0))
+
+
+def test_redis_backend_converges_with_redis_servers_killed(tmp_path: Path) -> None:
+    """`check --backend redis`: sites on their own redis-servers, which are SIGKILLed and
+    started again among the other faults; the same checks hold, and no write refused to its
+    client is journaled."""
+    options = {**SHORT, "backend": "redis", "p_redis_kill": 0.3}
+    seed = next(
+        s for s in SEEDS
+        if any(f.action == "redis_kill" for f in plan_chaos(ChaosOptions(seed=s, **options)).faults)
+    )  # fmt: skip
+    report = chaos(tmp_path, seed=seed, **options)
+    assert report.ok, explain(report)
+    assert report.redis_kills > 0
+    assert report.acked > 0

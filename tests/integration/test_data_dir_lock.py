@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import subprocess
 
-import pytest
-
-from multiactive.errors import DataDirLocked
-from multiactive.site.lock import DataDirLock
-
-from .conftest import ClusterFactory, publish, wait_for
+from .conftest import ClusterFactory, publish
 
 
 def test_second_site_run_on_locked_data_dir_exits_naming_the_holder(
@@ -38,21 +33,3 @@ def test_second_site_run_on_locked_data_dir_exits_naming_the_holder(
     cluster.wait_converged(30)
     assert sum(s.head for s in cluster.status("b").streams if s.origin == "a") == 100
     assert "IntegrityError" not in first.log_path.read_text()
-
-
-def test_applier_holds_its_own_lock_and_a_restart_takes_both_again(
-    make_cluster: ClusterFactory,
-) -> None:
-    """The applier process holds applier.lock while it runs; after a SIGKILL of the site the
-    kernel has dropped both locks and the restarted site takes them again."""
-    cluster = make_cluster(sites=("a", "b"))
-    cluster.start()
-    data_dir = cluster.processes["a"].data_dir
-    with pytest.raises(DataDirLocked, match=r"process \d+ holds .*applier\.lock"):
-        DataDirLock(data_dir, "applier").acquire()
-    cluster.kill("a")
-    cluster.restart("a")
-    publish(cluster.client_address("a"), 20, lambda i: f"k{i}")
-    wait_for(lambda: cluster.converged(), 30, "a and b to converge after the restart")
-    with pytest.raises(DataDirLocked):
-        DataDirLock(data_dir, "site").acquire()

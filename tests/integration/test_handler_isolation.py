@@ -15,7 +15,7 @@ from multiactive.records import PositionTrace, SiteStatus
 from .conftest import ClusterFactory, assert_applied_exactly_once, wait_for
 
 PARTITIONS = 4
-TIMEOUT_S = 4.0
+TIMEOUT_S = 2.0
 ATTEMPTS = 2
 STUCK_KEY = "stuck"
 

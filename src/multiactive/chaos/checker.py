@@ -4,7 +4,8 @@ One run, for one seed:
 
 1. **plan** (`plan_chaos`, pure): from `random.Random(seed)` alone, the link modes, a schedule
    of faults (cut or heal a link, isolate a site or let it rejoin, SIGKILL a site and restart
-   it later; never every site down at once) and a schedule of writes of every built-in type
+   it later, never every site down at once; with the redis backend also SIGKILL a site's
+   redis-server and start it again later) and a schedule of writes of every built-in type
    at every site over a small key space, so that writes conflict. The same seed always gives
    the same plan, so a failing seed can be run again.
 2. **chaos**: a `LocalCluster` with every link through the WAN emulator; a writer per site
@@ -14,8 +15,9 @@ One run, for one seed:
 4. **check** (pure functions over what the admin APIs return):
    a. every site's `/state/snapshot` is identical;
    b. every acknowledged write is in its origin's journal with the acknowledged id, position,
-      type, key, payload and version (writes that failed may or may not be there); journals
-      are dense, and no request id or version is journaled twice by one origin;
+      type, key, payload and version; no write the site refused (`RejectedError`: "nothing was
+      journaled") is in any journal (writes whose outcome is unknown may or may not be there);
+      journals are dense, and no request id or version is journaled twice by one origin;
    c. the sequential model (`testing/model.py`) of every journaled write equals each site's
       snapshot, and each site's capped sets read as the model's;
    d. at every site, every stream is received and applied to its origin's head, and
@@ -28,6 +30,7 @@ actual value; `ok` means there are none.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import re
 import signal
@@ -51,7 +54,7 @@ from multiactive.chaos.model import (
     snapshot_from_json,
 )
 from multiactive.client import Ack, Client
-from multiactive.errors import ClusterError, ConfigError, MultiactiveError
+from multiactive.errors import ClusterError, ConfigError, MultiactiveError, RejectedError
 from multiactive.local.cluster import DEFAULT_SITES, LocalCluster
 from multiactive.model.message import Message, StreamId
 from multiactive.records import MessageRecord, SiteStatus, StreamStatus
@@ -100,6 +103,7 @@ class ChaosOptions:
     p_cut: float = 0.45  # chance that a fault cuts one link ...
     p_isolate: float = 0.2  # ... cuts every link of one site ...
     p_kill: float = 0.35  # ... or SIGKILLs one site
+    p_redis_kill: float = 0.0  # ... or SIGKILLs one site's redis-server (backend "redis")
     outage_s: tuple[float, float] = (0.3, 2.5)  # how long a cut or an isolation lasts
     down_s: tuple[float, float] = (0.2, 2.0)  # how long a killed site stays down
     converge_timeout_s: float = 120.0
@@ -113,9 +117,11 @@ class ChaosOptions:
         for name in ("keys", "members", "zset_cap"):
             _need(getattr(self, name) >= 1, name, getattr(self, name), ">= 1")
         _need(self.fault_interval_s > 0, "fault_interval_s", self.fault_interval_s, "> 0")
-        weights = (self.p_cut, self.p_isolate, self.p_kill)
-        _need(min(weights) >= 0 and sum(weights) > 0, "p_cut/p_isolate/p_kill", weights,
-              ">= 0 each and not all 0")  # fmt: skip
+        weights = (self.p_cut, self.p_isolate, self.p_kill, self.p_redis_kill)
+        _need(min(weights) >= 0 and sum(weights) > 0, "p_cut/p_isolate/p_kill/p_redis_kill",
+              weights, ">= 0 each and not all 0")  # fmt: skip
+        _need(self.p_redis_kill == 0 or self.backend == "redis", "p_redis_kill",
+              self.p_redis_kill, '0 unless backend is "redis"')  # fmt: skip
         for name in ("outage_s", "down_s"):
             low, high = getattr(self, name)
             _need(0 <= low <= high, name, (low, high), "a range (low, high) with 0 <= low <= high")
@@ -146,10 +152,11 @@ class PlannedWrite:
 
 @dataclass(frozen=True, slots=True)
 class PlannedFault:
-    """cut/heal `links`, isolate/rejoin `site` (its `links`), kill/restart `site`."""
+    """cut/heal `links`, isolate/rejoin `site` (its `links`), kill/restart `site`,
+    redis_kill/redis_restart the redis-server of `site`."""
 
     at_s: float
-    action: str  # cut | heal | isolate | rejoin | kill | restart
+    action: str  # cut | heal | isolate | rejoin | kill | restart | redis_kill | redis_restart
     site: str = ""
     links: tuple[Link, ...] = ()
     mode: str = ""  # how a cut cuts: reset | blackhole
@@ -206,9 +213,14 @@ class _Planned:
 
     cut: set[Link] = field(default_factory=set)
     down: set[str] = field(default_factory=set)
+    redis_down: set[str] = field(default_factory=set)
 
     def apply(self, fault: PlannedFault) -> None:
-        if fault.action in ("cut", "isolate"):
+        if fault.action == "redis_kill":
+            self.redis_down.add(fault.site)
+        elif fault.action == "redis_restart":
+            self.redis_down.discard(fault.site)
+        elif fault.action in ("cut", "isolate"):
             self.cut.update(fault.links)
         elif fault.action in ("heal", "rejoin"):
             self.cut.difference_update(fault.links)
@@ -252,10 +264,12 @@ def _next_fault(
 ) -> tuple[PlannedFault, PlannedFault] | None:
     """A fault starting at `at_s` and its end, or None when the drawn kind is not possible now
     (every link already cut, or killing would leave no site up)."""
-    weights = (options.p_cut, options.p_isolate, options.p_kill)
-    kind = rng.choices(("cut", "isolate", "kill"), weights)[0]
+    weights = (options.p_cut, options.p_isolate, options.p_kill, options.p_redis_kill)
+    kind = rng.choices(("cut", "isolate", "kill", "redis"), weights)[0]
     if kind == "kill":
         return _plan_kill(options, rng, at_s, state)
+    if kind == "redis":
+        return _plan_redis_kill(options, rng, at_s, state)
     mode, heal_at = rng.choice(CUT_MODES), at_s + rng.uniform(*options.outage_s)
     if kind == "cut":
         free = [link for link in options.links if link not in state.cut]
@@ -282,6 +296,19 @@ def _plan_kill(
     site = rng.choice(alive)
     back_at = at_s + rng.uniform(*options.down_s)
     return PlannedFault(at_s, "kill", site), PlannedFault(back_at, "restart", site)
+
+
+def _plan_redis_kill(
+    options: ChaosOptions, rng: random.Random, at_s: float, state: _Planned
+) -> tuple[PlannedFault, PlannedFault] | None:
+    """SIGKILL one site's redis-server (not one already down) and start it again later; the
+    site keeps running meanwhile (a restart of the site starts its server too)."""
+    up = [s for s in options.sites if s not in state.redis_down]
+    if not up:
+        return None
+    site = rng.choice(up)
+    back_at = at_s + rng.uniform(*options.down_s)
+    return PlannedFault(at_s, "redis_kill", site), PlannedFault(back_at, "redis_restart", site)
 
 
 # -- records --------------------------------------------------------------------------------
@@ -334,6 +361,8 @@ class ChaosReport:
     kills: int
     cuts: int  # single links cut
     isolations: int  # sites with every link cut
+    refused: int  # the site refused the write: it must be in no journal
+    redis_kills: int  # redis-servers SIGKILLed
     chaos_s: float  # the chaos phase: writes and faults
     heal_s: float  # healing links and restarting dead sites until every site is ready
     converge_s: float  # from healed until every site applied every origin's journal
@@ -358,6 +387,8 @@ class ChaosReport:
             "kills": self.kills,
             "cuts": self.cuts,
             "isolations": self.isolations,
+            "refused": self.refused,
+            "redis_kills": self.redis_kills,
             "chaos_s": round(self.chaos_s, 3),
             "heal_s": round(self.heal_s, 3),
             "converge_s": round(self.converge_s, 3),
@@ -400,6 +431,8 @@ class _Counts:
     kills: int = 0
     cuts: int = 0
     isolations: int = 0
+    refused: int = 0
+    redis_kills: int = 0
 
 
 class _Run:
@@ -418,6 +451,8 @@ class _Run:
         self.progress = progress
         self.counts = _Counts()
         self.acks: list[AckedWrite] = []
+        self.refused: list[str] = []  # ids of writes a site refused
+        self.ids = itertools.count(1)
         self.problems: list[str] = []
         self.down: set[str] = set()
         self.cut: set[Link] = set()
@@ -472,7 +507,8 @@ class _Run:
         c, marks = self.counts, self.marks
         return ChaosReport(
             self.options.seed, tuple(self.problems), len(self.plan.writes), c.acked, c.failed,
-            c.unsent, journaled, c.kills, c.cuts, c.isolations, marks.get("chaos", 0.0),
+            c.unsent, journaled, c.kills, c.cuts, c.isolations, c.refused, c.redis_kills,
+            marks.get("chaos", 0.0),
             marks.get("healing", 0.0), marks.get("converging", 0.0), marks.get("checking", 0.0),
             time.monotonic() - self.started, str(self.cluster.root),
         )  # fmt: skip
@@ -499,7 +535,13 @@ class _Run:
     def _execute(self, fault: PlannedFault) -> None:
         """Make one planned fault happen (in a worker thread: the cluster calls block)."""
         cluster, action = self.cluster, fault.action
-        if action in ("cut", "isolate"):
+        if action == "redis_kill":
+            cluster.redis[fault.site].kill()
+            self.counts.redis_kills += 1
+        elif action == "redis_restart":
+            if not cluster.redis[fault.site].alive:  # a restart of its site started it already
+                cluster.redis[fault.site].start()
+        elif action in ("cut", "isolate"):
             for origin, receiver in fault.links:
                 cluster.cut(origin, receiver, fault.mode)
             self.cut.update(fault.links)
@@ -579,10 +621,16 @@ class _Run:
         return fresh, 0.0
 
     async def _publish(self, client: Client, write: PlannedWrite) -> None:
+        id_ = f"chaos-{self.options.seed}-{write.site}-{next(self.ids)}"
         try:
             ack = await asyncio.wait_for(
-                client.publish(write.type, write.key, write.payload), PUBLISH_TIMEOUT_S
+                client.publish(write.type, write.key, write.payload, id=id_), PUBLISH_TIMEOUT_S
             )
+        except RejectedError:
+            self.refused.append(id_)
+            self.counts.refused += 1
+            self.counts.failed += 1
+            return
         except (MultiactiveError, TimeoutError):
             self.counts.failed += 1
             return
@@ -592,7 +640,11 @@ class _Run:
     # -- heal and converge ------------------------------------------------------------------
 
     def _heal_all(self) -> None:
-        """Heal every link, restart every dead site, wait until every site is ready."""
+        """Heal every link, start every dead redis-server, restart every dead site, wait until
+        every site is ready."""
+        for server in self.cluster.redis.values():
+            if not server.alive:
+                server.start()
         for origin, receiver in self.options.links:
             self.cluster.heal(origin, receiver)
         self.cut.clear()
@@ -620,6 +672,7 @@ class _Run:
         return how many messages the origins journaled."""
         evidence = Evidence.collect(self.cluster, self.options, self.problems)
         self.problems += check_evidence(evidence, self.acks, self.options.zset_cap)
+        self.problems += check_refused(self.refused, evidence.journals)
         if self.counts.acked == 0:
             self.problems.append("no write was acknowledged: the run proves nothing")
         return sum(len(messages) for messages in evidence.journals.values())
@@ -777,6 +830,14 @@ def check_acks(acks: Sequence[AckedWrite], journals: Mapping[str, Sequence[Messa
             continue
         problems += _ack_differences(ack, message)
     return bounded(problems)
+
+
+def check_refused(refused: Sequence[str], journals: Mapping[str, Sequence[Message]]) -> list[str]:
+    """(b) a write the site refused is in no journal: RejectedError means nothing was
+    journaled."""
+    ids = set(refused)
+    found = sorted(m.id for messages in journals.values() for m in messages if m.id in ids)
+    return bounded([f"write {id_} was refused to its client, but it is journaled" for id_ in found])
 
 
 def _ack_differences(ack: AckedWrite, message: Message) -> list[str]:

@@ -18,6 +18,7 @@ from multiactive import aio, failpoints
 from multiactive.chaos.checker import ChaosOptions, ChaosProgress, ChaosReport, run_chaos
 
 DEFAULTS = ChaosOptions()
+REDIS_KILL_WEIGHT = 0.3  # with --backend redis: how often a fault kills a redis-server
 
 
 @click.command()
@@ -44,9 +45,10 @@ DEFAULTS = ChaosOptions()
 @click.option(
     "--backend",
     default="sqlite",
-    type=click.Choice(["sqlite", "memory"]),
+    type=click.Choice(["sqlite", "memory", "redis"]),
     help="Journal and state backend of every site (memory does not survive SIGKILL, so the "
-    "check reports its acknowledged writes lost).",
+    "check reports its acknowledged writes lost). With redis every site has its own "
+    "redis-server, and the faults SIGKILL those too.",
 )
 @click.option(
     "--failpoint",
@@ -71,7 +73,8 @@ def check(
     as_json: bool,
 ) -> None:
     """Chaos convergence check: three sites take random writes of every built-in operation
-    while links are cut and healed and sites are SIGKILLed and restarted; then every site's
+    while links are cut and healed and sites (and, with --backend redis, their
+    redis-servers) are SIGKILLed and restarted; then every site's
     state must be identical, equal a sequential model of the journaled writes, and hold
     every acknowledged write, each applied exactly once.
 
@@ -84,6 +87,7 @@ def check(
         options = ChaosOptions(
             seed=number, duration_s=duration, rate=rate, backend=backend,
             failpoints=failpoint_names,
+            p_redis_kill=REDIS_KILL_WEIGHT if backend == "redis" else 0.0,
         )  # fmt: skip
         report = _run_seed(console, options, root / f"seed-{number}", as_json)
         if report.ok and not keep:
@@ -140,7 +144,8 @@ def _seed_report(console: Console, report: ChaosReport) -> None:
     console.print(
         f"seed {report.seed}: {verdict} — {report.acked:,} acked, "
         f"{report.failed + report.unsent:,} failed, {report.journaled:,} journaled; "
-        f"{report.kills} kills, {report.cuts} cuts, {report.isolations} isolations; "
+        f"{report.kills} kills, {report.redis_kills} redis-server kills, {report.cuts} cuts, "
+        f"{report.isolations} isolations, {report.refused:,} refused; "
         f"converged {report.converge_s:.1f} s after healing ({report.total_s:.0f} s in all)"
     )
     for problem in report.problems:

@@ -202,7 +202,10 @@ class RedisJournal(Journal):
                 error = error or self._append_error(group, result)
             else:
                 stored.extend(group)
-        self.commit_plan(stored, deduplicated=0 if error else deduplicated)
+        if error is None:
+            self.commit_plan(stored, deduplicated=deduplicated)
+        else:
+            self.adopt(stored)  # stored, though the caller sees the error: observers hear of it
         if error is not None and stored and not isinstance(error, JournalError):
             raise StoreOutcomeUnknown(
                 f"{len(stored)} of {len(batches)} batches stored, the others refused: {error}"

@@ -246,6 +246,14 @@ class ProcessorProcess:
                 self._unsent_batches.append(batch)
                 self._unsent_bytes += batch.size
 
+    def _resend_heads(self) -> None:
+        """Every heads of the journal again, with each statistics report (4 a second): the
+        applier follows heads it is told, and a notice lost on the way (an append that failed
+        after storing some batches, a restart of the applier) must not stall a stream."""
+        if not self._unsent_heads:
+            self._unsent_heads.update(self._journal.heads())
+            self._send_heads()
+
     def _send_heads(self) -> None:
         heads, self._unsent_heads = self._unsent_heads, {}
         batches, self._unsent_batches, self._unsent_bytes = self._unsent_batches, [], 0
@@ -261,6 +269,7 @@ class ProcessorProcess:
             self._stats.update(zip(("applied", "parked", "failures"), message[2], strict=True))
         elif kind == "stats":
             self._stats, self._stats_at = message[1], time.monotonic()
+            self._resend_heads()
         elif kind == "reapplied":
             future = self._requests.pop(message[1], None)
             if future is not None and not future.done():

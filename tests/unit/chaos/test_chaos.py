@@ -13,6 +13,7 @@ from multiactive.chaos.checker import (
     PlannedFault,
     check_acks,
     check_journal,
+    check_refused,
     check_same_state,
     check_streams,
     last_error,
@@ -155,3 +156,30 @@ def test_a_crashed_sites_last_exception_is_picked_from_its_log() -> None:
         "is closed"
     )
     assert last_error("2026-11-22T03:55:13.738 INFO site site_stopped") == "its log names no error"
+
+
+def test_redis_server_kills_are_planned_only_with_the_redis_backend() -> None:
+    """p_redis_kill plans SIGKILLs of redis-servers, each followed by its start, never two at
+    once for one site; other backends refuse the option."""
+    plan = plan_chaos(ChaosOptions(seed=3, duration_s=30.0, backend="redis", p_redis_kill=0.5))
+    kills = [f for f in plan.faults if f.action == "redis_kill"]
+    assert kills
+    down: set[str] = set()
+    for fault in plan.faults:
+        if fault.action == "redis_kill":
+            assert fault.site not in down
+            down.add(fault.site)
+        elif fault.action == "redis_restart":
+            down.discard(fault.site)  # (one still down at the end is started by the heal)
+    assert not any(f.action.startswith("redis") for f in plan_chaos(ChaosOptions(seed=3)).faults)
+    with pytest.raises(ConfigError, match="p_redis_kill"):
+        ChaosOptions(p_redis_kill=0.5)
+
+
+def test_a_refused_write_found_in_a_journal_is_a_problem() -> None:
+    """RejectedError promises nothing was journaled: a refused id in a journal is reported."""
+    journals = {"a": [message(1, "w-1"), message(2, "w-2")]}
+    assert check_refused(["w-9"], journals) == []
+    assert check_refused(["w-2"], journals) == [
+        "write w-2 was refused to its client, but it is journaled"
+    ]
