@@ -21,7 +21,8 @@ def test_a_peer_with_other_partitions_is_refused_naming_the_difference(
     make_cluster: ClusterFactory,
 ) -> None:
     """a runs on partitions = 4, b on 8 (the file changed between their starts): the link is
-    refused and both ends' status name the difference."""
+    refused and both ends' status name the difference. A client dialing a's admin port is
+    told it is an admin port."""
     cluster = make_cluster(("a", "b"), partitions=4)
     cluster.start(["a"])
     cluster.partitions = 8
@@ -36,18 +37,12 @@ def test_a_peer_with_other_partitions_is_refused_naming_the_difference(
     wait_for(refused, 20, "a link refused for its partitions")
     assert all(link.state != "streaming" for link in cluster.status("a").links)
 
-
-def test_a_client_dialing_an_admin_port_is_told_so(make_cluster: ClusterFactory) -> None:
-    """The admin port answers HTTP; the client's error says it is an admin port."""
-    cluster = make_cluster(("a",))
-    cluster.start()
-
-    async def dial() -> None:
+    async def dial_admin() -> None:  # a client pointed at the admin port is told so
         async with Client(cluster.processes["a"].admin, connect_timeout_s=5):
             pass
 
     with pytest.raises(ConnectionLost, match="this is an admin port"):
-        asyncio.run(dial())
+        asyncio.run(dial_admin())
 
 
 def test_validate_reaches_a_real_redis(tmp_path: Path, redis_url: str) -> None:

@@ -66,23 +66,30 @@ def plan_redrives(
     max_attempts: int,
 ) -> RedrivePlan:
     """Which dead letters to re-drive now (their backoff has passed) and which to give up on
-    (re-driven `max_attempts` times already; they stay listed for `multiactive replay`).
-    Updates `history` for those given up."""
+    (re-driven `max_attempts` times already; they stay listed for `multiactive replay`, and
+    among the problems of every run while parked). Updates `history` for those given up."""
     plan = RedrivePlan()
     for letter in letters:
         state = history.setdefault(letter_key(letter), RedriveHistory())
-        if state.gave_up or state.next_s > now_s:
+        if state.gave_up:  # still parked: a problem in every report until replayed
+            plan.problems.append(_still_fails(letter, state))
+            continue
+        if state.next_s > now_s:
             continue
         if state.attempts >= max_attempts:
             state.gave_up = True
             plan.given_up.append(letter)
-            plan.problems.append(
-                f"dead letter {letter.id} ({letter.type} {letter.key!r}) still fails after "
-                f"{state.attempts} re-drives: {letter.error}; fix the handler, then replay"
-            )
+            plan.problems.append(_still_fails(letter, state))
             continue
         plan.due.append(letter)
     return plan
+
+
+def _still_fails(letter: DeadLetter, state: RedriveHistory) -> str:
+    return (
+        f"dead letter {letter.id} ({letter.type} {letter.key!r}) still fails after "
+        f"{state.attempts} re-drives: {letter.error}; fix the handler, then replay"
+    )
 
 
 def redriven(state: RedriveHistory, now_s: float, interval_s: float) -> None:

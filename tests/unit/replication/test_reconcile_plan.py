@@ -56,7 +56,10 @@ def test_dead_letters_are_redriven_with_doubling_backoff_then_given_up() -> None
         now = history[letter_key(letters[0])].next_s
     assert due_times == [0.0, 120.0, 360.0]  # waits of 2, 4 intervals
     assert history[letter_key(letters[0])].gave_up
-    assert plan_redrives(letters, history, now + 1e6, max_attempts=3).due == []
+    later = plan_redrives(letters, history, now + 1e6, max_attempts=3)
+    assert later.due == []
+    assert later.problems[0].startswith("dead letter id1")  # listed while it stays parked
+    assert plan_redrives([], history, now + 2e6, max_attempts=3).problems == []  # replayed
 
 
 def test_a_letter_whose_backoff_has_not_passed_waits() -> None:
