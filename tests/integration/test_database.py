@@ -4,11 +4,9 @@ real site processes in writer mode."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,31 +14,32 @@ from typing import Any
 import pytest
 
 from multiactive.cli.db import post_writer
-from multiactive.client import Ack, Client
+from multiactive.client import Client
 from multiactive.clock import SYSTEM_CLOCK
 from multiactive.db.apply import DbApply
 from multiactive.db.config import database_settings, parse_database_url
 from multiactive.db.control import WriterRole
 from multiactive.db.failover import failover, rejoin, switchover
 from multiactive.db.mariadb import MariaDatabase
-from multiactive.errors import ClusterError, DatabaseError, MultiactiveError
+from multiactive.db.rowlog import CREATE_TABLE, ROW_TYPE, TABLE, save_row
+from multiactive.errors import DatabaseError
 from multiactive.journal import MemoryJournal
 from multiactive.local.cluster import LocalCluster
 from multiactive.local.mariadb import REPL_PASSWORD, REPL_USER
+from multiactive.local.rowload import FirstWrite, RowLoad, row_ids, rows
 from multiactive.model.message import StreamId
 from multiactive.model.topology import Address, ReplicationSettings, load_topology, parse_topology
 from tests.integration.conftest import DB_SITES, ClusterFactory, wait_for
-from tests.integration.db_handlers import WRITES_TABLE, save_row
 from tests.unit.replication.test_processor import feed, msg
 
 pytestmark = [pytest.mark.integration, pytest.mark.mariadb]
 
 WRITER = "bj-unicom"
-TABLES = ("writes", "ma_db_watermarks", "ma_db_fence")
+TABLES = (TABLE, "ma_db_watermarks", "ma_db_fence")
 
 
 def writer_cluster(make_cluster: ClusterFactory, mariadb: Any, **options: Any) -> LocalCluster:
-    mariadb.servers[WRITER].sql(WRITES_TABLE)
+    mariadb.servers[WRITER].sql(f"USE app; {CREATE_TABLE}")
     database = {
         "mode": "writer",
         "writer": WRITER,
@@ -52,24 +51,18 @@ def writer_cluster(make_cluster: ClusterFactory, mariadb: Any, **options: Any) -
         },
     }
     cluster = make_cluster(
-        DB_SITES, handlers=["db_handlers"], settings={"database": database}, **options
+        DB_SITES, handlers=["multiactive.db.rowlog"], settings={"database": database}, **options
     )
     cluster.start()
     return cluster
 
 
-async def write_rows(address: Address, count: int, tag: str) -> list[str]:
+async def publish_rows(address: Address, count: int, tag: str) -> list[str]:
     async with Client(address) as client:
         acks = await asyncio.gather(
-            *(client.publish("test.row", f"{tag}-{i}", b"x" * 64) for i in range(count))
+            *(client.publish(ROW_TYPE, f"{tag}-{i}", b"x" * 64) for i in range(count))
         )
     return [ack.id for ack in acks]
-
-
-def rows(server: Any) -> tuple[int, int]:
-    """(rows, distinct request ids) in `writes`."""
-    found = server.sql("SELECT COUNT(*), COUNT(DISTINCT request_id) FROM app.writes")
-    return int(found[0][0]), int(found[0][1])
 
 
 def test_bad_input_on_real_mariadb_is_refused_and_changes_nothing(mariadb: Any) -> None:
@@ -121,13 +114,13 @@ def writes_at_three_sites_end_in_the_writers_database_exactly_once(
     count = 300
     ids: list[str] = []
     for site in DB_SITES:
-        ids += asyncio.run(write_rows(cluster.client_address(site), count, site))
+        ids += asyncio.run(publish_rows(cluster.client_address(site), count, site))
     primary = mariadb.servers[WRITER]
     wait_for(lambda: rows(primary)[0] >= 3 * count, 30, "every write in the primary")
     assert rows(primary) == (3 * count, 3 * count)  # each request id exactly once
-    stored = {r[0] for r in primary.sql("SELECT request_id FROM app.writes")}
+    stored = row_ids(primary)
     assert stored == set(ids)
-    assert {r[0] for r in primary.sql("SELECT DISTINCT writer FROM app.writes")} == {WRITER}
+    assert {r[0] for r in primary.sql(f"SELECT DISTINCT writer FROM app.{TABLE}")} == {WRITER}
     mariadb.wait_replicated()
     sums = mariadb.checksums(TABLES)
     assert len(sums) == 3
@@ -135,83 +128,10 @@ def writes_at_three_sites_end_in_the_writers_database_exactly_once(
     return ids
 
 
-class Load:
-    """Writes `test.row` at every site at about `rate` messages/s in all, in a thread, until
-    stopped; keeps the ids of the acknowledged writes."""
-
-    def __init__(self, cluster: LocalCluster, rate: int = 1000) -> None:
-        self.cluster, self.rate = cluster, rate
-        self.acked: list[str] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
-
-    def __enter__(self) -> Load:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(30)
-
-    async def _main(self) -> None:
-        await asyncio.gather(*(self._site(site) for site in DB_SITES))
-
-    async def _site(self, site: str) -> None:
-        """`rate / sites` writes/s from this site, in ticks of 10 ms kept on schedule."""
-        per_tick = self.rate / len(DB_SITES) / 100
-        with contextlib.suppress(MultiactiveError, OSError):  # the site was killed
-            await self._write(site, per_tick)
-
-    async def _write(self, site: str, per_tick: float) -> None:
-        credit, n = 0.0, 0
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        async with Client(self.cluster.client_address(site)) as client:
-            while not self.stop.is_set():
-                credit += per_tick
-                keys = [f"{site}-{n + i}" for i in range(int(credit))]
-                credit -= len(keys)
-                n += len(keys)
-                sent = [client.publish("test.row", k, b"y") for k in keys]
-                acks = await asyncio.gather(*sent, return_exceptions=True)
-                self.acked += [a.id for a in acks if isinstance(a, Ack)]
-                if len(acks) != sum(isinstance(a, Ack) for a in acks):
-                    return  # the site went away; what it acknowledged is counted
-                next_at += 0.01
-                await asyncio.sleep(max(0.0, next_at - loop.time()))
-
-
-class FirstWrite:
-    """Polls a server until a row written by `writer` appears; `at_s` is when (monotonic)."""
-
-    def __init__(self, server: Any, writer: str) -> None:
-        self.at_s: float | None = None
-        self._server, self._writer = server, writer
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-
-    def _poll(self) -> None:
-        query = f"SELECT COUNT(*) FROM app.writes WHERE writer = '{self._writer}'"
-        deadline = time.monotonic() + 60
-        while not self._done.is_set() and time.monotonic() < deadline:
-            with contextlib.suppress(ClusterError):
-                if int(self._server.sql(query)[0][0]) > 0:
-                    self.at_s = time.monotonic()
-                    return
-            time.sleep(0.01)
-
-    def wait(self, timeout_s: float = 30) -> float:
-        self._thread.join(timeout_s)
-        self._done.set()
-        assert self.at_s is not None, f"no DB write by {self._writer}"
-        return self.at_s
-
-
 def assert_exactly_once(server: Any, acked: list[str]) -> None:
     wait_for(lambda: rows(server)[0] >= len(acked), 60, f"{len(acked)} rows at the new primary")
     assert rows(server) == (len(acked), len(acked))  # nothing lost, nothing twice
-    assert {r[0] for r in server.sql("SELECT request_id FROM app.writes")} == set(acked)
+    assert row_ids(server) == set(acked)
 
 
 def settings_of(cluster: LocalCluster) -> Any:
@@ -236,9 +156,9 @@ def test_writes_at_three_sites_end_once_in_the_writer_and_a_switchover_under_loa
     cluster = writer_cluster(make_cluster, mariadb)
     before = writes_at_three_sites_end_in_the_writers_database_exactly_once(cluster, mariadb)
     target = mariadb.servers["gz"]
-    with Load(cluster) as load:
+    with RowLoad(cluster, DB_SITES) as load:
         wait_for(lambda: rows(mariadb.servers[WRITER])[0] > len(before) + 150, 30, "writes flowing")
-        first = FirstWrite(target, "gz")
+        first = FirstWrite(target, writer="gz")
         result = asyncio.run(switchover(settings_of(cluster), "gz", announcer(cluster)))
         assert result.read_only_at_s is not None
         pause_ms = (first.wait() - result.read_only_at_s) * 1000
@@ -265,7 +185,7 @@ def test_an_unplanned_failover_applies_what_the_dead_primary_never_shipped_exact
 ) -> None:
     cluster = writer_cluster(make_cluster, mariadb)
     old, new = mariadb.servers[WRITER], mariadb.servers["gz"]
-    with Load(cluster) as load:
+    with RowLoad(cluster, DB_SITES) as load:
         wait_for(lambda: rows(old)[0] > 150, 30, "writes flowing")
         # The long-haul link to the replicas lags: what the primary commits from now on is
         # not shipped before it dies.
@@ -273,7 +193,7 @@ def test_an_unplanned_failover_applies_what_the_dead_primary_never_shipped_exact
             mariadb.servers[name].sql("STOP SLAVE IO_THREAD")
         shipped = rows(new)[0]
         wait_for(lambda: rows(old)[0] > shipped + 100, 30, "unshipped commits at the primary")
-        first = FirstWrite(new, "gz")
+        first = FirstWrite(new, writer="gz")
         killed_at = time.monotonic()
         old.kill()
         result = asyncio.run(failover(settings_of(cluster), "gz", announcer(cluster)))
@@ -311,11 +231,11 @@ def assert_old_writer_refused(cluster: LocalCluster, mariadb: Any) -> None:
     async def attempt(url: str) -> str:
         journal = MemoryJournal(WRITER)
         await journal.open()
-        await feed(journal, StreamId("late", 0), msg("late", "test.row"))
+        await feed(journal, StreamId("late", 0), msg("late", ROW_TYPE))
         database = MariaDatabase(parse_database_url(url, "url", Path()), "database.sites.x.url")
         await database.open()
         apply = DbApply(
-            WRITER, "writer", database, {"test.row": save_row}.get, journal,
+            WRITER, "writer", database, {ROW_TYPE: save_row}.get, journal,
             ReplicationSettings(), SYSTEM_CLOCK, WRITER,
         )  # fmt: skip
         assert not await apply.step()
@@ -337,9 +257,9 @@ def test_an_unplanned_failover_with_the_writer_site_killed_too_loses_no_acknowle
     acknowledged and not yet shipped, and gz applies every acknowledged write exactly once."""
     cluster = writer_cluster(make_cluster, mariadb)
     old, new = mariadb.servers[WRITER], mariadb.servers["gz"]
-    with Load(cluster) as load:
+    with RowLoad(cluster, DB_SITES) as load:
         wait_for(lambda: rows(old)[0] > 150, 30, "writes flowing")
-        first = FirstWrite(new, "gz")
+        first = FirstWrite(new, writer="gz")
         old.kill()
         cluster.kill(WRITER)
         asyncio.run(failover(settings_of(cluster), "gz", announcer(cluster)))
@@ -350,7 +270,7 @@ def test_an_unplanned_failover_with_the_writer_site_killed_too_loses_no_acknowle
     acked = set(load.acked)
 
     def stored() -> set[str]:
-        return {r[0] for r in new.sql("SELECT request_id FROM app.writes")}
+        return row_ids(new)
 
     # A write journaled at bj-unicom whose answer was lost in the kill may be there too.
     wait_for(lambda: acked <= stored(), 60, "every acknowledged write at the new primary")

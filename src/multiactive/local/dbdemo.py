@@ -8,21 +8,20 @@ acknowledged write there exactly once."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from multiactive.client import Ack, Client
 from multiactive.db.config import database_settings
 from multiactive.db.control import WriterRole
 from multiactive.db.failover import failover, rejoin
-from multiactive.db.rowlog import CREATE_TABLE, ROW_TYPE, TABLE
-from multiactive.errors import ClusterError, MultiactiveError
+from multiactive.db.rowlog import CREATE_TABLE, TABLE
+from multiactive.errors import ClusterError
 from multiactive.local.cluster import DEFAULT_SITES, LocalCluster
-from multiactive.local.mariadb import DATABASE, REPL_PASSWORD, REPL_USER, MariaServer, MariaSet
+from multiactive.local.mariadb import DATABASE, REPL_PASSWORD, REPL_USER, MariaSet
+from multiactive.local.rowload import rows, write_rows
 from multiactive.model.topology import Topology, load_topology
 
 WRITER, TARGET = "bj-unicom", "gz"
@@ -53,27 +52,6 @@ class DbDemoResult:
         }  # fmt: skip
 
 
-async def _write(address: Any, site: str, rate: float, until: float, acked: list[str]) -> None:
-    loop = asyncio.get_running_loop()
-    next_at, credit, n = loop.time(), 0.0, 0
-    with contextlib.suppress(MultiactiveError, OSError):
-        async with Client(address) as client:
-            while time.monotonic() < until:
-                credit += rate / 100
-                keys = [f"{site}-{n + i}" for i in range(int(credit))]
-                credit, n = credit - len(keys), n + len(keys)
-                sent = [client.publish(ROW_TYPE, k, b"") for k in keys]
-                answers = await asyncio.gather(*sent, return_exceptions=True)
-                acked += [a.id for a in answers if isinstance(a, Ack)]
-                next_at += 0.01
-                await asyncio.sleep(max(0.0, next_at - loop.time()))
-
-
-def _rows(server: MariaServer) -> tuple[int, int]:
-    found = server.sql(f"SELECT COUNT(*), COUNT(DISTINCT request_id) FROM {DATABASE}.{TABLE}")
-    return int(found[0][0]), int(found[0][1])
-
-
 def _wait(condition: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     while not condition():
@@ -90,8 +68,12 @@ async def _scenario(
     settings = database_settings(topology)
     acked: list[str] = []
     until = time.monotonic() + duration_s
+
+    def done() -> bool:
+        return time.monotonic() >= until
+
     writers = [
-        asyncio.create_task(_write(cluster.client_address(s), s, rate / 3, until, acked))
+        asyncio.create_task(write_rows(cluster.client_address(s), s, rate / 3, done, acked))
         for s in DEFAULT_SITES
     ]
     await asyncio.sleep(duration_s / 3)
@@ -129,7 +111,7 @@ def run_db_demo(root: Path, duration_s: float, rate: float, announce: Announce,
             acked = asyncio.run(_scenario(cluster, dbs, duration_s, rate, announce, report, result))
             result.acknowledged = len(acked)
             new = dbs.servers[TARGET]
-            _wait(lambda: _rows(new)[0] >= len(acked), "every acknowledged write at gz")
+            _wait(lambda: rows(new)[0] >= len(acked), "every acknowledged write at gz")
             dbs.servers[WRITER].start()
             settings = database_settings(load_topology(cluster.topology_path))
             asyncio.run(rejoin(settings, WRITER, rebuild=True, report=report))
@@ -138,7 +120,7 @@ def run_db_demo(root: Path, duration_s: float, rate: float, announce: Announce,
             result.missing = len(set(acked) - stored)
             sums = dbs.checksums([TABLE])
             for name, server in dbs.servers.items():
-                total, distinct = _rows(server)
+                total, distinct = rows(server)
                 result.databases[name] = {
                     "rows": total, "distinct": distinct,
                     "checksum": sums[name][f"{DATABASE}.{TABLE}"],
