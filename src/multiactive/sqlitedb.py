@@ -137,10 +137,11 @@ class SqliteDb:
                 return fn()
             if not self._inline_small:
                 return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
-            if self.idle() and small:
+            if small and self.idle():
                 return fn()
+            self._forget_finished()
             job = self._thread.submit(fn)
-            self._jobs.append(job)  # done jobs are dropped by the next call: they hold results
+            self._jobs.append(job)
             self._waiting += 1
             try:
                 return await asyncio.wrap_future(job)
@@ -153,10 +154,16 @@ class SqliteDb:
 
     def idle(self) -> bool:
         """Nothing queued or running on the thread, and every caller resumed (inline_small)."""
+        self._forget_finished()
+        return not self._jobs and not self._waiting
+
+    def _forget_finished(self) -> None:
+        """Drop the jobs the thread has finished (in order: it runs one at a time). A job holds
+        its result, an append's batches with them, until it is dropped: a run of large appends
+        with no small one between must not keep them all."""
         jobs = self._jobs
         while jobs and jobs[0].done():
             jobs.popleft()
-        return not jobs and not self._waiting
 
     def fail(self, exc: sqlite3.Error) -> StoreError:
         """The StoreError for a SQLite error of this file."""

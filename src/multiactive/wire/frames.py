@@ -125,19 +125,19 @@ class FrameDecoder:
 
     def _spare(self, size: int) -> bytearray | None:
         """The oldest tracked buffer of at least `size` bytes that nothing refers to, if there
-        is one (stores finish in order, so the oldest are freed first); free buffers passed on
-        the way beyond SPARE_FREE_KEPT are let go."""
+        is one. Bodies are stored, and let go, in the order they arrived: the scan stops at the
+        first buffer still referred to. Free buffers too small for `size` are kept up to
+        SPARE_FREE_KEPT."""
         spares, free = self._spares, 0
         for index, buf in enumerate(spares):
             if not _unshared(buf):
-                continue
+                break
             if len(buf) >= size:
                 del spares[index]
                 return buf
             free += 1
-            if free > SPARE_FREE_KEPT:
-                del spares[index]
-                return self._spare(size)
+        for _ in range(free - SPARE_FREE_KEPT):
+            spares.popleft()
         return None
 
     def filled(self, count: int) -> list[Frame]:
