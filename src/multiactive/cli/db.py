@@ -6,8 +6,10 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import click
 from rich import box
@@ -80,19 +82,7 @@ def switchover(
     topology_path: Path, target: str, dry_run: bool, max_lag: int, wait_s: float, as_json: bool
 ) -> None:
     """Planned: the old primary goes read_only, the target catches up and is promoted."""
-    topology = load_topology(topology_path)
-    result = asyncio.run(
-        run_switchover(
-            database_settings(topology),
-            target,
-            _announcer(topology),
-            dry_run=dry_run,
-            max_lag=max_lag,
-            wait_s=wait_s,
-            report=_reporter(as_json),
-        )
-    )
-    _finish(result, as_json)
+    _move_role(run_switchover, topology_path, target, dry_run, max_lag, wait_s, as_json)
 
 
 @db.command()
@@ -106,19 +96,20 @@ def failover(
     topology_path: Path, target: str, dry_run: bool, max_lag: int, wait_s: float, as_json: bool
 ) -> None:
     """Unplanned: the primary does not answer; promote the target, fence the old writer."""
+    _move_role(run_failover, topology_path, target, dry_run, max_lag, wait_s, as_json)
+
+
+def _move_role(
+    run: Callable[..., Coroutine[Any, Any, FailoverResult]], topology_path: Path, target: str,
+    dry_run: bool, max_lag: int, wait_s: float, as_json: bool,
+) -> None:  # fmt: skip
+    """A switchover or a failover, its steps printed as they happen, then its result."""
     topology = load_topology(topology_path)
-    result = asyncio.run(
-        run_failover(
-            database_settings(topology),
-            target,
-            _announcer(topology),
-            dry_run=dry_run,
-            max_lag=max_lag,
-            wait_s=wait_s,
-            report=_reporter(as_json),
-        )
-    )
-    _finish(result, as_json)
+    moved = run(
+        database_settings(topology), target, _announcer(topology),
+        dry_run=dry_run, max_lag=max_lag, wait_s=wait_s, report=_reporter(as_json),
+    )  # fmt: skip
+    _finish(asyncio.run(moved), as_json)
 
 
 @db.command()
