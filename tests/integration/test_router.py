@@ -165,6 +165,10 @@ def test_routes_by_region_and_key_sticky_and_as_the_policy_says(tmp_path: Path) 
             assert 'region="north",router="bj-unicom",site="gz",unit="u0"' in metrics.replace(
                 'reason="home",', ""
             )
+            # the upstreams were reached over keep-alive connections, not one per request
+            async with north.get(f"http://{router.address}/_router/status") as r:
+                opened = (await r.json())["upstream_connections_opened"]
+            assert 3 <= opened <= 3 * 20  # the client keeps at most 20 connections in flight
 
     asyncio.run(main())
 

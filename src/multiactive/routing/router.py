@@ -29,17 +29,23 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
+from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from multiactive.clock import SYSTEM_CLOCK, Clock
-from multiactive.errors import ConfigError
+from multiactive.errors import ConfigError, ConnectionLost, ProtocolError
 from multiactive.logs import get_logger
 from multiactive.model.topology import Address
 from multiactive.routing.config import KeySource, Network, RoutingConfig
 from multiactive.routing.health import HealthChecker
 from multiactive.routing.policy import Decision, Policy, PolicyState, state_problem
+from multiactive.routing.upstream import UpstreamPool, UpstreamResponse
 
 DEFAULT_POLICY_POLL_S = 0.5
 UPSTREAM_TIMEOUT_S = 30.0
@@ -49,6 +55,10 @@ HOP_BY_HOP = frozenset(
     for h in ("Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
               "Trailers", "Transfer-Encoding", "Upgrade", "Content-Length", "Host")
 )  # fmt: skip
+# request headers not passed on as they came: hop-by-hop ones, and those the router rewrites
+# (the body is read whole first, so an `Expect: 100-continue` is already answered)
+NOT_FORWARDED = frozenset(h.encode() for h in HOP_BY_HOP | {"x-forwarded-for", "expect"} - {"host"})
+MAX_BODY_BYTES = 64 * 1024 * 1024
 HOME_HEADER = "X-Home-Site"
 OWN_PREFIX = "/_router/"
 
@@ -216,8 +226,9 @@ class Router:
         self.counters = RouterCounters()
         self._clock = clock
         self._turn = itertools.count()
-        self._session: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None  # policy reads, health checks
+        self._pool: UpstreamPool | None = None  # proxied requests
+        self._runner: web.ServerRunner | None = None
         self.address: Address | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -230,9 +241,10 @@ class Router:
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
+        self._pool = UpstreamPool(UPSTREAM_TIMEOUT_S)
         await self.feed.refresh(self._session)
         await self.health.check_once()
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        self._runner = web.ServerRunner(self.server(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, listen.host, listen.port)
         try:
@@ -269,19 +281,23 @@ class Router:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     # -- requests -----------------------------------------------------------------------
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.add_routes(
-            [
-                web.get(OWN_PREFIX + "status", self._status),
-                web.get(OWN_PREFIX + "metrics", self._metrics),
-                web.route("*", "/{tail:.*}", self._proxy),
-            ]
-        )
-        return app
+    def server(self) -> web.Server:
+        """aiohttp's low-level server (no URL dispatcher: one path test per request)."""
+        return web.Server(self._handle, request_factory=_request_factory)
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == "GET" and request.path.startswith(OWN_PREFIX):
+            if request.path == OWN_PREFIX + "status":
+                return await self._status(request)
+            if request.path == OWN_PREFIX + "metrics":
+                return await self._metrics(request)
+        return await self._proxy(request)
 
     def decide(self, request: web.BaseRequest) -> tuple[Decision, str]:
         config = self.config
@@ -291,7 +307,7 @@ class Router:
         key = routing_key(config.key_from, request.headers, request.query)
         return self.feed.policy.route(client, key, self.health.unhealthy_sites()), client
 
-    async def _proxy(self, request: web.Request) -> web.StreamResponse:
+    async def _proxy(self, request: web.BaseRequest) -> web.StreamResponse:
         decision, _client = self.decide(request)
         refused = refusal(decision, request.method, self.config)
         if refused is not None:
@@ -308,21 +324,20 @@ class Router:
         up = self.health.up_upstreams(site)
         return up or list(self.config.upstreams_of(site))  # all down: try them anyway
 
-    async def _forward(self, request: web.Request, site: str) -> web.StreamResponse:
+    async def _forward(self, request: web.BaseRequest, site: str) -> web.StreamResponse:
         upstreams = self._upstreams(site)
         if not upstreams:
             return web.Response(
                 status=502, text=f"site {site} has no upstreams (routing.upstreams.{site})\n"
             )
         body = await request.read()
-        headers = _forward_headers(request)
         start = next(self._turn)
         last_error = ""
         for attempt in range(min(2, len(upstreams))):
             address = upstreams[(start + attempt) % len(upstreams)]
             try:
-                return await self._send(request, address, headers, body, site)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                return await self._send(request, address, body, site)
+            except (OSError, ConnectionLost, ProtocolError, TimeoutError) as exc:
                 self.health.report(address, False)
                 self.counters.upstream_errors[str(address)] = (
                     self.counters.upstream_errors.get(str(address), 0) + 1
@@ -332,21 +347,12 @@ class Router:
                             headers={self.config.site_header: site})  # fmt: skip
 
     async def _send(
-        self, request: web.Request, address: Address, headers: dict[str, str], body: bytes,
-        site: str,
-    ) -> web.Response:  # fmt: skip
-        assert self._session is not None
-        url = f"http://{address}{request.rel_url}"
-        async with self._session.request(
-            request.method, url, headers=headers, data=body or None, allow_redirects=False
-        ) as upstream:
-            payload = await upstream.read()
-            reply = web.Response(status=upstream.status, body=payload)
-            for name, value in upstream.headers.items():
-                if name.lower() not in HOP_BY_HOP:
-                    reply.headers.add(name, value)
-        reply.headers[self.config.site_header] = site
-        return reply
+        self, request: web.BaseRequest, address: Address, body: bytes, site: str
+    ) -> web.Response:
+        assert self._pool is not None
+        message = upstream_request(request, body)
+        answer = await self._pool.exchange(address, message, head_only=request.method == "HEAD")
+        return client_response(answer, self.config.site_header, site)
 
     async def _probe(self, address: Address) -> bool:
         if self._session is None:
@@ -369,12 +375,14 @@ class Router:
             "upstreams": [_status_json(s) for s in self.health.statuses()],
             "served": self.counters.per_site(),
             "refused": {f"{r}/{why}": n for (r, why), n in self.counters.refused.items()},
+            # keep-alive to the upstreams: connections opened so far (not one per request)
+            "upstream_connections_opened": self._pool.opened if self._pool else 0,
         }
 
-    async def _status(self, request: web.Request) -> web.Response:
+    async def _status(self, request: web.BaseRequest) -> web.Response:
         return web.json_response(self.status())
 
-    async def _metrics(self, request: web.Request) -> web.Response:
+    async def _metrics(self, request: web.BaseRequest) -> web.Response:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_RouterCollector(self))
         response = web.Response(body=generate_latest(registry))
@@ -387,13 +395,44 @@ def _status_json(status: Any) -> dict[str, Any]:
             "failures": status.failures, "checks": status.checks}  # fmt: skip
 
 
-def _forward_headers(request: web.Request) -> dict[str, str]:
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+def upstream_request(request: web.BaseRequest, body: bytes) -> bytes:
+    """The HTTP/1.1 request sent upstream: the client's, less hop-by-hop headers, with the
+    peer added to `X-Forwarded-For` and the body (read whole) given a Content-Length."""
     peer = request.remote or ""
     previous = request.headers.get("X-Forwarded-For")
-    headers["X-Forwarded-For"] = f"{previous}, {peer}" if previous else peer
-    headers["Host"] = request.host
-    return headers
+    forwarded = f"{previous}, {peer}" if previous else peer
+    parts = [f"{request.method} {request.raw_path} HTTP/1.1\r\n".encode()]
+    has_host = False
+    for name, value in request.raw_headers:
+        lower = name.lower()
+        if lower not in NOT_FORWARDED:
+            parts += (name, b": ", value, b"\r\n")
+            has_host = has_host or lower == b"host"
+    if not has_host:
+        parts.append(f"Host: {request.host}\r\n".encode())
+    parts.append(f"X-Forwarded-For: {forwarded}\r\n".encode())
+    if body or request.method not in SAFE_METHODS:
+        parts.append(f"Content-Length: {len(body)}\r\n".encode())
+    parts += (b"\r\n", body)
+    return b"".join(parts)
+
+
+def client_response(answer: UpstreamResponse, site_header: str, site: str) -> web.Response:
+    """The answer to the client: the upstream's, less hop-by-hop headers, naming the site."""
+    headers = CIMultiDict(
+        (name, value) for name, value in answer.headers if name.lower() not in HOP_BY_HOP
+    )
+    headers[site_header] = site
+    return web.Response(status=answer.status, body=answer.body, headers=headers)
+
+
+def _request_factory(
+    message: RawRequestMessage, payload: StreamReader, protocol: RequestHandler,
+    writer: AbstractStreamWriter, task: asyncio.Task[None],
+) -> web.BaseRequest:  # fmt: skip
+    """aiohttp's request, allowed bodies up to MAX_BODY_BYTES (its default is 1 MiB)."""
+    return web.BaseRequest(message, payload, protocol, writer, task, task.get_loop(),
+                           client_max_size=MAX_BODY_BYTES)  # fmt: skip
 
 
 class _RouterCollector(Collector):
