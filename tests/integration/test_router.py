@@ -6,20 +6,30 @@ a read-only unit naming the home site, evacuates a killed upstream within interv
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from multiactive import aio
+from multiactive.local.edge import NginxServer
 from multiactive.model.topology import Address, load_topology
-from multiactive.procs import free_port
+from multiactive.procs import die_with_parent, free_port
 from multiactive.routing.app import SiteApp
-from multiactive.routing.config import routing_config
-from multiactive.routing.policy import Policy, set_site_state, shift
+from multiactive.routing.config import RoutingConfig, routing_config
+from multiactive.routing.messages import POLICY_KEY, Change, encode_change
+from multiactive.routing.policy import Policy, PolicyState, set_site_state, shift
 from multiactive.routing.router import Router
+from multiactive.routing.service import RoutingService
+from multiactive.state.memory import MemoryState
+from multiactive.state.ops import Entry
 
 pytestmark = pytest.mark.routing
 
@@ -28,11 +38,11 @@ FAILURES = 2
 SITES = ("bj-unicom", "bj-telecom", "gz")
 
 
-def topology_text(apps: dict[str, SiteApp]) -> str:
+def topology_text(apps: dict[str, Address]) -> str:
     sites = "".join(
         f'[[sites]]\nname = "{s}"\nlisten = "127.0.0.1:{free_port()}"\n\n' for s in SITES
     )
-    upstreams = "".join(f'{s} = ["{apps[s].address}"]\n' for s in SITES)
+    upstreams = "".join(f'{s} = ["{apps[s]}"]\n' for s in SITES)
     return (
         sites
         + f"""
@@ -74,19 +84,28 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[Router, dict[str, SiteA
     apps = {s: SiteApp(s, Address("127.0.0.1", free_port())) for s in SITES}
     for app in apps.values():
         await app.start()
+    try:
+        async with live_router(tmp_path, {s: a.address for s, a in apps.items()}) as router:
+            yield router, apps
+    finally:
+        for app in apps.values():
+            await app.stop()
+
+
+@asynccontextmanager
+async def live_router(tmp_path: Path, upstreams: dict[str, Address]) -> AsyncIterator[Router]:
+    """The bj-unicom router (the test routes by setting its policy) before `upstreams`."""
     path = tmp_path / "topology.toml"
-    path.write_text(topology_text(apps))
+    path.write_text(topology_text(upstreams))
     router = Router("bj-unicom", routing_config(load_topology(path)), None)
     await router.start(Address("127.0.0.1", free_port()))
     stop = asyncio.Event()
     task = asyncio.create_task(router.run(stop))
     try:
-        yield router, apps
+        yield router
     finally:
         stop.set()
         await task
-        for app in apps.values():
-            await app.stop()
 
 
 def client(source: str) -> aiohttp.ClientSession:
@@ -230,3 +249,177 @@ def test_a_killed_upstream_is_evacuated_in_time_and_restored(tmp_path: Path) -> 
             assert await sites_of(north, router, users) == before
 
     asyncio.run(main())
+
+
+# -- at scale: 10 000 users, 100 000 requests, over many keep-alive connections ----------------
+
+SCALE_USERS = [f"u{n}" for n in range(10_000)]
+ROUNDS = 10  # 10 x 10 000 = 100 000 requests that must each land on the user's site
+CONNECTIONS = 48
+UPSTREAMS = """server {{
+    listen {address};
+    access_log off;
+    keepalive_requests 1000000;
+    location / {{ return 200 "{site}"; }}
+}}
+"""
+
+
+class Connections:
+    """Raw keep-alive HTTP/1.1 connections from one source address to the router: the load
+    costs the test little, so the router's own cost shows."""
+
+    def __init__(self, router: Address, source: str, count: int) -> None:
+        self._router = router
+        self._source = source
+        self._count = count
+        self._streams: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def __aenter__(self) -> Connections:
+        for _ in range(self._count):
+            self._streams.append(await asyncio.open_connection(
+                self._router.host, self._router.port, local_addr=(self._source, 0)
+            ))  # fmt: skip
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for _, writer in self._streams:
+            writer.close()
+
+    async def sites(self, users: list[str]) -> dict[str, str]:
+        """{user: the site that served one GET of theirs}, every connection busy."""
+        pending = iter(users)
+        found: dict[str, str] = {}
+
+        async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            for user in pending:
+                found[user] = await one_get(reader, writer, user)
+
+        await asyncio.gather(*(worker(r, w) for r, w in self._streams))
+        return found
+
+
+async def one_get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, user: str) -> str:
+    """One GET as `user`: the site named by the router's header, checked against the body
+    (what the upstream that answered says it is)."""
+    writer.write(b"GET /timeline HTTP/1.1\r\nHost: router\r\nX-User-Id: %s\r\n\r\n" % user.encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    fields = dict(line.split(b": ", 1) for line in head.lower().split(b"\r\n")[1:] if b": " in line)
+    body = await reader.readexactly(int(fields[b"content-length"]))
+    site = fields[b"x-served-by"].decode()
+    assert body.decode() == site
+    return site
+
+
+class PolicySite:
+    """What a router process follows: a site's `GET /routing` (the real RoutingService over the
+    in-memory state twin); `publish` writes a policy into that state as the processor would."""
+
+    def __init__(self, config: RoutingConfig, address: Address) -> None:
+        self.state = MemoryState()
+        self.address = address
+        self._service = RoutingService("bj-unicom", config, self.state, self._refuse)
+        self._runner: web.AppRunner | None = None
+
+    async def _refuse(self, drafts: Sequence[Any]) -> list[Any]:
+        raise AssertionError("the test publishes policies by writing the site's state")
+
+    async def __aenter__(self) -> PolicySite:
+        app = web.Application()
+        app.add_routes(self._service.routes())
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.address.host, self.address.port).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def publish(self, state: PolicyState) -> None:
+        change = Change(state.revision, "test", {}, "test", 0, {}, {})
+        await self.state.put([Entry(POLICY_KEY, encode_change(state, change), state.revision, "t")])
+
+
+@contextmanager
+def router_process(topology: Path, listen: Address) -> Iterator[Address]:
+    """`multiactive router run` for bj-unicom, polling its site's policy every 50 ms."""
+    command = [
+        sys.executable, "-m", "multiactive", "router", "run", "--topology", str(topology),
+        "--site", "bj-unicom", "--listen", str(listen), "--policy-poll", "0.05",
+        "--log-level", "WARNING",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, preexec_fn=die_with_parent)
+    try:
+        yield listen
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+async def router_status(session: aiohttp.ClientSession, router: Address) -> dict[str, Any]:
+    async with session.get(f"http://{router}/_router/status") as response:
+        status: dict[str, Any] = await response.json()
+        return status
+
+
+async def follows(session: aiohttp.ClientSession, router: Address, revision: int) -> None:
+    async def caught_up() -> bool:
+        try:
+            return (await router_status(session, router))["revision"] == revision
+        except aiohttp.ClientError:
+            return False  # not listening yet
+
+    await wait_for(caught_up, 20.0, f"the router to route by policy revision {revision}")
+
+
+def test_ten_thousand_users_keep_their_site_a_shift_moves_its_share_a_drain_all(
+    tmp_path: Path,
+) -> None:
+    """Through a router process: 10 000 users x 10 rounds (100 000 requests) keep their sites;
+    a 30 % shift of north moves 30 % +- 1 % of its users and no one else; draining bj-telecom
+    moves all of its users and no one else."""
+    upstreams = {s: Address("127.0.0.1", free_port()) for s in SITES}
+    include = "".join(UPSTREAMS.format(address=a, site=s) for s, a in upstreams.items())
+    admin, listen = Address("127.0.0.1", free_port()), Address("127.0.0.1", free_port())
+    path = tmp_path / "topology.toml"
+    path.write_text(topology_text(upstreams).replace(
+        '[[sites]]\nname = "bj-unicom"\n', f'[[sites]]\nname = "bj-unicom"\nadmin = "{admin}"\n'
+    ))  # fmt: skip
+    config = routing_config(load_topology(path))
+
+    async def main() -> None:
+        async with PolicySite(config, admin) as site, aiohttp.ClientSession() as session:
+            await follows(session, listen, 0)
+            policy = Policy(config)
+            async with Connections(listen, "127.0.0.2", CONNECTIONS) as north:
+                first = await north.sites(SCALE_USERS)
+                assert first == {u: policy.route("127.0.0.2", u).site for u in SCALE_USERS}
+                for n in range(1, ROUNDS):  # sticky, in another order each round
+                    order = SCALE_USERS[n * 1000 :] + SCALE_USERS[: n * 1000]
+                    assert await north.sites(order) == first
+
+                shifted = policy.with_state(shift(policy, "bj-unicom", "gz", 30, "north"))
+                await site.publish(shifted.state)
+                await follows(session, listen, 1)
+                after = await north.sites(SCALE_USERS)
+                moved = {u for u in SCALE_USERS if after[u] != first[u]}
+                assert all((first[u], after[u]) == ("bj-unicom", "gz") for u in moved)
+                assert moved == {u for u in SCALE_USERS if 4000 <= policy.bucket_of(u) < 7000}
+                assert abs(len(moved) / len(SCALE_USERS) - 0.30) <= 0.01
+
+                await site.publish(set_site_state(shifted, "bj-telecom", "draining"))
+                await follows(session, listen, 2)
+                drained = await north.sites(SCALE_USERS)
+            telecom = {u for u in SCALE_USERS if after[u] == "bj-telecom"}
+            assert telecom
+            assert all(drained[u] != "bj-telecom" for u in telecom)
+            assert all(drained[u] == after[u] for u in SCALE_USERS if u not in telecom)
+            served = (await router_status(session, listen))["served"]
+            assert sum(served.values()) == (ROUNDS + 2) * len(SCALE_USERS)
+
+    with NginxServer(tmp_path / "upstreams", include, upstreams["gz"]), router_process(
+        path, listen
+    ):  # fmt: skip
+        aio.run(main())
