@@ -12,8 +12,10 @@ and in front of it, one at a time:
 
 For each: latency of sequential requests (one at a time, keep-alive; p50/p99), the latency the
 proxy adds over `direct` (p50/p99 differences), and requests/s with `--concurrency` requests in
-flight. The load comes from this process (aiohttp), so requests/s is capped by the client on a
-small machine; added latency is the figure to compare. Prints a table and JSON.
+flight; for the router also its CPU time per request (user + system, from /proc: the figure
+that moves least with the machine's load). The load comes from this process (aiohttp), so
+requests/s is capped by the client on a small machine; added latency is the figure to
+compare. Prints a table and JSON.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -95,6 +98,12 @@ async def measure(address: Address, requests: int, concurrency: int) -> dict[str
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_listening(address: Address, process: subprocess.Popen[bytes]) -> None:
     import socket
 
@@ -130,7 +139,12 @@ def run(requests: int, concurrency: int) -> dict[str, Any]:
             router = subprocess.Popen(command, preexec_fn=die_with_parent)
             try:
                 wait_listening(listen, router)
+                cpu_before = cpu_seconds(router.pid)
                 results["router"] = asyncio.run(measure(listen, requests, concurrency))
+                served = 200 + requests + requests * 3 // concurrency * concurrency
+                results["router"]["cpu_us_per_request"] = (
+                    (cpu_seconds(router.pid) - cpu_before) / served * 1e6
+                )
             finally:
                 router.terminate()
                 router.wait(10)
@@ -141,7 +155,8 @@ def run(requests: int, concurrency: int) -> dict[str, Any]:
     return {
         "benchmark": "router",
         "machine": platform.node(),
-        "cpus": __import__("os").cpu_count(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg()[0],
         "requests": requests,
         "concurrency": concurrency,
         "results": results,
@@ -151,12 +166,15 @@ def run(requests: int, concurrency: int) -> dict[str, Any]:
 def table(result: dict[str, Any]) -> str:
     lines = [
         f"{'path':8} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10} {'req/s':>9}"
+        f" {'CPU us/req':>11}"
     ]
     for name, r in result["results"].items():
+        cpu = f"{r['cpu_us_per_request']:11.1f}" if "cpu_us_per_request" in r else f"{'':11}"
         lines.append(
             f"{name:8} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r.get('added_p50_ms', 0):10.3f} "
-            f"{r.get('added_p99_ms', 0):10.3f} {r['requests_per_s']:9.0f}"
+            f"{r.get('added_p99_ms', 0):10.3f} {r['requests_per_s']:9.0f} {cpu}"
         )
+    lines.append(f"load average {result['load_average']:.2f} on {result['cpus']} CPUs")
     return "\n".join(lines)
 
 

@@ -81,21 +81,33 @@ class HealthChecker:
             for addresses in self._sites.values()
             for address in addresses
         }
+        # what every proxied request asks, kept up to date when an upstream goes up or down
+        self._up: dict[str, tuple[Address, ...]] = {}
+        self._unhealthy: frozenset[str] = frozenset()
+        self._recount()
 
     def up(self, address: Address) -> bool:
         return self._health[address].up
 
-    def up_upstreams(self, site: str) -> list[Address]:
-        return [a for a in self._sites.get(site, ()) if self._health[a].up]
+    def up_upstreams(self, site: str) -> tuple[Address, ...]:
+        return self._up.get(site, ())
 
     def unhealthy_sites(self) -> frozenset[str]:
         """Sites with upstreams, none of them up."""
-        return frozenset(site for site in self._sites if not self.up_upstreams(site))
+        return self._unhealthy
 
     def report(self, address: Address, ok: bool) -> None:
         """Count one check (or a failed proxied request) of an upstream."""
         if self._health[address].observe(ok):
+            self._recount()
             self._on_change()
+
+    def _recount(self) -> None:
+        self._up = {
+            site: tuple(a for a in addresses if self._health[a].up)
+            for site, addresses in self._sites.items()
+        }
+        self._unhealthy = frozenset(site for site, up in self._up.items() if not up)
 
     async def check_once(self) -> None:
         addresses = list(self._health)

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import ipaddress
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
@@ -304,7 +304,7 @@ class Router:
         peer = request.remote or ""
         client = client_address(peer, request.headers.get("X-Forwarded-For"),
                                 config.trusted_proxies)  # fmt: skip
-        key = routing_key(config.key_from, request.headers, request.query)
+        key = routing_key(config.key_from, request.headers, _LazyQuery(request))
         return self.feed.policy.route(client, key, self.health.unhealthy_sites()), client
 
     async def _proxy(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -320,9 +320,9 @@ class Router:
             self.counters.served(decision.site, decision.region, decision.unit, decision.reason)
         return response
 
-    def _upstreams(self, site: str) -> list[Address]:
+    def _upstreams(self, site: str) -> Sequence[Address]:
         up = self.health.up_upstreams(site)
-        return up or list(self.config.upstreams_of(site))  # all down: try them anyway
+        return up or self.config.upstreams_of(site)  # all down: try them anyway
 
     async def _forward(self, request: web.BaseRequest, site: str) -> web.StreamResponse:
         upstreams = self._upstreams(site)
@@ -433,6 +433,24 @@ def _request_factory(
     """aiohttp's request, allowed bodies up to MAX_BODY_BYTES (its default is 1 MiB)."""
     return web.BaseRequest(message, payload, protocol, writer, task, task.get_loop(),
                            client_max_size=MAX_BODY_BYTES)  # fmt: skip
+
+
+class _LazyQuery(Mapping[str, str]):
+    """A request's query parameters, parsed only when a `query:` key source is reached."""
+
+    __slots__ = ("_request",)
+
+    def __init__(self, request: web.BaseRequest) -> None:
+        self._request = request
+
+    def __getitem__(self, name: str) -> str:
+        return self._request.query[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._request.query)
+
+    def __len__(self) -> int:
+        return len(self._request.query)
 
 
 class _RouterCollector(Collector):

@@ -11,7 +11,7 @@ complete and both sides keep it alive. A request sent on a reused connection tha
 had closed meanwhile (no byte of the answer came) is sent once more on a new connection. A
 failure raises `ConnectionLost` (the connection closed before the answer was complete),
 `ProtocolError` (the upstream's answer is not HTTP/1.x), `OSError` (no connection) or
-`TimeoutError` (no complete answer within `timeout_s`).
+`TimeoutError` (no connection, or no complete answer, within `timeout_s`).
 """
 
 from __future__ import annotations
@@ -187,21 +187,42 @@ class ResponseParser:
 class _UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to an upstream; one request at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self._timeout_s = timeout_s
         self._parser = ResponseParser()
         self._waiter: asyncio.Future[UpstreamResponse] | None = None
+        self._timer: asyncio.TimerHandle | None = None  # cheaper than asyncio.timeout()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def send(self, request: bytes, head_only: bool) -> asyncio.Future[UpstreamResponse]:
         assert self.transport is not None
+        loop = asyncio.get_running_loop()
         self._parser = ResponseParser(head_only)
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = loop.create_future()
+        self._timer = loop.call_later(self._timeout_s, self._expire)
         self.transport.write(request)
         return self._waiter
+
+    def _settle(self) -> asyncio.Future[UpstreamResponse] | None:
+        """The waiting request's future, if any, no longer waiting (its timer stopped)."""
+        waiter, self._waiter = self._waiter, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return None if waiter is None or waiter.done() else waiter
+
+    def _expire(self) -> None:
+        self._timer = None
+        waiter = self._settle()
+        if waiter is not None:
+            waiter.set_exception(
+                TimeoutError(f"no complete answer from the upstream within {self._timeout_s} s")
+            )
+        self.close()
 
     @property
     def answer_started(self) -> bool:
@@ -215,17 +236,18 @@ class _UpstreamConnection(asyncio.Protocol):
         try:
             answer = self._parser.feed(data)
         except ProtocolError as exc:
+            self._settle()
             waiter.set_exception(exc)
             self.close()
             return
         if answer is not None:
-            self._waiter = None
+            self._settle()
             waiter.set_result(answer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        waiter, self._waiter = self._waiter, None
-        if waiter is None or waiter.done():
+        waiter = self._settle()
+        if waiter is None:
             return
         try:
             waiter.set_result(self._parser.end())
@@ -251,18 +273,18 @@ class UpstreamPool:
     async def exchange(
         self, address: Address, request: bytes, head_only: bool = False
     ) -> UpstreamResponse:
-        """Send `request` (a whole HTTP/1.1 request) to `address`; its complete answer."""
-        async with asyncio.timeout(self._timeout_s):
-            reused = self._idle_connection(address)
-            if reused is not None:
-                try:
-                    return await self._over(reused, address, request, head_only)
-                except ConnectionLost:
-                    if reused.answer_started:
-                        raise
-                    # the upstream closed the idle connection meanwhile: a new one
-            fresh = await self._connect(address)
-            return await self._over(fresh, address, request, head_only)
+        """Send `request` (a whole HTTP/1.1 request) to `address`; its complete answer
+        (`timeout_s` for the connection, and again for the answer)."""
+        reused = self._idle_connection(address)
+        if reused is not None:
+            try:
+                return await self._over(reused, address, request, head_only)
+            except ConnectionLost:
+                if reused.answer_started:
+                    raise
+                # the upstream closed the idle connection meanwhile: a new one
+        fresh = await self._connect(address)
+        return await self._over(fresh, address, request, head_only)
 
     def _idle_connection(self, address: Address) -> _UpstreamConnection | None:
         idle = self._idle.get(address)
@@ -275,9 +297,10 @@ class UpstreamPool:
 
     async def _connect(self, address: Address) -> _UpstreamConnection:
         loop = asyncio.get_running_loop()
-        _, connection = await loop.create_connection(
-            _UpstreamConnection, address.host, address.port
-        )
+        async with asyncio.timeout(self._timeout_s):
+            _, connection = await loop.create_connection(
+                lambda: _UpstreamConnection(self._timeout_s), address.host, address.port
+            )
         self.opened += 1
         self._open.add(connection)
         return connection
