@@ -205,6 +205,40 @@ def test_forwarded_for_from_a_trusted_proxy_picks_the_region(tmp_path: Path) -> 
     asyncio.run(main())
 
 
+def test_requests_and_answers_pass_through_whole(tmp_path: Path) -> None:
+    """Bodies (sized or chunked), the query, methods and the answer's headers reach the other
+    side as sent, over the router's keep-alive upstream connections."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(4):
+            yield b"x" * 50_000
+
+    async def main() -> None:
+        async with running(tmp_path) as (router, _apps), client("127.0.0.3") as south:
+            url = f"http://{router.address}/post?a=1&b=%20"
+            headers = {"X-User-Id": "u1"}
+            for data in (b"y" * 300_000, chunks()):
+                async with south.put(url, headers=headers, data=data) as response:
+                    body = await response.json()
+                    assert response.status == 200
+                    assert response.headers.getall("Content-Type") == [
+                        "application/json; charset=utf-8"
+                    ]
+                assert (body["method"], body["path"], body["user"]) == (
+                    "PUT",
+                    "/post?a=1&b=%20",
+                    "u1",
+                )
+                assert body["bytes"] in (300_000, 200_000)
+            async with south.head(url, headers=headers) as response:
+                assert response.status == 200
+                assert response.headers["X-Served-By"] == "gz"
+            async with south.delete(url, headers=headers) as response:
+                assert (await response.json())["method"] == "DELETE"
+
+    asyncio.run(main())
+
+
 def test_a_write_to_a_read_only_unit_is_refused_naming_the_home_site(tmp_path: Path) -> None:
     async def main() -> None:
         async with running(tmp_path) as (router, _apps), client("127.0.0.2") as north:

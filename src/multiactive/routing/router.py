@@ -244,7 +244,7 @@ class Router:
         self._pool = UpstreamPool(UPSTREAM_TIMEOUT_S)
         await self.feed.refresh(self._session)
         await self.health.check_once()
-        self._runner = web.ServerRunner(self.server(), access_log=None)
+        self._runner = web.ServerRunner(self.server())
         await self._runner.setup()
         site = web.TCPSite(self._runner, listen.host, listen.port)
         try:
@@ -289,7 +289,7 @@ class Router:
 
     def server(self) -> web.Server:
         """aiohttp's low-level server (no URL dispatcher: one path test per request)."""
-        return web.Server(self._handle, request_factory=_request_factory)
+        return web.Server(self._handle, request_factory=_request_factory, access_log=None)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method == "GET" and request.path.startswith(OWN_PREFIX):
@@ -419,9 +419,9 @@ def upstream_request(request: web.BaseRequest, body: bytes) -> bytes:
 
 def client_response(answer: UpstreamResponse, site_header: str, site: str) -> web.Response:
     """The answer to the client: the upstream's, less hop-by-hop headers, naming the site."""
-    headers = CIMultiDict(
-        (name, value) for name, value in answer.headers if name.lower() not in HOP_BY_HOP
-    )
+    headers: CIMultiDict[str] = CIMultiDict(answer.headers)
+    for name in HOP_BY_HOP.intersection(map(str.lower, headers)):
+        del headers[name]
     headers[site_header] = site
     return web.Response(status=answer.status, body=answer.body, headers=headers)
 
