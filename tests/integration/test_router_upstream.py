@@ -73,6 +73,38 @@ def test_connections_are_reused_and_a_closed_idle_one_is_replaced() -> None:
     asyncio.run(main())
 
 
+def test_a_write_is_not_sent_again_nor_given_a_connection_idle_too_long() -> None:
+    post = b"POST /x HTTP/1.1\r\nHost: up\r\nContent-Length: 1\r\n\r\nx"
+
+    async def read_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:  # answers one request in full, then takes the next without answering it
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(1)
+            writer.write(OK)
+            await writer.drain()
+            await reader.readuntil(b"\r\n\r\n")
+            return  # and closes: the second request got no byte of an answer
+
+    async def main() -> None:
+        async with upstream(keep_alive) as (address, connections):
+            pool = UpstreamPool(timeout_s=5.0, fresh_for_writes_s=0.0)
+            await pool.exchange(address, GET)
+            await pool.exchange(address, post, replayable=False)  # idle > 0 s: a new one
+            assert len(connections) == 2
+            await pool.exchange(address, GET)  # a read takes any idle connection
+            assert len(connections) == 2
+            pool.close()
+        async with upstream(read_one) as (address, connections):
+            pool = UpstreamPool(timeout_s=5.0)
+            await pool.exchange(address, post, replayable=False)
+            with pytest.raises(ConnectionLost):
+                await pool.exchange(address, GET[:-2] + b"X: 1\r\n\r\n", replayable=False)
+            assert len(connections) == 1  # not sent again
+            pool.close()
+
+    asyncio.run(main())
+
+
 def test_a_silent_upstream_times_out_and_its_connection_is_dropped() -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()

@@ -50,6 +50,7 @@ from multiactive.routing.upstream import UpstreamPool, UpstreamResponse
 DEFAULT_POLICY_POLL_S = 0.5
 UPSTREAM_TIMEOUT_S = 30.0
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+IDEMPOTENT_METHODS = SAFE_METHODS | {"PUT", "DELETE", "TRACE"}  # may be sent upstream again
 HOP_BY_HOP = frozenset(
     h.lower()
     for h in ("Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
@@ -351,7 +352,10 @@ class Router:
     ) -> web.Response:
         assert self._pool is not None
         message = upstream_request(request, body)
-        answer = await self._pool.exchange(address, message, head_only=request.method == "HEAD")
+        method = request.method
+        answer = await self._pool.exchange(
+            address, message, head_only=method == "HEAD", replayable=method in IDEMPOTENT_METHODS
+        )
         return client_response(answer, self.config.site_header, site)
 
     async def _probe(self, address: Address) -> bool:

@@ -7,8 +7,12 @@ the router's time per request: docs/benchmarks.md).
     pool.close()
 
 One request in flight per connection; a connection goes back to the pool when its answer is
-complete and both sides keep it alive. A request sent on a reused connection that the upstream
-had closed meanwhile (no byte of the answer came) is sent once more on a new connection. A
+complete and both sides keep it alive. A replayable request (an idempotent method) sent on a
+reused connection that the upstream had closed meanwhile (no byte of the answer came) is sent
+once more on a new connection; one that is not (POST, PATCH: the upstream may have acted on it)
+is never sent again, and is only given an idle connection used within the last
+`FRESH_FOR_WRITES_S` (shorter than the idle timeouts of common app servers, 2-75 s), else a
+new one. A
 failure raises `ConnectionLost` (the connection closed before the answer was complete),
 `ProtocolError` (the upstream's answer is not HTTP/1.x), `OSError` (no connection) or
 `TimeoutError` (no connection, or no complete answer, within `timeout_s`).
@@ -25,6 +29,7 @@ from multiactive.model.topology import Address
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_IDLE_PER_UPSTREAM = 512
+FRESH_FOR_WRITES_S = 1.0
 NO_BODY_STATUSES = frozenset({204, 304})
 _HEAD_END = b"\r\n\r\n"
 
@@ -190,6 +195,7 @@ class _UpstreamConnection(asyncio.Protocol):
     def __init__(self, timeout_s: float) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.idle_since = 0.0  # loop time it went back to the pool
         self._timeout_s = timeout_s
         self._parser = ResponseParser()
         self._waiter: asyncio.Future[UpstreamResponse] | None = None
@@ -263,36 +269,51 @@ class _UpstreamConnection(asyncio.Protocol):
 class UpstreamPool:
     """Keep-alive connections per upstream address, opened on demand and reused."""
 
-    def __init__(self, timeout_s: float, max_idle: int = MAX_IDLE_PER_UPSTREAM) -> None:
+    def __init__(
+        self, timeout_s: float, max_idle: int = MAX_IDLE_PER_UPSTREAM,
+        fresh_for_writes_s: float = FRESH_FOR_WRITES_S,
+    ) -> None:  # fmt: skip
         self._timeout_s = timeout_s
         self._max_idle = max_idle
+        self._fresh_for_writes_s = fresh_for_writes_s
         self._idle: dict[Address, list[_UpstreamConnection]] = {}
         self._open: set[_UpstreamConnection] = set()
         self.opened = 0  # connections opened, for statistics and tests
 
     async def exchange(
-        self, address: Address, request: bytes, head_only: bool = False
+        self, address: Address, request: bytes, head_only: bool = False, replayable: bool = True
     ) -> UpstreamResponse:
         """Send `request` (a whole HTTP/1.1 request) to `address`; its complete answer
-        (`timeout_s` for the connection, and again for the answer)."""
-        reused = self._idle_connection(address)
+        (`timeout_s` for the connection, and again for the answer). `replayable`: it may be
+        sent again when a reused connection turns out closed (an idempotent method)."""
+        reused = self._idle_connection(address, None if replayable else self._fresh_for_writes_s)
         if reused is not None:
             try:
                 return await self._over(reused, address, request, head_only)
             except ConnectionLost:
-                if reused.answer_started:
+                if reused.answer_started or not replayable:
                     raise
                 # the upstream closed the idle connection meanwhile: a new one
         fresh = await self._connect(address)
         return await self._over(fresh, address, request, head_only)
 
-    def _idle_connection(self, address: Address) -> _UpstreamConnection | None:
+    def _idle_connection(
+        self, address: Address, used_within_s: float | None
+    ) -> _UpstreamConnection | None:
+        """The most recently used idle connection (None: open one), if used within
+        `used_within_s` when that is given."""
         idle = self._idle.get(address)
         while idle:
-            connection = idle.pop()
-            if not connection.closed:
-                return connection
-            self._open.discard(connection)
+            connection = idle[-1]
+            if connection.closed:
+                idle.pop()
+                self._open.discard(connection)
+                continue
+            if used_within_s is not None and (
+                asyncio.get_running_loop().time() - connection.idle_since > used_within_s
+            ):
+                return None  # left in the pool for replayable requests
+            return idle.pop()
         return None
 
     async def _connect(self, address: Address) -> _UpstreamConnection:
@@ -315,6 +336,7 @@ class UpstreamPool:
             raise
         idle = self._idle.setdefault(address, [])
         if answer.keep_alive and not connection.closed and len(idle) < self._max_idle:
+            connection.idle_since = asyncio.get_running_loop().time()
             idle.append(connection)
         else:
             self._discard(connection)
