@@ -141,8 +141,9 @@ class ResponseParser:
         if self._mode == "length":
             if len(self._buffer) < self._remaining:
                 return None
-            body = bytes(self._buffer[: self._remaining])
             extra = len(self._buffer) > self._remaining  # bytes nobody asked for: do not reuse
+            with memoryview(self._buffer) as view:
+                body = bytes(view[: self._remaining])
             return self._done(body, keep_alive=self._keep_alive and not extra)
         if self._mode == "close":
             self._body += self._buffer
@@ -186,6 +187,7 @@ class ResponseParser:
 
     def _done(self, body: bytes, keep_alive: bool) -> UpstreamResponse:
         self._mode = "done"
+        self._buffer, self._body = bytearray(), bytearray()  # an idle connection holds no body
         return UpstreamResponse(self._status, self._headers, body, keep_alive)
 
 
