@@ -58,7 +58,9 @@ HOP_BY_HOP = frozenset(
 )  # fmt: skip
 # request headers not passed on as they came: hop-by-hop ones, and those the router rewrites
 # (the body is read whole first, so an `Expect: 100-continue` is already answered)
-NOT_FORWARDED = frozenset(h.encode() for h in HOP_BY_HOP | {"x-forwarded-for", "expect"} - {"host"})
+NOT_FORWARDED = frozenset(
+    h.encode() for h in (HOP_BY_HOP | {"x-forwarded-for", "expect"}) - {"host"}
+)
 MAX_BODY_BYTES = 64 * 1024 * 1024
 HOME_HEADER = "X-Home-Site"
 OWN_PREFIX = "/_router/"
