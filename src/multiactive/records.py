@@ -31,6 +31,9 @@ __all__ = [
     "DeadLetter",
     "HeadsAnswer",
     "IngressStatistics",
+    "LinkHistory",
+    "LinkSample",
+    "LinkSeries",
     "LinkStatistics",
     "LinkView",
     "MessageRecord",
@@ -358,3 +361,38 @@ def _view(
         flow.messages_per_s, flow.rtt_ms, flow.window_bytes,
         max(e.connects for e in seen), errors if state != "streaming" else (),
     )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSample(Record):
+    """One look at one end of a link (`admin.history` takes one every few seconds)."""
+
+    at_ms: int
+    state: str
+    backlog_messages: int  # owed: what the origin holds and the receiver does not
+    lag_s: float | None  # age of the oldest owed message
+    messages_per_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSeries(Record):
+    """One end's samples of one link, oldest first."""
+
+    name: str
+    origin: str
+    receiver: str
+    side: str
+    samples: tuple[LinkSample, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkHistory(Record):
+    """`GET /history/links` (this site's ends of its links) and `GET /cluster/history` (every
+    link once, from its sender's site when that answers, else its receiver's): the link
+    statistics over the last `window_s`, one sample every `interval_s`."""
+
+    site: str
+    interval_s: float
+    window_s: float
+    links: tuple[LinkSeries, ...]
+    unreachable: tuple[str, ...] = ()  # sites whose history could not be read
