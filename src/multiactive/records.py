@@ -15,6 +15,8 @@ import base64
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from multiactive.db.apply import DbApplySummary
+from multiactive.db.auto import Decision, DecisionHistory
 from multiactive.model.message import Message
 from multiactive.model.record import Record
 from multiactive.model.topology import LinkConfig
@@ -28,7 +30,10 @@ __all__ = [
     "BehindStream",
     "ClusterLag",
     "ClusterTrace",
+    "DbApplySummary",
     "DeadLetter",
+    "Decision",
+    "DecisionHistory",
     "HeadsAnswer",
     "IngressStatistics",
     "LinkHistory",
@@ -130,6 +135,8 @@ class SiteStatus(Record):
     dead_letters: int = 0
     reconcile: ReconcileSummary | None = None
     canaries: dict[str, dict[str, float]] = field(default_factory=dict)
+    db: DbApplySummary | None = None  # the DB apply (sites with a [database])
+    db_decisions: tuple[Decision, ...] = ()  # the newest failover decisions told to this site
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,8 @@ GET /state/entries      every entry (?limit=N, default 10000)
 GET /deadletters        parked messages (?limit=N, default 1000)
 POST /db/writer         {"writer", "epoch"}: journal the `ma.db.writer` control message here
                         (what `multiactive db switchover|failover` sends; docs/database.md)
+POST /db/decisions      a `Decision` of `multiactive db watch`, kept in a bounded history
+GET /db/decisions       that history, newest first (`DecisionHistory`; the newest also in /status)
 GET /tls                this site's certificates, expiry warnings and TLS refusals
 GET /history/links      this site's link ends over the last hour (?since_ms=), `LinkHistory`
 GET /cluster/history    every link's history once (from its sender's site), `LinkHistory`
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -41,6 +44,7 @@ from multiactive.admin.history import LinkHistoryRing, merge_histories, start_sa
 from multiactive.admin.metrics import Scrape, render_metrics
 from multiactive.admin.render import entry_json, member_json, snapshot_json, topology_json
 from multiactive.clock import SYSTEM_CLOCK, Clock
+from multiactive.db.auto import STATUS_DECISIONS, Decision, DecisionHistory, DecisionLog
 from multiactive.db.control import WRITER_KEY, WRITER_TYPE, decode_writer
 from multiactive.errors import ConfigError, DecodeError, MultiactiveError, StoreError
 from multiactive.journal.base import Journal
@@ -103,6 +107,7 @@ class AdminServer:
         self._clock = clock
         self.history = history or LinkHistoryRing()
         self._sampler: asyncio.Task[None] | None = None
+        self.decisions = DecisionLog()
         self._runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
 
@@ -138,6 +143,8 @@ class AdminServer:
                 web.get("/trace/position", self._trace_position),
                 web.get("/trace/{id}", self._trace),
                 web.post("/db/writer", self._db_writer),
+                web.post("/db/decisions", self._add_decision),
+                web.get("/db/decisions", self._decisions),
             ]
         )
         if self._routing is not None:
@@ -262,7 +269,21 @@ class AdminServer:
 
     async def _site_status(self) -> dict[str, Any]:
         status = await self._inspector.status(self._reconciler.last)
-        return status.to_json()
+        decisions = self.decisions.newest(STATUS_DECISIONS)
+        return dataclasses.replace(status, db_decisions=decisions).to_json()
+
+    async def _add_decision(self, request: web.Request) -> web.Response:
+        """A failover decision of a watcher (`multiactive db watch` posts each one here)."""
+        try:
+            decision = Decision.from_json(await request.json())
+        except (ValueError, DecodeError) as exc:
+            raise web.HTTPBadRequest(text=f"a Decision record is expected: {exc}") from exc
+        self.decisions.add(decision)
+        return web.json_response({"kept": len(self.decisions.newest())})
+
+    async def _decisions(self, request: web.Request) -> web.Response:
+        answer = DecisionHistory(self._site, self.decisions.newest(_limit(request, 200)))
+        return web.json_response(answer.to_json())
 
     async def _tls_status(self, request: web.Request) -> web.Response:
         """This site's certificates (subject, SANs, expiry) and refused connections."""
