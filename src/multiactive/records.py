@@ -15,6 +15,8 @@ import base64
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from multiactive.db.apply import DbApplySummary
+from multiactive.db.auto import Decision, DecisionHistory
 from multiactive.model.message import Message
 from multiactive.model.record import Record
 from multiactive.model.topology import LinkConfig
@@ -28,9 +30,15 @@ __all__ = [
     "BehindStream",
     "ClusterLag",
     "ClusterTrace",
+    "DbApplySummary",
     "DeadLetter",
+    "Decision",
+    "DecisionHistory",
     "HeadsAnswer",
     "IngressStatistics",
+    "LinkHistory",
+    "LinkSample",
+    "LinkSeries",
     "LinkStatistics",
     "LinkView",
     "MessageRecord",
@@ -127,6 +135,8 @@ class SiteStatus(Record):
     dead_letters: int = 0
     reconcile: ReconcileSummary | None = None
     canaries: dict[str, dict[str, float]] = field(default_factory=dict)
+    db: DbApplySummary | None = None  # the DB apply (sites with a [database])
+    db_decisions: tuple[Decision, ...] = ()  # the newest failover decisions told to this site
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,3 +368,38 @@ def _view(
         flow.messages_per_s, flow.rtt_ms, flow.window_bytes,
         max(e.connects for e in seen), errors if state != "streaming" else (),
     )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSample(Record):
+    """One look at one end of a link (`admin.history` takes one every few seconds)."""
+
+    at_ms: int
+    state: str
+    backlog_messages: int  # owed: what the origin holds and the receiver does not
+    lag_s: float | None  # age of the oldest owed message
+    messages_per_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSeries(Record):
+    """One end's samples of one link, oldest first."""
+
+    name: str
+    origin: str
+    receiver: str
+    side: str
+    samples: tuple[LinkSample, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkHistory(Record):
+    """`GET /history/links` (this site's ends of its links) and `GET /cluster/history` (every
+    link once, from its sender's site when that answers, else its receiver's): the link
+    statistics over the last `window_s`, one sample every `interval_s`."""
+
+    site: str
+    interval_s: float
+    window_s: float
+    links: tuple[LinkSeries, ...]
+    unreachable: tuple[str, ...] = ()  # sites whose history could not be read

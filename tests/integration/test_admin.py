@@ -198,17 +198,28 @@ def _chromium(tmp_path: Path) -> Any:
 
 
 def test_dashboard_shows_a_link_cut_within_seconds(
-    make_cluster: ClusterFactory, tmp_path: Path
+    make_cluster: ClusterFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The dashboard page, in headless Chromium, shows every link streaming, then a cut link
-    as cut or stalled within a few seconds, without reloading; a screenshot goes to docs/."""
+    as cut or stalled within a few seconds, without reloading; charts of lag, backlog and rate
+    per link over the last hour; link labels that name their direction and overlap nothing;
+    the cut link, a stuck handler and dead letters listed as problems, each clickable to its
+    details (the trace of the stuck message, the parked messages); a screenshot to docs/."""
+    out = tmp_path / "flags"
+    out.mkdir()
+    monkeypatch.setenv("MULTIACTIVE_TEST_OUT", str(out))
     cluster = make_cluster(
         ("bj-unicom", "bj-telecom", "gz"),
         wan={},
-        settings={"replication": {"heartbeat_interval_s": 0.5, "peer_timeout_s": 2.0}},
-    )
+        handlers=["fail_handlers", "hang_handlers"],
+        settings={"replication": {"heartbeat_interval_s": 0.5, "peer_timeout_s": 2.0,
+                                  "apply_max_attempts": 2, "apply_retry_backoff_ms": 50.0,
+                                  "handler_timeout_s": 600.0}},
+    )  # fmt: skip
     cluster.start()
     publish(cluster.client_address("gz"), 200, lambda i: f"k{i}")
+    dead = _publish_one(cluster, "gz", "test.broken", "order-17")
+    stuck = _publish_one(cluster, "bj-telecom", "test.hang", "slow-1")
     browser = _chromium(tmp_path)
     try:
         browser.get(f"http://{cluster.processes['bj-unicom'].admin}/dashboard")
@@ -221,7 +232,22 @@ def test_dashboard_shows_a_link_cut_within_seconds(
             )
             return str(browser.execute_script(script, link))
 
+        def points(metric: str) -> dict[str, int]:
+            script = (
+                "return Object.fromEntries([...document.querySelectorAll("
+                "`#chart-${arguments[0]} path.series`)].map("
+                "(p) => [p.dataset.link, Number(p.dataset.points)]));"
+            )
+            found: dict[str, int] = browser.execute_script(script, metric)
+            return found
+
         wait_for(lambda: state_of("gz->bj-telecom") == "streaming", 20, "the page to load")
+        links = {f"{a}->{b}" for a in cluster.sites for b in cluster.sites if a != b}
+        wait_for(
+            lambda: all(points(m).keys() == links and min(points(m).values()) >= 2
+                        for m in ("lag", "backlog", "rate")),
+            20, "two samples of every link in each chart",
+        )  # fmt: skip
         updates_before = int(browser.execute_script("return document.body.dataset.updates"))
         cluster.isolate("gz")
         publish(cluster.client_address("gz"), 100, lambda i: f"cut{i}")
@@ -232,6 +258,61 @@ def test_dashboard_shows_a_link_cut_within_seconds(
         )
         updates = int(browser.execute_script("return document.body.dataset.updates"))
         assert updates > updates_before  # refreshed in place, not reloaded
+
+        labels: list[dict[str, Any]] = browser.execute_script(
+            "return [...document.querySelectorAll('#edges text[data-link-label]')].map((t) => {"
+            "const r = t.getBoundingClientRect();"
+            "return {link: t.dataset.linkLabel, text: t.textContent,"
+            " x: r.left, y: r.top, w: r.width, h: r.height}; });"
+        )
+        assert {x["link"] for x in labels} == links
+        for label in labels:
+            origin, receiver = label["link"].split("->")
+            assert label["text"].startswith(f"{origin} \u2192 {receiver}"), label
+        for i, a in enumerate(labels):
+            for b in labels[i + 1 :]:
+                apart = (a["x"] + a["w"] <= b["x"] or b["x"] + b["w"] <= a["x"]
+                         or a["y"] + a["h"] <= b["y"] or b["y"] + b["h"] <= a["y"])  # fmt: skip
+                assert apart, (a, b)
+
+        def problems() -> list[str]:
+            found: list[str] = browser.execute_script(
+                "return [...document.querySelectorAll('#problems a')].map("
+                "(a) => a.dataset.problem + '@' + a.dataset.site);"
+            )
+            return found
+
+        wait_for(
+            lambda: {"link@gz", "stuck@bj-unicom", "deadletters@bj-unicom"} <= set(problems()),
+            20, f"the cut link, the stuck handler and the dead letters as problems "
+            f"(last: {problems()})",
+        )  # fmt: skip
+
+        def details_after_click(kind: str, site: str, expect: str) -> str:
+            browser.execute_script(
+                "document.querySelector("
+                "`#problems a[data-problem='${arguments[0]}'][data-site='${arguments[1]}']`"
+                ").click();",
+                kind, site,
+            )  # fmt: skip
+            text = ""
+
+            def shown() -> bool:
+                nonlocal text
+                text = str(browser.execute_script(
+                    "const b = document.getElementById('details-body');"
+                    "return b.dataset.kind + '|' + b.textContent;"
+                ))  # fmt: skip
+                return text.startswith(kind + "|") and expect in text
+
+            wait_for(shown, 10, f"the details of {kind} at {site} to show {expect!r}")
+            return text
+
+        text = details_after_click("stuck", "bj-unicom", stuck.id)
+        assert "test.hang" in text
+        details_after_click("link", "gz", "gz->")
+        text = details_after_click("deadletters", "bj-unicom", dead.id)
+        assert "cannot handle order-17" in text
         DOCS.mkdir(exist_ok=True)
         browser.save_screenshot(str(DOCS / "dashboard.png"))
     finally:

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from multiactive.cli.db import post_writer
+from multiactive.cli.db import post_decision, post_writer
 from multiactive.client import Client
 from multiactive.clock import SYSTEM_CLOCK
 from multiactive.db.apply import DbApply
+from multiactive.db.auto import Decision, Detector, watch
 from multiactive.db.config import database_settings, parse_database_url
 from multiactive.db.control import WriterRole
 from multiactive.db.failover import failover, rejoin, switchover
@@ -178,6 +179,56 @@ def test_writes_at_three_sites_end_once_in_the_writer_and_a_switchover_under_loa
     mariadb.wait_replicated()
     sums = mariadb.checksums(TABLES)
     assert all(s == sums["gz"] for s in sums.values()), sums
+    the_db_apply_and_the_watchers_decisions_are_in_status(cluster)
+
+
+def the_db_apply_and_the_watchers_decisions_are_in_status(cluster: LocalCluster) -> None:
+    """After the switchover: `multiactive status` shows each site's DB apply (gz writes at
+    epoch 2, the others do not) and a watcher's decision, told to every site's admin API
+    (what `multiactive db watch` does), is kept there (`/db/decisions`, `/status`)."""
+    topology = load_topology(cluster.topology_path)
+    asyncio.run(watch(settings_of(cluster), announcer(cluster), Detector(), SYSTEM_CLOCK,
+                      rounds=1, watcher="test:1", record=_told(topology)))  # fmt: skip
+    for site in DB_SITES:
+        kept = cluster.get(site, "/db/decisions")
+        assert [(d["action"], d["watcher"]) for d in kept["decisions"]] == [("healthy", "test:1")]
+        assert kept["decisions"][0]["at_ms"] > 0
+
+    def status() -> dict[str, Any]:
+        out = subprocess.run(
+            [sys.executable, "-m", "multiactive", "status", "--json",
+             "--topology", str(cluster.topology_path)],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        answer: dict[str, Any] = json.loads(out.stdout)
+        return answer
+
+    def gz_counted() -> bool:
+        db = (status()["sites"]["gz"] or {}).get("db") or {}
+        return db.get("applied_messages", 0) > 0 and db.get("transactions", 0) > 0
+
+    wait_for(gz_counted, 15, "gz's DB apply figures in status")  # reported every second
+    sites = status()["sites"]
+    dbs = {name: sites[name]["db"] for name in DB_SITES}
+    assert {n: (d["writer"], d["epoch"], d["active"]) for n, d in dbs.items()} == {
+        "gz": ("gz", 2, True), "bj-unicom": ("gz", 2, False), "bj-telecom": ("gz", 2, False)
+    }  # fmt: skip
+    assert dbs["bj-unicom"]["applied_messages"] > 0  # what it wrote while it held the role
+    assert sites["gz"]["db_decisions"][0]["action"] == "healthy"
+    text = subprocess.run(
+        [sys.executable, "-m", "multiactive", "status", "--topology", str(cluster.topology_path)],
+        capture_output=True, text=True, timeout=30,
+    ).stdout  # fmt: skip
+    assert "database" in text
+    assert "last failover decision" in text
+    assert "test:1" in text
+
+
+def _told(topology: Any) -> Any:
+    async def record(decision: Decision) -> None:
+        assert await asyncio.to_thread(post_decision, topology, decision) == []
+
+    return record
 
 
 def test_an_unplanned_failover_applies_what_the_dead_primary_never_shipped_exactly_once(

@@ -13,7 +13,13 @@ GET /state/entries      every entry (?limit=N, default 10000)
 GET /deadletters        parked messages (?limit=N, default 1000)
 POST /db/writer         {"writer", "epoch"}: journal the `ma.db.writer` control message here
                         (what `multiactive db switchover|failover` sends; docs/database.md)
+POST /db/decisions      a `Decision` of `multiactive db watch`, kept in a bounded history
+GET /db/decisions       that history, newest first (`DecisionHistory`; the newest also in /status)
 GET /tls                this site's certificates, expiry warnings and TLS refusals
+GET /history/links      this site's link ends over the last hour (?since_ms=), `LinkHistory`
+GET /cluster/history    every link's history once (from its sender's site), `LinkHistory`
+GET /cluster/sites/{site}/{path}  one site's deadletters, trace/position, reconcile or status,
+                        read through this site (the dashboard's details panel)
 
 Every endpoint with its answer record: docs/admin-api.md.
 """
@@ -21,6 +27,8 @@ Every endpoint with its answer record: docs/admin-api.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -32,8 +40,11 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from multiactive.admin.auth import guard
+from multiactive.admin.history import LinkHistoryRing, merge_histories, start_sampler
 from multiactive.admin.metrics import Scrape, render_metrics
 from multiactive.admin.render import entry_json, member_json, snapshot_json, topology_json
+from multiactive.clock import SYSTEM_CLOCK, Clock
+from multiactive.db.auto import STATUS_DECISIONS, Decision, DecisionHistory, DecisionLog
 from multiactive.db.control import WRITER_KEY, WRITER_TYPE, decode_writer
 from multiactive.errors import ConfigError, DecodeError, MultiactiveError, StoreError
 from multiactive.journal.base import Journal
@@ -41,6 +52,8 @@ from multiactive.model.message import Position, StreamId
 from multiactive.model.topology import Address, Topology
 from multiactive.records import (
     HeadsAnswer,
+    LinkHistory,
+    LinkStatistics,
     MessageRecord,
     SiteStatus,
     StreamHeads,
@@ -56,6 +69,8 @@ from multiactive.state.base import StateBackend
 
 PEER_TIMEOUT_S = 2.0
 READY_TIMEOUT_S = 2.0
+# What the dashboard's details panel may read from any site through this one.
+PEER_DETAILS = ("deadletters", "trace/position", "reconcile", "status")
 Control = Callable[[str, str, bytes], Awaitable[None]]
 
 
@@ -74,8 +89,11 @@ class AdminServer:
         control: Control | None = None,
         tls: TlsMaterial | None = None,
         routing: RoutingService | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        history: LinkHistoryRing | None = None,
     ) -> None:
-        """`control`: journals a control message (type, key, payload) at this site."""
+        """`control`: journals a control message (type, key, payload) at this site.
+        `history`: the ring of link samples (an hour, every 5 s, when not given)."""
         self._site = site
         self._tls = tls
         self._topology = topology
@@ -86,6 +104,10 @@ class AdminServer:
         self._inspector = inspector
         self._control = control
         self._routing = routing
+        self._clock = clock
+        self.history = history or LinkHistoryRing()
+        self._sampler: asyncio.Task[None] | None = None
+        self.decisions = DecisionLog()
         self._runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
 
@@ -96,6 +118,9 @@ class AdminServer:
                 web.get("/", self._to_dashboard),
                 web.get("/dashboard", self._dashboard),
                 web.get("/cluster/status", self._cluster_status),
+                web.get("/cluster/history", self._cluster_history),
+                web.get("/cluster/sites/{site}/{path:.+}", self._site_details),
+                web.get("/history/links", self._link_history),
                 web.get("/topology", self._topology_json),
                 web.get("/health", self._health),
                 web.get("/ready", self._ready),
@@ -118,6 +143,8 @@ class AdminServer:
                 web.get("/trace/position", self._trace_position),
                 web.get("/trace/{id}", self._trace),
                 web.post("/db/writer", self._db_writer),
+                web.post("/db/decisions", self._add_decision),
+                web.get("/db/decisions", self._decisions),
             ]
         )
         if self._routing is not None:
@@ -127,6 +154,7 @@ class AdminServer:
     async def start(self) -> None:
         address = self._topology.site(self._site).admin
         assert address is not None
+        self._sampler = start_sampler(self.history, self._clock, self._look_at_links)
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, address.host, address.port)
@@ -139,6 +167,10 @@ class AdminServer:
             ) from exc
 
     async def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
         if self._runner is not None:
             await self._runner.cleanup()
         if self._http is not None:
@@ -178,6 +210,11 @@ class AdminServer:
 
     async def _peer_status(self, address: Address | None) -> Any:
         """A peer's /status JSON, or None when it does not answer (in time)."""
+        return await self._peer_get(address, "status")
+
+    async def _peer_get(self, address: Address | None, path: str) -> Any:
+        """A peer's answer to `GET /{path}` as JSON, or None when it does not answer (in
+        time) or answers an error."""
         if address is None:
             return None
         if self._http is None:
@@ -185,14 +222,68 @@ class AdminServer:
         try:
             tokens = () if self._tls is None else self._tls.tokens.admin
             headers = {"Authorization": f"Bearer {tokens[0]}"} if tokens else {}
-            async with self._http.get(f"http://{address}/status", headers=headers) as response:
+            async with self._http.get(f"http://{address}/{path}", headers=headers) as response:
                 return await response.json() if response.status == 200 else None
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return None
 
+    async def _look_at_links(self) -> tuple[LinkStatistics, ...]:
+        await self._inspector.refresh_senders()
+        return self._inspector.statistics().links
+
+    async def _link_history(self, request: web.Request) -> web.Response:
+        since = _int(request, "since_ms", 0)
+        return web.json_response(self.history.answer(self._site, since).to_json())
+
+    async def _cluster_history(self, request: web.Request) -> web.Response:
+        """Every link's samples once: from its sender's site when that answers."""
+        since = _int(request, "since_ms", 0)
+        answers: dict[str, LinkHistory | None] = {}
+        for site in self._topology.sites:
+            if site.name == self._site:
+                answers[site.name] = self.history.answer(self._site, since)
+                continue
+            found = await self._peer_get(site.admin, f"history/links?since_ms={since}")
+            answers[site.name] = None if found is None else LinkHistory.from_json(found)
+        ring = self.history
+        merged = merge_histories(
+            self._site, self._topology.links, answers, ring.interval_s, ring.window_s
+        )
+        return web.json_response(merged.to_json())
+
+    async def _site_details(self, request: web.Request) -> web.Response:
+        """One site's dead letters, a position's trace, its last reconcile or its status, for
+        the dashboard's details panel (which talks to this site only)."""
+        name, path = request.match_info["site"], request.match_info["path"]
+        if name not in self._topology.site_names:
+            raise web.HTTPNotFound(text=f"no site {name!r} in {self._topology.source}")
+        if path not in PEER_DETAILS:
+            raise web.HTTPNotFound(text=f"{path!r} is not one of {', '.join(PEER_DETAILS)}")
+        query = request.query_string
+        found = await self._peer_get(
+            self._topology.site(name).admin, path + (f"?{query}" if query else "")
+        )
+        if found is None:
+            raise web.HTTPBadGateway(text=f"site {name} did not answer GET /{path}")
+        return web.json_response(found)
+
     async def _site_status(self) -> dict[str, Any]:
         status = await self._inspector.status(self._reconciler.last)
-        return status.to_json()
+        decisions = self.decisions.newest(STATUS_DECISIONS)
+        return dataclasses.replace(status, db_decisions=decisions).to_json()
+
+    async def _add_decision(self, request: web.Request) -> web.Response:
+        """A failover decision of a watcher (`multiactive db watch` posts each one here)."""
+        try:
+            decision = Decision.from_json(await request.json())
+        except (ValueError, DecodeError) as exc:
+            raise web.HTTPBadRequest(text=f"a Decision record is expected: {exc}") from exc
+        self.decisions.add(decision)
+        return web.json_response({"kept": len(self.decisions.newest())})
+
+    async def _decisions(self, request: web.Request) -> web.Response:
+        answer = DecisionHistory(self._site, self.decisions.newest(_limit(request, 200)))
+        return web.json_response(answer.to_json())
 
     async def _tls_status(self, request: web.Request) -> web.Response:
         """This site's certificates (subject, SANs, expiry) and refused connections."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Coroutine
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,12 @@ from multiactive.db.failover import rejoin as run_rejoin
 from multiactive.db.failover import switchover as run_switchover
 from multiactive.db.replication import DbStatus, db_status
 from multiactive.errors import ClusterError, ConfigError
+from multiactive.logs import get_logger
 from multiactive.model.topology import Topology, load_topology
 from multiactive.security.tokens import admin_headers
+
+log = get_logger("db")
+DECISION_POST_TIMEOUT_S = 2.0
 
 to_option = click.option("--to", "target", required=True, help="The site that becomes the writer.")
 dry_run_option = click.option("--dry-run", is_flag=True, help="Check and print the steps only.")
@@ -141,10 +146,13 @@ def watch(
 
     def show(decision: Decision) -> None:
         if as_json:
-            click.echo(json.dumps(asdict(decision)))
+            click.echo(json.dumps(decision.to_json()))
         else:
             target = f" -> {decision.target}" if decision.target else ""
             click.echo(f"{decision.action}{target}: {decision.reason}")
+
+    async def record(decision: Decision) -> None:
+        await asyncio.to_thread(post_decision, topology, decision)
 
     asyncio.run(
         run_watch(
@@ -155,8 +163,32 @@ def watch(
             period_s=period_s,
             act=act,
             report=show,
+            record=record,
+            watcher=f"{socket.gethostname()}:{os.getpid()}",
         )
     )
+
+
+def post_decision(topology: Topology, decision: Decision) -> list[str]:
+    """Tell every site's admin API of a decision (`POST /db/decisions`), for its history and
+    the dashboard; the sites that did not take it, each named in a WARNING (the decision
+    stands: the watcher's own log has it)."""
+    missed = []
+    body = json.dumps(decision.to_json()).encode()
+    for site in topology.sites:
+        if site.admin is None:
+            continue
+        request = urllib.request.Request(
+            f"http://{site.admin}/db/decisions", data=body, method="POST",
+            headers={"Content-Type": "application/json", **admin_headers()},
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=DECISION_POST_TIMEOUT_S) as response:
+                response.read()
+        except (OSError, urllib.error.URLError) as exc:
+            log.warning("db_decision_not_told", site=site.name, error=str(exc))
+            missed.append(site.name)
+    return missed
 
 
 def _announcer(topology: Topology) -> Announce:

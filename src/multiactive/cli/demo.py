@@ -198,5 +198,8 @@ def _db_demo(duration: float, rate: float, data_dir: Path | None, as_json: bool)
                 f"  {name:<11} rows {figures['rows']:>7}  request ids {figures['distinct']:>7}  "
                 f"checksum {figures['checksum']}"
             )
+        moved = "failed over" if result.failed_over else "NOT failed over"
+        click.echo(f"writer {moved}: primary {result.primary or 'none'}, epoch {result.epoch}, "
+                   f"rows written by {', '.join(result.writers) or 'nobody'}")  # fmt: skip
         click.echo("equal everywhere, each write once" if result.ok else "NOT EQUAL")
     sys.exit(0 if result.ok else 1)

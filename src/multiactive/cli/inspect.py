@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,6 +22,7 @@ from multiactive.model.topology import SiteConfig, Topology, load_topology
 from multiactive.records import (
     ClusterLag,
     ClusterTrace,
+    Decision,
     LinkView,
     PositionTrace,
     SiteStatus,
@@ -135,7 +137,37 @@ def status(topology_path: Path, as_json: bool) -> None:
         for error in v.errors:
             console.print(f"[dim]last error {v.name} ({error})[/]")
     _print_stuck(console, statuses)
+    _print_db(console, statuses)
     _finish(console, statuses, problems)
+
+
+def _print_db(console: Console, statuses: dict[str, SiteStatus | None]) -> None:
+    """The DB apply at each site (writer, epoch, rows, retries, fence refusals) and the
+    newest failover decision a watcher told the sites of."""
+    answered = {name: s for name, s in statuses.items() if s is not None and s.db is not None}
+    if not answered:
+        return
+    table = Table(box=box.SIMPLE_HEAD, title="database", title_justify="left")
+    for column in ("site", "mode", "role", "writer", "epoch", "applied", "transactions",
+                   "retries", "dead letters", "fence refusals", "last error"):  # fmt: skip
+        table.add_column(column, justify="right" if column[0] in "aetdf" else "left")
+    decisions: list[Decision] = []
+    for name, site_status in answered.items():
+        db = site_status.db
+        assert db is not None
+        table.add_row(
+            name, db.mode, "writes" if db.active else "replica", db.writer or "every site",
+            str(db.epoch), f"{db.applied_messages:,}", f"{db.transactions:,}", f"{db.retries:,}",
+            f"{db.parked_messages:,}", f"{db.fence_refusals:,}", (db.last_error or "")[:60],
+        )  # fmt: skip
+        decisions += site_status.db_decisions
+    console.print(table)
+    if decisions:
+        d = max(decisions, key=lambda x: x.at_ms)
+        when = time.strftime("%H:%M:%S", time.localtime(d.at_ms / 1000))
+        target = f" -> {d.target}" if d.target else ""
+        console.print(f"last failover decision {when} by {d.watcher or 'a watcher'}: "
+                      f"{d.action}{target}: {d.reason}")  # fmt: skip
 
 
 def _print_stuck(console: Console, statuses: dict[str, SiteStatus | None]) -> None:

@@ -40,6 +40,7 @@ from multiactive.errors import DatabaseError, FencedError
 from multiactive.journal.base import Journal
 from multiactive.logs import get_logger
 from multiactive.model.message import Message, StreamId, message_from_row
+from multiactive.model.record import Record
 from multiactive.model.topology import ReplicationSettings
 
 ROUND_BYTES = 8 * 1024 * 1024  # journal bytes one DB round reads, across streams
@@ -69,6 +70,26 @@ class DbApplyStatistics:
     handler_failures: int
     transactions: int
     watermarks: dict[StreamId, int]
+    last_error: str | None
+    retries: int = 0  # handler attempts to be retried, and transactions retried after the
+    # database was unavailable
+    fence_refusals: int = 0  # transactions refused by the fence (an older epoch)
+
+
+@dataclass(frozen=True, slots=True)
+class DbApplySummary(Record):
+    """The DB apply's figures in `/status` (field `db`) and `multiactive status`."""
+
+    mode: str
+    active: bool  # this site runs DB handlers now (the writer, or any site independent)
+    writer: str | None
+    epoch: int
+    applied_messages: int
+    transactions: int
+    retries: int
+    parked_messages: int
+    handler_failures: int
+    fence_refusals: int
     last_error: str | None
 
 
@@ -127,7 +148,9 @@ class DbApply:
         self._fence_poll_at = 0.0
         self._unavailable_s = 0.0
         self._rotation = 0
-        self._totals = {"applied": 0, "parked": 0, "failures": 0, "transactions": 0}
+        self._totals = dict.fromkeys(
+            ("applied", "parked", "failures", "transactions", "retries", "fence_refusals"), 0
+        )
         self.last_error: str | None = None
         self.first_write_ms: int | None = None  # wall ms of the first commit under this role
         self._role_at_ms = 0
@@ -369,6 +392,7 @@ class DbApply:
         log.warning("db_handler_failed", stream=str(failed.stream), seq=failed.seq, error=error)
         if attempts >= self._settings.apply_max_attempts:
             return  # the redo parks it and goes on
+        self._totals["retries"] += 1
         backoff_s = self._settings.apply_retry_backoff_ms / 1000 * 2 ** (attempts - 1)
         self._retry_at[failed.stream] = self._clock.monotonic() + backoff_s
         items = [item for item in work[failed.stream] if item[0] < failed.seq]
@@ -399,6 +423,7 @@ class DbApply:
             UNAVAILABLE_BACKOFF_MAX_S, max(UNAVAILABLE_BACKOFF_MIN_S, self._unavailable_s * 2)
         )
         self._blocked_until = self._clock.monotonic() + self._unavailable_s
+        self._totals["retries"] += 1
         self._reload = True  # whatever committed before the error is re-read
         if self.last_error != str(exc):
             log.warning("db_unavailable", site=self.site, error=str(exc))
@@ -406,6 +431,7 @@ class DbApply:
 
     def _fenced(self, exc: FencedError) -> None:
         log.warning("db_fenced", site=self.site, error=str(exc))
+        self._totals["fence_refusals"] += 1
         self.last_error = str(exc)
         self.progress.fire()
 
@@ -510,7 +536,16 @@ class DbApply:
             t["transactions"],
             dict(self._marks),
             self.last_error,
+            t["retries"],
+            t["fence_refusals"],
         )
+
+    def summary(self) -> DbApplySummary:
+        s = self.statistics()
+        return DbApplySummary(
+            s.mode, s.active, s.writer, s.epoch, s.applied_messages, s.transactions, s.retries,
+            s.parked_messages, s.handler_failures, s.fence_refusals, s.last_error,
+        )  # fmt: skip
 
     async def wait_caught_up(self, timeout_s: float) -> bool:
         try:

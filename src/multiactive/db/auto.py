@@ -5,7 +5,10 @@ reach it *and* every reachable replica's IO thread has lost it too (a watcher cu
 primary alone decides nothing). The state must hold for `detect_s` (the detection period);
 then the most advanced replica is promoted with `failover`. After a failover, another one is
 blocked for `block_s` (anti-flap): a cluster that fails over twice in a row needs a human.
-Every decision is logged (`db_watch` events) and returned as a `Decision` record.
+Every decision that differs from the one before is logged (`db_watch` events, WARNING for
+anything but healthy) and handed to `report` and `record` as a `Decision` record; `multiactive db
+watch` posts each to every site's admin API (`POST /db/decisions`), where a `DecisionLog`
+keeps the last DECISION_HISTORY of them for `GET /db/decisions`, `/status` and the dashboard.
 
 The rules are the pure `Detector.observe`, driven by a `Clock`, so tests move time instead of
 waiting for it.
@@ -13,28 +16,57 @@ waiting for it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 
 from multiactive.clock import Clock
 from multiactive.db.config import DatabaseSettings
 from multiactive.db.failover import Announce, FailoverResult, failover
 from multiactive.db.replication import ServerState, domain_positions, find_primary, gather_states
 from multiactive.logs import get_logger
+from multiactive.model.record import Record
 
 log = get_logger("db")
 
 DEFAULT_PERIOD_S = 1.0
 DEFAULT_DETECT_S = 3.0
 DEFAULT_BLOCK_S = 3600.0
+DECISION_HISTORY = 200  # decisions a site keeps (the watcher reports changes only)
+STATUS_DECISIONS = 20  # the newest of them in /status
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
-    action: str  # healthy | suspect | fail_over | blocked | no_candidate
+class Decision(Record):
+    action: str  # healthy | suspect | fail_over | blocked | no_candidate | failed_over
     reason: str
     target: str | None = None
     down_for_s: float = 0.0
+    at_ms: int = 0  # wall time the watcher decided (0: not yet stamped)
+    watcher: str = ""  # who decided: host and pid of `multiactive db watch`
+    acting: bool = False  # the watcher runs with --auto (a fail_over decision is carried out)
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionHistory(Record):
+    """`GET /db/decisions`: the failover decisions this site was told of, newest first."""
+
+    site: str
+    decisions: tuple[Decision, ...]
+
+
+class DecisionLog:
+    """The last `size` decisions, as one site keeps them (in memory: a restart forgets)."""
+
+    def __init__(self, size: int = DECISION_HISTORY) -> None:
+        self._decisions: deque[Decision] = deque(maxlen=size)
+
+    def add(self, decision: Decision) -> None:
+        self._decisions.append(decision)
+
+    def newest(self, count: int | None = None) -> tuple[Decision, ...]:
+        found = tuple(reversed(self._decisions))
+        return found if count is None else found[:count]
 
 
 class Detector:
@@ -89,23 +121,38 @@ async def watch(
     report: Callable[[Decision], None] = lambda decision: None,
     rounds: int | None = None,
     stop_after_failover: bool = False,
+    record: Callable[[Decision], Awaitable[None]] | None = None,
+    watcher: str = "",
+    look: Callable[[], Awaitable[Mapping[str, ServerState]]] | None = None,
 ) -> FailoverResult | None:
-    """Look every `period_s`; report each decision that differs from the one before; with
-    `act`, run the failover a `fail_over` decision names. `rounds`: stop after so many;
-    `stop_after_failover`: return the first failover's result (benchmarks)."""
+    """Look every `period_s`; log, report and `record` each decision that differs from the
+    one before (stamped with the time and `watcher`); with `act`, run the failover a
+    `fail_over` decision names. `rounds`: stop after so many; `stop_after_failover`: return
+    the first failover's result (benchmarks). `look`: every server's state (default: asked of
+    the servers, `gather_states`)."""
     last: Decision | None = None
     done = 0
+
+    async def tell(decision: Decision) -> None:
+        decision = replace(decision, at_ms=clock.wall_ms(), watcher=watcher, acting=act)
+        level = log.info if decision.action == "healthy" else log.warning
+        level("db_watch", action=decision.action, reason=decision.reason, acting=act,
+              target=decision.target, down_for_s=round(decision.down_for_s, 3))  # fmt: skip
+        report(decision)
+        if record is not None:
+            await record(decision)
+
     while rounds is None or done < rounds:
-        decision = detector.observe(await gather_states(settings), clock.monotonic())
+        states = await (gather_states(settings) if look is None else look())
+        decision = detector.observe(states, clock.monotonic())
         if last is None or (decision.action, decision.target) != (last.action, last.target):
-            log.info("db_watch", action=decision.action, reason=decision.reason,
-                     target=decision.target, down_for_s=round(decision.down_for_s, 3))  # fmt: skip
-            report(decision)
+            await tell(decision)
         last = decision
         if decision.action == "fail_over" and decision.target is not None and act:
             result = await failover(settings, decision.target, announce)
             detector.failed_over(clock.monotonic())
-            report(Decision("failed_over", f"{decision.target} is the primary", decision.target))
+            await tell(Decision("failed_over", f"{decision.target} is the primary",
+                                decision.target, decision.down_for_s))  # fmt: skip
             if stop_after_failover:
                 return result
         done += 1

@@ -8,6 +8,7 @@ acknowledged write there exactly once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,18 +38,33 @@ class DbDemoResult:
     steps: list[str] = field(default_factory=list)
     databases: dict[str, dict[str, Any]] = field(default_factory=dict)  # rows, distinct, sum
     missing: int = 0
+    primary: str = ""  # the server that is the primary at the end
+    epoch: int = 0  # the writer epoch at the end (1 before any failover)
+    writers: list[str] = field(default_factory=list)  # sites whose rows are in the table
+
+    @property
+    def failed_over(self) -> bool:
+        """The writer moved to TARGET: its server is the primary, the epoch moved, and both
+        the old and the new writer wrote rows."""
+        return (self.primary == TARGET and self.epoch >= 2
+                and {WRITER, TARGET} <= set(self.writers))  # fmt: skip
 
     @property
     def ok(self) -> bool:
         counts = {(d["rows"], d["distinct"], d["checksum"]) for d in self.databases.values()}
         first = next(iter(counts), (0, 0, ""))
-        return len(counts) == 1 and first[0] == first[1] and self.missing == 0
+        return (
+            len(self.databases) == len(DEFAULT_SITES) and len(counts) == 1
+            and first[0] == first[1] >= self.acknowledged > 0 and self.missing == 0
+            and self.failed_over
+        )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return {
             "acknowledged": self.acknowledged, "failover_s": round(self.failover_s, 3),
             "steps": self.steps, "databases": self.databases, "missing": self.missing,
-            "ok": self.ok,
+            "primary": self.primary, "epoch": self.epoch, "writers": self.writers,
+            "failed_over": self.failed_over, "ok": self.ok,
         }  # fmt: skip
 
 
@@ -92,9 +108,12 @@ async def _scenario(
 
 
 def run_db_demo(root: Path, duration_s: float, rate: float, announce: Announce,
-                report: Report) -> DbDemoResult:  # fmt: skip
+                report: Report, servers: MariaSet | None = None) -> DbDemoResult:  # fmt: skip
+    """`servers`: a started primary and replicas to use (the tests' session servers), left
+    running; by default three fresh ones under `root`, killed at the end."""
     result = DbDemoResult()
-    with MariaSet(root / "mariadb", DEFAULT_SITES) as dbs:
+    given = None if servers is None else contextlib.nullcontext(servers)
+    with given or MariaSet(root / "mariadb", DEFAULT_SITES) as dbs:
         dbs.servers[WRITER].sql(f"USE {DATABASE}; {CREATE_TABLE}")
         database = {
             "mode": "writer", "writer": WRITER,
@@ -118,6 +137,12 @@ def run_db_demo(root: Path, duration_s: float, rate: float, announce: Announce,
             dbs.wait_replicated()
             stored = {r[0] for r in new.sql(f"SELECT request_id FROM {DATABASE}.{TABLE}")}
             result.missing = len(set(acked) - stored)
+            primary = dbs.primary()
+            result.primary = next(n for n, s in dbs.servers.items() if s is primary)
+            fence = primary.sql(f"SELECT epoch FROM {DATABASE}.ma_db_fence")
+            result.epoch = int(fence[0][0]) if fence else 0
+            writers = primary.sql(f"SELECT DISTINCT writer FROM {DATABASE}.{TABLE}")
+            result.writers = sorted(str(r[0]) for r in writers)
             sums = dbs.checksums([TABLE])
             for name, server in dbs.servers.items():
                 total, distinct = rows(server)

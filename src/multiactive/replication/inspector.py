@@ -134,7 +134,7 @@ class SiteInspector:
             ProcessorSummary(p.applied_messages, p.parked_messages, p.handler_failures,
                              p.latency_ms_p50, p.latency_ms_p99, p.stuck_handlers),
             stats.links, len(letters), None if reconcile is None else reconcile.summary(),
-            self._processor.canaries(),
+            self._processor.canaries(), p.db,
         )  # fmt: skip
 
     # -- lag -----------------------------------------------------------------------------

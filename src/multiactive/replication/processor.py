@@ -25,7 +25,7 @@ from typing import Protocol
 from multiactive import failpoints
 from multiactive.aio import Backoff, Pulse, run_together, wait_any, wait_until
 from multiactive.clock import SYSTEM_CLOCK, Clock
-from multiactive.db.apply import DbApply
+from multiactive.db.apply import DbApply, DbApplySummary
 from multiactive.errors import HandlerTimeout, StoreError
 from multiactive.journal.base import Journal
 from multiactive.logs import get_logger
@@ -97,6 +97,7 @@ class ProcessorStatistics:
     latency_ms_p50: float | None  # origin acceptance -> applied here, recent messages
     latency_ms_p99: float | None
     stuck_handlers: tuple[RunningHandler, ...] = ()
+    db: DbApplySummary | None = None  # the DB apply's figures, when the site has a database
 
 
 @dataclass(frozen=True, slots=True)
@@ -608,6 +609,7 @@ class Processor:
             _quantile(ordered, 0.5),
             _quantile(ordered, 0.99),
             tuple(self.stuck_handlers()),
+            None if self.db is None else self.db.summary(),
         )
 
     async def close(self) -> None:

@@ -41,6 +41,7 @@ from typing import Any
 
 from multiactive.aio import Pulse, run_together, wait_until
 from multiactive.clock import SYSTEM_CLOCK
+from multiactive.db.apply import DbApplySummary
 from multiactive.db.site import open_db_apply
 from multiactive.errors import ApplierError, ConnectionLost, ProtocolError, StoreError
 from multiactive.journal import Journal, open_journal
@@ -326,6 +327,7 @@ class ProcessorProcess:
         return ProcessorStatistics(
             stats.get("applied", 0), stats.get("parked", 0), stats.get("failures", 0),
             streams, stats.get("p50"), stats.get("p99"), tuple(self.stuck_handlers()),
+            None if stats.get("db") is None else DbApplySummary.from_json(stats["db"]),
         )  # fmt: skip
 
     def stuck_handlers(self) -> list[RunningHandler]:
@@ -494,4 +496,5 @@ class _Applier:
             "retrying": retrying,
             "stuck": [list(astuple(r)) for r in processor.stuck_handlers()],
             "canaries": [[o, c, a] for o, (c, a) in processor.canary_times().items()],
+            "db": None if stats.db is None else stats.db.to_json(),
         }

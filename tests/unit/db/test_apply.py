@@ -157,6 +157,10 @@ def test_a_failing_handler_backs_off_then_parks_while_other_streams_go_on(
         assert dead == [(2, 3, "RuntimeError: handler fails on seq 2")]
         assert sorted(await table(apply, "SELECT id FROM rows")) == [("a",), ("c",), ("d",)]
         assert apply.statistics().parked_messages == 1
+        summary = apply.summary()  # what /status and `multiactive status` show
+        assert (summary.handler_failures, summary.retries, summary.parked_messages) == (3, 2, 1)
+        assert summary.applied_messages == 3
+        assert summary.transactions >= 2
 
     run(main())
 
@@ -222,6 +226,8 @@ def test_the_old_writer_is_refused_once_the_fence_moved_and_the_new_one_resumes(
         assert not await apply.step()
         assert "refused" in (apply.last_error or "")
         assert not apply.statistics().active
+        assert apply.summary().fence_refusals == 1
+        assert (apply.summary().writer, apply.summary().epoch) == ("gz", 2)
         assert apply.role == WriterRole(2, "gz")
         assert await table(apply, "SELECT id FROM rows") == [("a",)]
         # Back to bj at epoch 3 through the control message: it resumes from the watermark.

@@ -3,8 +3,15 @@ nothing), the detection period, the most advanced replica as the target, the ant
 
 from __future__ import annotations
 
-from multiactive.db.auto import Detector
+import asyncio
+import json
+import logging
+
+import pytest
+
+from multiactive.db.auto import Decision, DecisionLog, Detector, watch
 from multiactive.db.replication import ServerState
+from multiactive.testing import FakeClock
 
 DOWN = ServerState("bj", False, error="refused")
 PRIMARY = ServerState("bj", True, gtid_binlog_state="0-1-100")
@@ -61,3 +68,50 @@ def test_a_primary_that_comes_back_resets_the_detection_period() -> None:
     assert detector.observe(lost, 4.0).action == "suspect"
     assert detector.observe(lost, 6.9).action == "suspect"
     assert detector.observe(lost, 7.0).action == "fail_over"
+
+
+def test_the_watcher_stamps_logs_and_records_each_changed_decision(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every decision that differs from the one before is stamped (time, watcher, acting)
+    and handed to `record` (what posts it to the sites); a watcher without --auto does not
+    fail over; a site's DecisionLog keeps the newest, bounded."""
+    from multiactive.db.config import DatabaseSettings
+
+    clock = FakeClock()
+    looks = iter([{"bj": PRIMARY}] * 2 + [{"bj": DOWN, "gz": replica("gz", "No", 100)}] * 6)
+    recorded: list[Decision] = []
+
+    async def look() -> dict[str, ServerState]:
+        return next(looks)
+
+    async def record(decision: Decision) -> None:
+        recorded.append(decision)
+
+    async def announce(role: object) -> None:
+        raise AssertionError("a watcher without --auto never fails over")
+
+    async def main() -> None:
+        settings = DatabaseSettings("writer", "bj", {}, "test.toml")
+        task = asyncio.create_task(watch(
+            settings, announce, Detector(detect_s=3, block_s=60), clock, period_s=1, rounds=8,
+            record=record, watcher="host:7", look=look,
+        ))  # fmt: skip
+        for _ in range(8):
+            await clock.advance(1)
+        await task
+
+    with caplog.at_level(logging.INFO, logger="multiactive"):
+        asyncio.run(main())
+    assert [(d.action, d.target) for d in recorded] == [
+        ("healthy", None), ("suspect", None), ("fail_over", "gz")
+    ]  # fmt: skip
+    assert all(d.watcher == "host:7" and not d.acting for d in recorded)
+    assert [d.at_ms - recorded[0].at_ms for d in recorded] == [0, 2000, 5000]
+    logged = [r for r in caplog.records if r.getMessage().startswith("db_watch ")]
+    assert [r.levelno for r in logged] == [logging.INFO, logging.WARNING, logging.WARNING]
+    kept = DecisionLog(size=2)
+    for d in recorded:
+        kept.add(d)
+    assert [d.action for d in kept.newest()] == ["fail_over", "suspect"]
+    assert Decision.from_json(json.loads(json.dumps(recorded[-1].to_json()))) == recorded[-1]
