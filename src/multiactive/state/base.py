@@ -149,6 +149,10 @@ class StateBackend(abc.ABC):
         """Write entries under last-writer-wins (for user handlers); return how many won."""
 
     @abc.abstractmethod
+    async def fill(self, key: str, value: bytes, version: int) -> bool:
+        """Write a cache-aside fill atomically under `ops.fill_wins`; True if it was written."""
+
+    @abc.abstractmethod
     async def entries(self) -> list[Entry]:
         """Every key-value entry, in key order (for reports and tests; not a hot path)."""
 

@@ -23,7 +23,7 @@ from multiactive.state.base import (
     StateBackend,
     Watermark,
 )
-from multiactive.state.ops import newer, sorted_snapshot
+from multiactive.state.ops import FILL_ORIGIN, fill_wins, newer, sorted_snapshot
 
 
 class MemoryState(StateBackend):
@@ -91,6 +91,12 @@ class MemoryState(StateBackend):
                 self._entries[entry.key] = entry
                 won += 1
         return won
+
+    async def fill(self, key: str, value: bytes, version: int) -> bool:
+        if not fill_wins(version, self._entries.get(key)):
+            return False
+        self._entries[key] = Entry(key, value, version, FILL_ORIGIN)
+        return True
 
     async def entries(self) -> list[Entry]:
         return [self._entries[key] for key in sorted(self._entries)]

@@ -39,6 +39,12 @@ COUNTER_ADD = "counter.add"
 ZSET_ADD = "zset.add"
 ZSET_REM = "zset.rem"
 BUILTIN_TYPES = frozenset({KV_SET, KV_DEL, COUNTER_ADD, ZSET_ADD, ZSET_REM})
+# A cache-aside fill (`multiactive.reads`): a register written from the site's database, not
+# by a message. Its origin is empty, below every site name, so that at an equal version the
+# message-driven write wins under last-writer-wins; fills are local, not replicated state, and
+# snapshots (digests, reconcile, the chaos checker) leave them out. Not a message type.
+KV_FILL = "kv.fill"
+FILL_ORIGIN = ""
 __all__ = ["DEFAULT_ZSET_CAP"]  # re-exported for the state backends
 MAX_COUNTER_DELTA = 2**62
 _INTEGER = re.compile(rb"^[+-]?[0-9]{1,19}$")
@@ -99,6 +105,15 @@ def newer(version: int, origin: str, held_version: int, held_origin: str) -> boo
     return (version, origin) > (held_version, held_origin)
 
 
+def fill_wins(version: int, held: Entry | None) -> bool:
+    """Does a fill of `version` replace what a register holds? Yes over nothing, over an
+    older entry, and over a fill of the same version (a reload); never over a
+    message-driven entry of the same version or over anything newer."""
+    if held is None or version > held.version:
+        return True
+    return version == held.version and held.origin == FILL_ORIGIN
+
+
 def zset_view(members: Iterable[Member], cap: int) -> list[Member]:
     """The `cap` newest present members, newest first (ties: higher member bytes first)."""
     present = [m for m in members if m.present]
@@ -135,9 +150,9 @@ def sorted_snapshot(
     counters: Iterable[tuple[str, int]],
     zsets: Iterable[tuple[str, Sequence[Member]]],
 ) -> Snapshot:
-    """Build a snapshot in canonical order from any order."""
+    """Build a snapshot in canonical order from any order (fills left out: local data)."""
     return Snapshot(
-        tuple(sorted(entries, key=lambda e: e.key)),
+        tuple(sorted((e for e in entries if e.origin != FILL_ORIGIN), key=lambda e: e.key)),
         tuple(sorted(counters)),
         tuple(
             (key, tuple(sorted(members, key=lambda m: m.member)))

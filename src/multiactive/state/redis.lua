@@ -12,7 +12,8 @@ and origins byte by byte (never with `<` on strings, which follows the server's 
 KEYS[1]   watermarks of the step's (site, partition)           ma:{S:P}:wm
 KEYS[2]   dead letters of that (site, partition)               ma:{S:P}:dead
 KEYS[3..] per operation, in order:
-            kv.set, kv.del      its register                   ma:{S:P}:kv:<key>     HASH
+            kv.set, kv.del,     its register                   ma:{S:P}:kv:<key>     HASH
+            kv.fill (a cache-aside fill, origin '', see state/ops.py)
             counter.add         its counter                    ma:{S:P}:c:<key>      STRING
             zset.add, zset.rem  the set's present members,     ma:{S:P}:z:<key>      ZSET
                                 then its member registers      ma:{S:P}:zm:<key>     HASH
@@ -111,6 +112,20 @@ local function set_register(key, present, version, origin, value)
   return 1
 end
 
+-- a cache-aside fill (origin ''): over nothing, an older entry or a fill of its version
+-- (a reload); never over a message-driven entry of its version or anything newer
+local function fill_register(key, version, value)
+  local held = redis.call('HMGET', key, 'version', 'origin')
+  if held[1] then
+    local c = cmp_dec(version, held[1])
+    if c < 0 or (c == 0 and held[2] ~= '') then
+      return 0
+    end
+  end
+  redis.call('HSET', key, 'version', version, 'origin', '', 'value', value)
+  return 1
+end
+
 local function set_member(zkey, mkey, present, version, origin, member)
   local held = redis.call('HGET', mkey, member)
   if held then
@@ -150,6 +165,9 @@ local function apply_registers(ops, counters)
     local kind = op[1]
     if kind == 'kv.set' or kind == 'kv.del' then
       won = won + set_register(KEYS[k], kind == 'kv.set', op[2], op[3], op[4])
+      k = k + 1
+    elseif kind == 'kv.fill' then
+      won = won + fill_register(KEYS[k], op[2], op[4])
       k = k + 1
     elseif kind == 'counter.add' then
       counters[#counters + 1] = { KEYS[k], op[4] }

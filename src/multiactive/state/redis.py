@@ -63,9 +63,9 @@ from multiactive.state.base import (
     StateBackend,
     Watermark,
 )
-from multiactive.state.ops import sorted_snapshot
+from multiactive.state.ops import FILL_ORIGIN, KV_FILL, sorted_snapshot
 
-_REGISTERS = (KV_SET, KV_DEL)
+_REGISTERS = (KV_SET, KV_DEL, KV_FILL)
 _MEMBERS = (ZSET_ADD, ZSET_REM)
 
 
@@ -218,6 +218,18 @@ class RedisState(StateBackend):
             if isinstance(result, Exception):
                 raise self._open_db().fail(result, "writing entries")
         return sum(results)
+
+    async def fill(self, key: str, value: bytes, version: int) -> bool:
+        """One script call: the fill and its check against the held register, atomically."""
+        tag = self._tags[partition_for(key, self._partitions)]
+        keys = [f"{tag}wm", f"{tag}dead"]
+        packed = [self._op(keys, (KV_FILL, key, version, FILL_ORIGIN, value), None)]
+        (result,) = await self._open_db().run(
+            [ScriptCall(self._script, keys, ["", 0, 0, 0, lua_pack(packed), b""])]
+        )
+        if isinstance(result, Exception):
+            raise self._open_db().fail(result, f"filling {key!r}")
+        return bool(result)
 
     async def entries(self) -> list[Entry]:
         keys = [k for k in await self._family_keys() if k[1] == "kv"]

@@ -67,6 +67,12 @@ ON CONFLICT(key) DO UPDATE SET
 WHERE (excluded.version, excluded.origin) > (kv.version, kv.origin)
 """
 _UPSERT = "INSERT INTO kv(key, value, version, origin) VALUES (?, ?, ?, ?)" + _LWW
+# ops.fill_wins as one statement (origin '' is a fill)
+_FILL = """
+INSERT INTO kv(key, value, version, origin) VALUES (?, ?, ?, '')
+ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = excluded.version, origin = ''
+WHERE excluded.version > kv.version OR (excluded.version = kv.version AND kv.origin = '')
+"""
 # Built-in ops bind as they come, (type, key, version, origin, payload): no Python per row.
 _APPLY_OP = {
     "kv": (
@@ -192,6 +198,15 @@ class SqliteState(StateBackend):
             conn.execute("ROLLBACK")
             raise
         return conn.total_changes - before
+
+    async def fill(self, key: str, value: bytes, version: int) -> bool:
+        return await self._db.run(lambda: self._fill_sync(key, value, version))
+
+    def _fill_sync(self, key: str, value: bytes, version: int) -> bool:
+        conn = self._db.conn
+        before = conn.total_changes
+        conn.execute(_FILL, (key, value, version))  # one statement: atomic on its own
+        return conn.total_changes > before
 
     async def entries(self) -> list[Entry]:
         rows = await self._db.run(

@@ -878,3 +878,103 @@ def test_redis_state_on_a_cluster_commits_steps_of_many_partitions(redis_cluster
             assert (await state.watermarks())[StreamId("gz", 2)] == Watermark(1, 2)
 
     run(main())
+
+
+# -- cache-aside fills (multiactive.reads) -----------------------------------------------------
+
+
+def test_a_fill_writes_a_missing_key_and_never_replaces_newer_or_equal_messages(
+    backend: Backend,
+) -> None:
+    async def main() -> None:
+        async with backend.opened() as state:
+            assert await state.fill("a", b"row", 5)
+            assert await state.get("a") == Entry("a", b"row", 5, "")
+            await apply_each(state, [message("b", 5, value=b"msg")])
+            assert not await state.fill("b", b"row", 5)  # the message's own version: it wins
+            assert not await state.fill("b", b"row", 4)  # older than the message
+            assert await state.fill("b", b"newer-row", 6)  # the row is newer than the cache
+            assert (await state.get("b")) == Entry("b", b"newer-row", 6, "")
+
+    run(main())
+
+
+def test_a_reload_replaces_a_fill_of_the_same_or_an_older_version_but_not_a_newer(
+    backend: Backend,
+) -> None:
+    async def main() -> None:
+        async with backend.opened() as state:
+            assert await state.fill("a", b"stale", 0)  # a row without version fills at 0
+            assert await state.fill("a", b"fresh", 0)
+            assert await state.fill("a", b"v3", 3)
+            assert not await state.fill("a", b"v2", 2)
+            assert (await state.get("a")) == Entry("a", b"v3", 3, "")
+
+    run(main())
+
+
+def test_a_message_driven_write_beats_a_fill_of_its_version_and_fills_stay_out_of_digests(
+    backend: Backend,
+) -> None:
+    async def main() -> None:
+        async with backend.opened() as state:
+            await state.fill("a", b"row", 7)
+            await state.fill("b", b"row", 1)
+            await apply_each(state, [message("a", 7, value=b"msg")])
+            assert (await state.get("a")) == Entry("a", b"msg", 7, "bj")
+            snapshot = await state.snapshot()
+            assert [e.key for e in snapshot.entries] == ["a"]  # the fill of b is local data
+            assert await state.digest() == digest_entries([Entry("a", b"msg", 7, "bj")])
+
+    run(main())
+
+
+FILL_OR_MESSAGE = [("fill", 5), ("fill", 9), ("message", 5), ("message", 9), ("fill", 0)]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(len(FILL_OR_MESSAGE)))))
+def test_fills_and_message_writes_in_every_order_end_at_the_newest_message(
+    order: tuple[int, ...], tmp_path: Path
+) -> None:
+    """The race of issue 12 on the memory twin of the rule every backend runs: whatever order
+    fills (stale or current rows) and message-driven writes of one key arrive in, the newest
+    message-driven version ends in the cache."""
+
+    async def main() -> None:
+        state = MemoryState()
+        seq = 0
+        for index in order:
+            kind, version = FILL_OR_MESSAGE[index]
+            if kind == "fill":
+                await state.fill("k", b"row%d" % version, version)
+            else:
+                seq += 1
+                await state.commit(Commit(STREAM, seq, 1, builtin=[message("k", version)]))
+        assert (await state.get("k")) == Entry("k", b"v", 9, "bj")
+
+    run(main())
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_fills_and_message_writes_interleaved_end_at_the_newest_message_on_real_stores(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The same race on SQLite and a real redis-server, on a sample of the orders."""
+    url = request.getfixturevalue("redis_url") if kind == "redis" else ""
+    made = Backend(kind, tmp_path, url)
+    orders = list(itertools.permutations(range(len(FILL_OR_MESSAGE))))[::7]
+
+    async def main() -> None:
+        for number, order in enumerate(orders):
+            async with made.opened(name=f"race{number}") as state:
+                seq = 0
+                for index in order:
+                    kind_, version = FILL_OR_MESSAGE[index]
+                    if kind_ == "fill":
+                        await state.fill("k", b"row%d" % version, version)
+                    else:
+                        seq += 1
+                        await state.commit(Commit(STREAM, seq, 1, builtin=[message("k", version)]))
+                assert (await state.get("k")) == Entry("k", b"v", 9, "bj"), order
+
+    run(main())
