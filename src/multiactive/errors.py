@@ -23,7 +23,9 @@
     │                          publishing it again with the same id is safe
     ├── DatabaseError          a site's database cannot be reached, refused a statement or is
     │   │                      set up wrong (names the URL's setting)
-    │   └── FencedError        a DB transaction under a writer epoch that is no longer current
+    │   ├── FencedError        a DB transaction under a writer epoch that is no longer current
+    │   └── DatabaseUnavailable  a cache miss could not be loaded: the site's database does
+    │                          not answer (cached reads keep working: degraded mode)
     ├── ConnectionLost         a connection closed before an answer arrived
     ├── AuthenticationError    a peer, publisher or admin caller is not who it must be
     │                          (certificate name, token); `reason` says which check failed
@@ -174,6 +176,14 @@ class DatabaseError(MultiactiveError):
 
 class FencedError(DatabaseError):
     """The DB-writer role moved: a transaction under an old epoch is refused."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """A read missed the cache and its loader could not reach the site's database; cached
+    keys are still served (degraded mode). Retrying later can succeed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=True)
 
 
 class AuthenticationError(MultiactiveError):

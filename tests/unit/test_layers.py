@@ -19,7 +19,7 @@ RANKS: dict[str, int] = {
     "control": 0, "procs": 0,
     "security": 1,
     "wire": 1, "journal": 1, "state": 1, "audit": 1, "redisdb": 1, "sqlitedb": 1, "wan": 1,
-    "replication": 2, "records": 2, "client": 2, "routing": 2, "db": 2,
+    "replication": 2, "records": 2, "client": 2, "routing": 2, "db": 2, "reads": 2,
     "site": 3,
     "admin": 4,
     "local": 5, "chaos": 5, "demo": 5, "demo_traffic": 5,

@@ -31,9 +31,10 @@ from multiactive.db.config import DatabaseSettings, DatabaseUrl
 from multiactive.db.mariadb import connect, translate
 from multiactive.db.replication import Gtids, domain_positions, parse_gtids
 from multiactive.errors import DatabaseError
+from multiactive.reads.gate import CURRENT as CURRENT_MARK
+from multiactive.reads.gate import UNKNOWN as UNKNOWN_MARK
 
-CURRENT_MARK = ""  # the local copy is the writer's own: nothing to wait for
-UNKNOWN_MARK = "?"  # the writer's position was not known: wait for the upper bound only
+__all__ = ["CURRENT_MARK", "UNKNOWN_MARK", "MariaDbGate", "covers", "mark_passed"]
 DEFAULT_WRITER_TIMEOUT_S = 1.0  # how long a mark waits for the writer across the long haul
 
 
