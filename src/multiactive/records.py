@@ -20,6 +20,7 @@ from multiactive.db.auto import Decision, DecisionHistory
 from multiactive.model.message import Message
 from multiactive.model.record import Record
 from multiactive.model.topology import LinkConfig
+from multiactive.reads.site import ReadsSummary
 from multiactive.replication.ingress import IngressStatistics
 from multiactive.replication.links import LinkState, LinkStatistics
 from multiactive.replication.processor import RetryState, RunningHandler
@@ -45,6 +46,7 @@ __all__ = [
     "OriginTotals",
     "PositionTrace",
     "ProcessorSummary",
+    "ReadsSummary",
     "ReconcileReport",
     "ReconcileSummary",
     "ReplayFailure",
@@ -137,6 +139,7 @@ class SiteStatus(Record):
     canaries: dict[str, dict[str, float]] = field(default_factory=dict)
     db: DbApplySummary | None = None  # the DB apply (sites with a [database])
     db_decisions: tuple[Decision, ...] = ()  # the newest failover decisions told to this site
+    reads: ReadsSummary | None = None  # reloads and the database's health (docs/reads.md)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,10 @@ which is what makes an append (journal) or a step (state) one atomic script call
     ma:{S:P}:wm              HASH    applied:<origin>, count:<origin>: watermark of (origin, P)
     ma:{S:P}:dead            HASH    "<origin>:<seq>" -> a dead letter (msgpack)
 
+    reads (`multiactive.reads.redis`, `reads/reloads.lua`), per site:
+    ma:{S}:reloads           ZSET    key -> due ms: cache fills waiting for one reload
+    ma:{S}:reload            HASH    key -> "<first fill ms>:<mark>" (the writer's position)
+
 Versions are int64 and Lua numbers are doubles, so versions travel and are stored as decimal
 strings and compared in Lua as such; seqs and counts are exact as Lua numbers below 2**53.
 
@@ -103,6 +107,8 @@ class Keys:
         self.meta = f"{prefix}:meta"
         self.streams = f"{prefix}:{{{site}}}:streams"
         self.peer_heads = f"{prefix}:{{{site}}}:peer_heads"
+        self.reloads = f"{prefix}:{{{site}}}:reloads"
+        self.reload_entries = f"{prefix}:{{{site}}}:reload"
         self.site_pattern = f"{prefix}:{{{site}:*"
         self._tag_start = f"{prefix}:{{{site}:".encode()
 

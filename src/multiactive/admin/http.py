@@ -50,6 +50,7 @@ from multiactive.errors import ConfigError, DecodeError, MultiactiveError, Store
 from multiactive.journal.base import Journal
 from multiactive.model.message import Position, StreamId
 from multiactive.model.topology import Address, Topology
+from multiactive.reads.site import SiteReads
 from multiactive.records import (
     HeadsAnswer,
     LinkHistory,
@@ -91,9 +92,11 @@ class AdminServer:
         routing: RoutingService | None = None,
         clock: Clock = SYSTEM_CLOCK,
         history: LinkHistoryRing | None = None,
+        reads: SiteReads | None = None,
     ) -> None:
         """`control`: journals a control message (type, key, payload) at this site.
-        `history`: the ring of link samples (an hour, every 5 s, when not given)."""
+        `history`: the ring of link samples (an hour, every 5 s, when not given).
+        `reads`: the site's reloads and database probe, when it has them."""
         self._site = site
         self._tls = tls
         self._topology = topology
@@ -104,6 +107,7 @@ class AdminServer:
         self._inspector = inspector
         self._control = control
         self._routing = routing
+        self._reads = reads
         self._clock = clock
         self.history = history or LinkHistoryRing()
         self._sampler: asyncio.Task[None] | None = None
@@ -270,7 +274,8 @@ class AdminServer:
     async def _site_status(self) -> dict[str, Any]:
         status = await self._inspector.status(self._reconciler.last)
         decisions = self.decisions.newest(STATUS_DECISIONS)
-        return dataclasses.replace(status, db_decisions=decisions).to_json()
+        reads = None if self._reads is None else self._reads.summary()
+        return dataclasses.replace(status, db_decisions=decisions, reads=reads).to_json()
 
     async def _add_decision(self, request: web.Request) -> web.Response:
         """A failover decision of a watcher (`multiactive db watch` posts each one here)."""
@@ -333,6 +338,9 @@ class AdminServer:
         await inspector.refresh_senders()
         scrape = Scrape(inspector.statistics(), await inspector.lag(), len(dead), figures)
         scrape.canaries.update(self._processor.canaries())
+        scrape = dataclasses.replace(
+            scrape, reads=None if self._reads is None else self._reads.summary()
+        )
         if self._tls is not None:
             scrape.tls_refusals.update(self._tls.refusals)
             scrape.tls_expiry_s.update(self._tls.expiries())

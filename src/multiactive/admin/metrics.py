@@ -7,6 +7,7 @@ only renders them in the Prometheus text format (names `multiactive_*`, labels `
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ from multiactive.replication.links import LinkState
 from multiactive.replication.processor import RunningHandler
 
 if TYPE_CHECKING:
+    from multiactive.reads.site import ReadsSummary
     from multiactive.records import StreamLag
     from multiactive.replication.inspector import SiteStatistics
 
@@ -55,6 +57,7 @@ class Scrape:
     # With [tls]: refused connections per (side, reason), seconds to each certificate's expiry.
     tls_refusals: dict[tuple[str, str], int] = field(default_factory=dict)
     tls_expiry_s: dict[str, float] = field(default_factory=dict)
+    reads: ReadsSummary | None = None  # reloads and the database probe, when the site has them
 
 
 def render_metrics(scrape: Scrape) -> bytes:
@@ -72,6 +75,7 @@ class _SiteCollector(Collector):
         yield from self._streams()
         yield from self._links()
         yield from self._processor()
+        yield from self._reads()
         yield from self._tls()
 
     def _gauge(self, name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
@@ -182,6 +186,34 @@ class _SiteCollector(Collector):
             gauge = self._gauge(f"reconcile_{name}", f"Last reconcile run: {name}.", [])
             gauge.add_metric([site], figure)
             yield gauge
+
+    def _reads(self) -> Iterator[Metric]:
+        """Reloads of cache fills and the database's health (`multiactive.reads`)."""
+        site, reads = self._scrape.stats.site, self._scrape.reads
+        if reads is None:
+            return
+        r = reads.reloads
+        for name, value, doc in (
+            ("reloads", r.reloads, "Cache keys loaded again after a fill from a lagging copy."),
+            ("reloads_repaired", r.repaired, "Reloads that replaced a stale fill."),
+            ("reloads_at_deadline", r.at_deadline, "Reloads run at reload_after_s."),
+            ("reload_failures", r.failures, "Reload loads or position checks that failed."),
+            ("reloads_dropped", r.dropped, "Fills not queued: the reload queue was full."),
+        ):
+            family = self._counter(name, doc, [])
+            family.add_metric([site], value)
+            yield family
+        pending = self._gauge("reloads_pending", "Cache keys waiting for a reload.", [])
+        pending.add_metric([site], r.pending)
+        yield pending
+        oldest = self._gauge("reload_oldest_seconds", "Age of the oldest pending reload.", [])
+        if r.oldest_filled_ms is not None:
+            oldest.add_metric([site], max(0.0, (time.time() * 1000 - r.oldest_filled_ms) / 1000))
+        yield oldest
+        up = self._gauge("database_up", "1 if the site's database answers (0: degraded).", [])
+        if reads.database.reachable is not None:
+            up.add_metric([site], float(reads.database.reachable))
+        yield up
 
     def _tls(self) -> Iterator[Metric]:
         site = self._scrape.stats.site

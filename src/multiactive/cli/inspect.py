@@ -71,6 +71,9 @@ def cluster_problems(
                 f"site {name} holds {site_status.dead_letters} dead letters "
                 "(multiactive deadletters)"
             )
+        if site_status is not None and site_status.reads and site_status.reads.degraded:
+            error = site_status.reads.database.error or "no answer"
+            problems.append(f"site {name} is degraded: its database does not answer ({error})")
     for view in views:
         if not view.healthy:
             age = "" if view.owed_age_s is None else f", the oldest {view.owed_age_s:.1f} s old"
@@ -108,8 +111,9 @@ def _finish(console: Console, statuses: dict[str, SiteStatus | None], problems: 
 @json_option
 def status(topology_path: Path, as_json: bool) -> None:
     """Every link: state (both ends merged), owed messages and their age, window, round trip,
-    rate. Exit code 0 healthy, 1 unhealthy (a site down, a link cut or stalled, dead
-    letters), 2 when no site answers."""
+    rate; each site's database and pending cache reloads. Exit code 0 healthy, 1 unhealthy
+    (a site down, a link cut or stalled, dead letters, a site degraded because its database
+    does not answer), 2 when no site answers."""
     topology = load_topology(topology_path)
     statuses = _statuses(topology)
     views = cluster_link_views(topology, statuses)
@@ -138,6 +142,7 @@ def status(topology_path: Path, as_json: bool) -> None:
             console.print(f"[dim]last error {v.name} ({error})[/]")
     _print_stuck(console, statuses)
     _print_db(console, statuses)
+    _print_reads(console, statuses)
     _finish(console, statuses, problems)
 
 
@@ -168,6 +173,29 @@ def _print_db(console: Console, statuses: dict[str, SiteStatus | None]) -> None:
         target = f" -> {d.target}" if d.target else ""
         console.print(f"last failover decision {when} by {d.watcher or 'a watcher'}: "
                       f"{d.action}{target}: {d.reason}")  # fmt: skip
+
+
+def _print_reads(console: Console, statuses: dict[str, SiteStatus | None]) -> None:
+    """Each site's read side: its database's health and the reloads of cache fills."""
+    answered = {n: s.reads for n, s in statuses.items() if s is not None and s.reads is not None}
+    if not answered:
+        return
+    table = Table(box=box.SIMPLE_HEAD, title="reads", title_justify="left")
+    for column in ("site", "database", "pending reloads", "oldest s", "reloads", "repaired",
+                   "at deadline", "failures", "dropped", "loaders"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("site", "database", "loaders")
+                         else "right")  # fmt: skip
+    now_ms = time.time() * 1000
+    for name, reads in answered.items():
+        r, up = reads.reloads, reads.database.reachable
+        health = "?" if up is None else "[green]ok[/]" if up else "[red]degraded[/]"
+        oldest = None if r.oldest_filled_ms is None else (now_ms - r.oldest_filled_ms) / 1000
+        table.add_row(
+            name, health, f"{r.pending:,}", _num(oldest, 1), f"{r.reloads:,}", f"{r.repaired:,}",
+            f"{r.at_deadline:,}", f"{r.failures:,}", f"{r.dropped:,}",
+            " ".join(reads.loaders) or "-",
+        )  # fmt: skip
+    console.print(table)
 
 
 def _print_stuck(console: Console, statuses: dict[str, SiteStatus | None]) -> None:

@@ -156,7 +156,7 @@ async def _serve(node: SiteNode) -> None:
         admin = AdminServer(
             node.name, node.topology, node.journal, node.state, node.processor, node.reconciler,
             node.inspector, tls=node.tls, control=node.publish_internal,
-            routing=routing_service(node),
+            routing=routing_service(node), reads=node.reads,
         )  # fmt: skip
     try:
         if admin is not None:

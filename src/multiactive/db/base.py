@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol
 
 Dialect = Literal["sqlite", "mysql"]
 Params = Sequence[Any]
+Row = tuple[Any, ...]
 FENCE_ROW = 1
 
 SCHEMA = (

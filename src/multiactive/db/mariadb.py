@@ -8,16 +8,18 @@ retrying as-is can succeed (the server is down or read-only, a lock wait timed o
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncmy
 from asyncmy.errors import MySQLError
 
-from multiactive.db.base import SCHEMA, BufferedWrites, Dialect, Params
+from multiactive.db.base import SCHEMA, BufferedWrites, Dialect, Params, Row
 from multiactive.db.config import DatabaseUrl
 from multiactive.errors import DatabaseError
 
 CONNECT_TIMEOUT_S = 5
+DEFAULT_READ_CONNECTIONS = 4  # queries a MariaReader runs at once
 # Client and server codes after which the same transaction can succeed later.
 TRANSIENT_CODES = frozenset({
     1053,  # server shutdown in progress
@@ -153,6 +155,45 @@ class MariaTransaction(BufferedWrites):
         if error.transient:
             self._database._drop()
         return error
+
+
+class MariaReader:
+    dialect: Dialect = "mysql"
+
+    def __init__(
+        self, url: DatabaseUrl, where: str, connections: int = DEFAULT_READ_CONNECTIONS
+    ) -> None:
+        self.url, self.where = url, where
+        self._idle: list[Any] = []
+        self._slots = asyncio.Semaphore(connections)
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        async with self._slots:
+            conn = self._idle.pop() if self._idle else await self._connect()
+            try:
+                async with conn.cursor() as cursor:
+                    await cursor.execute(sql, tuple(params))
+                    rows = [tuple(row) for row in await cursor.fetchall()]
+            except (MySQLError, OSError) as exc:
+                conn.close()
+                raise translate(exc, self.where, self.url) from exc
+            except BaseException:
+                conn.close()  # cancelled mid-query: the connection's state is unknown
+                raise
+            self._idle.append(conn)
+            return rows
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def _connect(self) -> Any:
+        return await connect(self.url, self.where, autocommit=True)
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
 
 async def check_account(conn: Any, where: str, url: DatabaseUrl) -> None:

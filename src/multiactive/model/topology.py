@@ -30,6 +30,9 @@
     cert = "certs/{site}.crt"
     [routing]                    # optional: see multiactive.routing.config and docs/routing.md
 
+    [reads]                      # optional: cache-aside reloads (multiactive.reads)
+    reload_after_s = 600.0       # a fill from a lagging replica is reloaded by then at the latest
+
     [[links]]                    # optional: override mode or address of one direction
     from = "bj-unicom"           # the origin whose messages travel on this link
     to = "gz"                    # the receiver
@@ -101,6 +104,10 @@ DEFAULT_RETENTION_S = 24 * 3600.0
 DEFAULT_RECONCILE_INTERVAL_S = 60.0  # the seed's figure: a reconciliation job every minute
 DEFAULT_REDRIVE_MAX_ATTEMPTS = 10
 DEFAULT_CANARY_INTERVAL_S = 5.0
+DEFAULT_RELOAD_AFTER_S = 600.0  # the seed's ten minutes, now only the upper bound of a reload
+DEFAULT_MAX_PENDING_RELOADS = 100_000
+DEFAULT_RELOAD_POLL_S = 0.2
+DEFAULT_DB_PROBE_INTERVAL_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +182,20 @@ class LinkConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadSettings:
+    """[reads]: cache-aside fills and the reloads that repair stale ones (docs/reads.md)."""
+
+    # A fill from a replica that may lag is reloaded once the replica passed the writer's
+    # position at fill time, and at the latest this long after the fill.
+    reload_after_s: float = DEFAULT_RELOAD_AFTER_S
+    # Keys waiting for a reload; beyond this a new key is not queued (counted as dropped).
+    max_pending_reloads: int = DEFAULT_MAX_PENDING_RELOADS
+    reload_poll_s: float = DEFAULT_RELOAD_POLL_S  # how often the site asks where its replica is
+    # How often the site checks that its database answers (degraded mode when it does not).
+    db_probe_interval_s: float = DEFAULT_DB_PROBE_INTERVAL_S
+
+
+@dataclass(frozen=True, slots=True)
 class Topology:
     name: str
     partitions: int
@@ -188,6 +209,7 @@ class Topology:
     tls: TlsSettings | None = None  # [tls] (model/tls.py); None: plaintext
     # The raw [routing] table; multiactive.routing.config parses and checks it (a higher layer).
     routing: Mapping[str, Any] | None = field(default=None, compare=False)
+    reads: ReadSettings = field(default_factory=ReadSettings)
 
     @property
     def site_names(self) -> tuple[str, ...]:
@@ -239,7 +261,9 @@ def parse_topology(
     raw: Mapping[str, Any], *, source: str = "<topology>", base_dir: Path | None = None
 ) -> Topology:
     reader = _Reader(source)
-    sections = {"cluster", "limits", "replication", "sites", "links", "audit", "tls", "routing"}
+    sections = {
+        "cluster", "limits", "replication", "sites", "links", "audit", "tls", "routing", "reads",
+    }  # fmt: skip
     reader.known(raw, "", sections | set(EXTENSION_SECTIONS))
     cluster = reader.table(raw, "cluster")
     reader.known(cluster, "cluster", {"name", "partitions", "default_link_mode"})
@@ -261,9 +285,10 @@ def parse_topology(
     extensions = {key: reader.table(raw, key) for key in EXTENSION_SECTIONS if key in raw}
     tls = parse_tls(raw, source, base_dir or Path.cwd())
     routing = reader.table(raw, "routing") if "routing" in raw else None
+    reads = _check_reads(reader, reader.settings(raw, "reads", ReadSettings))
     return Topology(
         name, partitions, sites, links, limits, replication, source, audit, extensions, tls,
-        routing,
+        routing, reads,
     )  # fmt: skip
 
 
@@ -440,6 +465,15 @@ def _check_settings(reader: _Reader, limits: Limits, replication: ReplicationSet
             import zstandard  # noqa: F401
         except ImportError:
             need(False, "replication.compression", "zstd needs: pip install 'multiactive[zstd]'")
+
+
+def _check_reads(reader: _Reader, reads: ReadSettings) -> ReadSettings:
+    for name in ("reload_after_s", "reload_poll_s", "db_probe_interval_s"):
+        if not getattr(reads, name) > 0:
+            raise reader.fail(f"reads.{name}", f"must be > 0, got {getattr(reads, name)}")
+    if reads.max_pending_reloads < 1:
+        raise reader.fail("reads.max_pending_reloads", "must be >= 1")
+    return reads
 
 
 class _Reader:

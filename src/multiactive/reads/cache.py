@@ -1,16 +1,22 @@
 """The read API: a site's cache as applications in its datacenter read it, with cache-aside.
 
-    cache = Cache.for_site(topology, "gz")          # the site's own state backend
-    await cache.open()
-    hit = await cache.get("user:42")                # Cached(value, version, origin, filled)
-    row = await cache.get_or_load("user:42", load_user)
+    async def load_user(key: str, db: DbReader) -> Loaded:   # reads the site's own DB copy
+        row = await db.fetchone("SELECT body, version FROM users WHERE id = %s", (key,))
+        return Loaded(None) if row is None else Loaded(row[0], row[1])
+
+    loaders = Loaders()
+    loaders.register("user:", load_user)            # or registry.register_loader(...)
+    async with open_cache(topology, "gz", loaders=loaders) as cache:   # reads.site
+        hit = await cache.get("user:42")            # Cached(value, version, origin, filled)
+        row = await cache.get_or_load("user:42")    # the loader of the longest prefix
 
 Reads go straight to the state backend (SQLite file, Redis): no HTTP on the way. On a miss,
 `get_or_load` runs the loader once per key however many readers missed at once (single flight),
 fills the value in with the row's version (`Loaded.version`, which a DB handler stored from
 `message.version`; a row without one fills at version 0, below every message-driven write),
 and, when the load read a replica that may lag, queues the key for one reload (see
-`reads/reloads.py`). Which copy wins is decided atomically in the state backend
+`reads/reloads.py`; the site process runs the reloads with the loaders registered in its
+`--handlers` module). Which copy wins is decided atomically in the state backend
 (`state.ops.fill_wins`): a fill never replaces a newer or equal message-driven value, and a
 message-driven write beats a fill of its own version. docs/reads.md tells why.
 """
@@ -23,10 +29,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from multiactive.clock import SYSTEM_CLOCK, Clock
-from multiactive.errors import DatabaseError, DatabaseUnavailable
-from multiactive.model.topology import Topology
+from multiactive.db.reader import DbReader
+from multiactive.errors import ConfigError, DatabaseError, DatabaseUnavailable
 from multiactive.reads.gate import CURRENT, PositionGate
-from multiactive.state import StateBackend, open_state
+from multiactive.state import StateBackend
 from multiactive.state.ops import FILL_ORIGIN, Entry, Member
 
 VERSIONLESS = 0  # the fill version of a row that stores none: below every message's version
@@ -59,13 +65,37 @@ class Loaded:
     version: int | None = None
 
 
-Loader = Callable[[str], Awaitable[Loaded]]
+Loader = Callable[[str, DbReader], Awaitable[Loaded]]
+
+
+class Loaders:
+    """Loaders by key prefix: a key is loaded by the loader of its longest matching prefix."""
+
+    def __init__(self) -> None:
+        self._by_prefix: dict[str, Loader] = {}
+
+    def register(self, prefix: str, loader: Loader) -> None:
+        if prefix in self._by_prefix:
+            raise ConfigError(f"a loader for the key prefix {prefix!r} is already registered")
+        self._by_prefix[prefix] = loader
+
+    def loader_for(self, key: str) -> Loader | None:
+        found = [p for p in self._by_prefix if key.startswith(p)]
+        return self._by_prefix[max(found, key=len)] if found else None
+
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        return tuple(sorted(self._by_prefix))
 
 
 class ReloadSink(Protocol):
     """Where a fill from a copy that may lag is queued for one reload."""
 
     async def schedule(self, key: str, mark: str, filled_ms: int) -> None: ...
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,38 +109,41 @@ class CacheStatistics:
 
 
 class Cache:
-    """One site's cache, read directly from its state backend."""
+    """One site's cache, read directly from its state backend.
+
+    `db` is the site's own database copy (what loaders read), `loaders` the loaders by key
+    prefix, `gate` and `reloads` queue fills from a copy that may lag for one reload. Build
+    it with `reads.site.open_cache(topology, site)` to get all of them from the topology."""
 
     def __init__(
         self,
         state: StateBackend,
         *,
+        db: DbReader | None = None,
+        loaders: Loaders | None = None,
         gate: PositionGate | None = None,
         reloads: ReloadSink | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        self.state = state
+        self.state, self.db, self.loaders = state, db, loaders or Loaders()
         self._gate, self._reloads, self._clock = gate, reloads, clock
         self._flights: dict[str, asyncio.Future[Cached | None]] = {}
         self._counts = dict.fromkeys(CacheStatistics.__dataclass_fields__, 0)
 
-    @classmethod
-    def for_site(
-        cls,
-        topology: Topology,
-        site: str,
-        *,
-        gate: PositionGate | None = None,
-        reloads: ReloadSink | None = None,
-    ) -> Cache:
-        """A cache on the state backend the topology gives `site` (call `open()`)."""
-        return cls(open_state(topology, site), gate=gate, reloads=reloads)
-
     async def open(self) -> None:
         await self.state.open()
+        if self._reloads is not None:
+            await self._reloads.open()
 
     async def close(self) -> None:
+        """Close the state, the database reader, the gate and the reload queue."""
         await self.state.close()
+        if self.db is not None:
+            await self.db.close()
+        if self._gate is not None:
+            await self._gate.close()
+        if self._reloads is not None:
+            await self._reloads.close()
 
     async def __aenter__(self) -> Cache:
         await self.open()
@@ -143,8 +176,12 @@ class Cache:
         self._count("fills" if written else "fills_lost")
         return written
 
-    async def get_or_load(self, key: str, loader: Loader) -> Cached | None:
-        """The cached value, or on a miss the loader's, filled in (one load per key at once)."""
+    async def get_or_load(self, key: str, loader: Loader | None = None) -> Cached | None:
+        """The cached value, or on a miss the loader's, filled in (one load per key at once).
+        Without `loader`, the one registered for the key's longest prefix loads it.
+        Raises `DatabaseUnavailable` when the miss cannot be loaded because the database
+        does not answer; None when the database has no such row."""
+        loader = loader or self._registered(key)
         held = await self.get(key)
         if held is not None:
             self._count("hits")
@@ -169,10 +206,24 @@ class Cache:
     def statistics(self) -> CacheStatistics:
         return CacheStatistics(**self._counts)
 
-    async def _load(self, key: str, loader: Loader) -> Cached | None:
+    def _registered(self, key: str) -> Loader:
+        loader = self.loaders.loader_for(key)
+        if loader is None:
+            known = ", ".join(repr(p) for p in self.loaders.prefixes) or "none"
+            raise ConfigError(
+                f"no loader serves the key {key!r} (registered prefixes: {known}); register "
+                "one with register_loader(prefix, loader) or pass loader="
+            )
+        return loader
+
+    async def load(self, key: str, loader: Loader) -> Loaded:
+        """Run a loader against the site's database; `DatabaseUnavailable` when it does not
+        answer (a loader's own bug, or a bad query, raises as it is)."""
+        if self.db is None:
+            raise ConfigError("this cache has no database to load from (build it with db=)")
         self._count("loads")
         try:
-            loaded = await loader(key)
+            return await loader(key, self.db)
         except (DatabaseError, OSError) as exc:
             if isinstance(exc, DatabaseError) and not exc.transient:
                 raise
@@ -181,6 +232,9 @@ class Cache:
                 f"cache miss of {key!r}: the site's database does not answer ({exc}); "
                 "cached keys are still served"
             ) from exc
+
+    async def _load(self, key: str, loader: Loader) -> Cached | None:
+        loaded = await self.load(key, loader)
         if await self.fill(key, loaded):
             await self._queue_reload(key)  # only what was written can be stale
         return await self.get(key)

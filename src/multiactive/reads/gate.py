@@ -28,6 +28,8 @@ class PositionGate(Protocol):
         """For each mark, has the local copy passed it now? One round trip for all."""
         ...
 
+    async def close(self) -> None: ...
+
 
 class CurrentGate:
     """The gate of a site whose database is the writer's own copy (independent mode, or the
@@ -38,6 +40,9 @@ class CurrentGate:
 
     async def passed(self, marks: Sequence[str]) -> list[bool]:
         return [m == CURRENT for m in marks]
+
+    async def close(self) -> None:
+        return None
 
 
 class ManualGate:
@@ -52,3 +57,6 @@ class ManualGate:
 
     async def passed(self, marks: Sequence[str]) -> list[bool]:
         return [m == CURRENT or (m != UNKNOWN and int(m) <= self.local) for m in marks]
+
+    async def close(self) -> None:
+        return None

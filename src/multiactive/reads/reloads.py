@@ -8,8 +8,9 @@ the local copy has passed its mark (a delayed replica: the delay plus one round)
 deadline when the position is unknown. A reload fills again; a newer row wins over the stale
 fill (`state.ops.fill_wins`), a message-driven value that arrived meanwhile stays.
 
-The queue is durable (`SqliteReloads`: a table in its own file in the site's data dir; a
-restart loses no pending reload), one entry per key (a later fill's mark replaces an earlier
+The queue is durable (`SqliteReloads`: a table in its own file in the site's data dir;
+`reads.redis.RedisReloads`: two keys in the site's Redis; a restart loses no pending reload),
+one entry per key (a later fill's mark replaces an earlier
 one, the earliest deadline is kept), and bounded: when `max_pending` entries wait, a new key is
 not queued and is counted as `dropped` (its fill stays until the key is written or evicted; the
 bound protects the site, the count says it happened). `MemoryReloads` is its twin for tests.
@@ -19,24 +20,27 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import logging
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from multiactive.clock import SYSTEM_CLOCK, Clock
-from multiactive.errors import DatabaseError, MultiactiveError
-from multiactive.reads.cache import Cache, Loader
+from multiactive.errors import DatabaseError, DatabaseUnavailable, MultiactiveError
+from multiactive.logs import get_logger
+from multiactive.model.record import Record
+from multiactive.model.topology import (
+    DEFAULT_MAX_PENDING_RELOADS,
+    DEFAULT_RELOAD_AFTER_S,
+    DEFAULT_RELOAD_POLL_S,
+)
+from multiactive.reads.cache import Cache
 from multiactive.reads.gate import PositionGate
 from multiactive.sqlitedb import SqliteDb
 
-log = logging.getLogger(__name__)
+log = get_logger("reads")
 
-DEFAULT_RELOAD_AFTER_S = 600.0  # the seed's ten minutes, now only the upper bound
-DEFAULT_MAX_PENDING_RELOADS = 100_000
-DEFAULT_RELOAD_POLL_S = 0.2  # how often the reloader asks the gate
-ROUND_LIMIT = 1000  # pending reloads looked at per round, oldest first
+ROUND_LIMIT = 1000  # pending reloads looked at per round, earliest deadline first
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +65,7 @@ class ReloadQueue(abc.ABC):
             PendingReload(key, mark, filled_ms, filled_ms + self.reload_after_ms)
         ):
             self.dropped += 1
-            log.warning("reload_dropped key=%r pending=%d max_pending_reloads=%d",
-                        key, self.max_pending, self.max_pending)  # fmt: skip
+            log.warning("reload_dropped", key=key, max_pending_reloads=self.max_pending)
 
     @abc.abstractmethod
     async def _put(self, entry: PendingReload) -> bool:
@@ -73,7 +76,9 @@ class ReloadQueue(abc.ABC):
         """Waiting reloads, earliest deadline first."""
 
     @abc.abstractmethod
-    async def done(self, keys: Sequence[str]) -> None: ...
+    async def done(self, entries: Sequence[PendingReload]) -> None:
+        """Remove these entries, each only if its key was not queued again with another
+        mark meanwhile (that later fill still needs its own reload)."""
 
     @abc.abstractmethod
     async def count(self) -> int: ...
@@ -111,9 +116,11 @@ class MemoryReloads(ReloadQueue):
     async def pending(self, limit: int = ROUND_LIMIT) -> list[PendingReload]:
         return sorted(self._entries.values(), key=lambda p: (p.due_ms, p.key))[:limit]
 
-    async def done(self, keys: Sequence[str]) -> None:
-        for key in keys:
-            self._entries.pop(key, None)
+    async def done(self, entries: Sequence[PendingReload]) -> None:
+        for entry in entries:
+            held = self._entries.get(entry.key)
+            if held is not None and held.mark == entry.mark:
+                del self._entries[entry.key]
 
     async def count(self) -> int:
         return len(self._entries)
@@ -189,10 +196,11 @@ class SqliteReloads(ReloadQueue):
         )
         return [PendingReload(*row) for row in rows]
 
-    async def done(self, keys: Sequence[str]) -> None:
+    async def done(self, entries: Sequence[PendingReload]) -> None:
+        rows = [(e.key, e.mark) for e in entries]
         await self._db.run(
             lambda: (
-                self._db.conn.executemany("DELETE FROM reloads WHERE key = ?", [(k,) for k in keys])
+                self._db.conn.executemany("DELETE FROM reloads WHERE key = ? AND mark = ?", rows)
                 and None
             )
         )
@@ -205,9 +213,11 @@ class SqliteReloads(ReloadQueue):
 
 
 @dataclass(frozen=True, slots=True)
-class ReloaderStatistics:
+class ReloaderStatistics(Record):
+    """The site's reloads, in `/status` (`reads.reloads`) and the metrics."""
+
     pending: int = 0
-    oldest_filled_ms: int | None = None
+    oldest_filled_ms: int | None = None  # fill time of the oldest pending reload
     rounds: int = 0
     reloads: int = 0  # keys loaded again
     repaired: int = 0  # reloads that wrote a different value or version (a stale fill mended)
@@ -225,13 +235,13 @@ class Reloader:
         queue: ReloadQueue,
         gate: PositionGate,
         cache: Cache,
-        loader_for: Callable[[str], Loader | None],
         *,
         poll_s: float = DEFAULT_RELOAD_POLL_S,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        """`cache` brings the site's state, database reader and loaders."""
         self.queue, self.gate, self.cache = queue, gate, cache
-        self._loader_for, self._poll_s, self._clock = loader_for, poll_s, clock
+        self._poll_s, self._clock = poll_s, clock
         self._stats = ReloaderStatistics()
         self._stopping = asyncio.Event()
 
@@ -242,7 +252,7 @@ class Reloader:
                 await self.round()
             except MultiactiveError as exc:
                 self._bump(failures=1)
-                log.warning("reload_round_failed error=%s", exc)
+                log.warning("reload_round_failed", error=str(exc))
             await self._clock.sleep(self._poll_s)
 
     def stop(self) -> None:
@@ -252,10 +262,11 @@ class Reloader:
         """Reload what is ready now; return how many keys were reloaded."""
         pending = await self.queue.pending()
         ready = await self._ready(pending)
-        finished = [p.key for p in ready if await self._reload(p)]
+        finished = [p for p in ready if await self._reload(p)]
         if finished:
             await self.queue.done(finished)
-        oldest = min((p.filled_ms for p in pending if p.key not in finished), default=None)
+        gone = {p.key for p in finished}
+        oldest = min((p.filled_ms for p in pending if p.key not in gone), default=None)
         self._stats = replace(
             self._stats,
             pending=await self.queue.count(),
@@ -276,7 +287,7 @@ class Reloader:
             passed = await self.gate.passed([p.mark for p in pending])
         except DatabaseError as exc:
             self._bump(failures=1)
-            log.warning("reload_gate_failed error=%s", exc)
+            log.warning("reload_gate_failed", error=str(exc))
             passed = [False] * len(pending)
         ready = [p for p, ok in zip(pending, passed, strict=True) if ok or now >= p.due_ms]
         late = sum(1 for p, ok in zip(pending, passed, strict=True) if not ok and now >= p.due_ms)
@@ -285,16 +296,17 @@ class Reloader:
 
     async def _reload(self, entry: PendingReload) -> bool:
         """Load and fill one key; True when its entry is finished (reloaded, or unservable)."""
-        loader = self._loader_for(entry.key)
+        loader = self.cache.loaders.loader_for(entry.key)
         if loader is None:
             self._bump(no_loader=1)
+            log.warning("reload_without_loader", key=entry.key)
             return True
         before = await self.cache.get(entry.key)
         try:
-            loaded = await loader(entry.key)
-        except (DatabaseError, OSError) as exc:
+            loaded = await self.cache.load(entry.key, loader)
+        except (DatabaseUnavailable, DatabaseError) as exc:
             self._bump(failures=1)
-            log.warning("reload_failed key=%r error=%s", entry.key, exc)
+            log.warning("reload_failed", key=entry.key, error=str(exc))
             return False
         await self.cache.fill(entry.key, loaded)
         after = await self.cache.get(entry.key)

@@ -25,6 +25,11 @@ an earlier one:
 
 A type may also have a DB handler (`registry.register_db`, see `multiactive.db.handlers`):
 it runs where the database is written, exactly once, in the DB apply's transaction.
+
+Cache-aside loaders are registered by key prefix (`multiactive.reads`): the site process runs
+the reloads of stale fills with them, and applications load their misses with the same ones:
+
+    registry.register_loader("user:", load_user)   # async (key, db: DbReader) -> Loaded
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from typing import Literal
 from multiactive.db.handlers import DbHandler
 from multiactive.errors import ConfigError
 from multiactive.model.message import Message
+from multiactive.reads.cache import Loader, Loaders
 from multiactive.state.base import BUILTIN_TYPES, StateBackend
 
 
@@ -71,6 +77,7 @@ class HandlerRegistry:
         self._handlers: dict[str, Handler] = {}
         self._options: dict[str, HandlerOptions] = {}
         self._db_handlers: dict[str, DbHandler] = {}
+        self.loaders = Loaders()
 
     def register(
         self,
@@ -129,6 +136,10 @@ class HandlerRegistry:
             return fn
 
         return decorate
+
+    def register_loader(self, prefix: str, loader: Loader) -> None:
+        """The cache-aside loader of keys starting with `prefix` (see `multiactive.reads`)."""
+        self.loaders.register(prefix, loader)
 
     def get_db(self, message_type: str) -> DbHandler | None:
         return self._db_handlers.get(message_type)

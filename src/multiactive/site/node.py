@@ -35,6 +35,7 @@ from multiactive.model.clock import HybridClock, wall_ms
 from multiactive.model.message import StreamId
 from multiactive.model.partition import partition_for
 from multiactive.model.topology import SiteConfig, Topology
+from multiactive.reads.site import SiteReads, site_reads
 from multiactive.replication.handlers import HandlerRegistry
 from multiactive.replication.ingress import Ingress
 from multiactive.replication.inspector import SiteInspector, SiteStatistics
@@ -139,6 +140,9 @@ class SiteNode:
         self.gate = routing_gate(topology, site)
         if self.gate is not None:
             self.ingress.gate = self.gate.check
+        self.reads: SiteReads | None = site_reads(
+            topology, site, self.state, self.registry.loaders, clock
+        )
         self.auditor = _auditor(topology, self.config)
         if self.auditor is not None:
             self._observe(self.auditor)
@@ -175,6 +179,8 @@ class SiteNode:
     async def start(self) -> None:
         await self.journal.open()
         await self.state.open()
+        if self.reads is not None:
+            await self.reads.open()
         if self.auditor is not None:
             await self.auditor.store.open()
         self.clock.observe(self.journal.max_version)
@@ -208,6 +214,7 @@ class SiteNode:
                     group.create_task(self.reconciler.run()),
                     group.create_task(self._send_canaries()),
                     *([group.create_task(self.auditor.run())] if self.auditor else []),
+                    *([group.create_task(self.reads.run())] if self.reads else []),
                     *([group.create_task(self.tls.watch(self._clock))] if self.tls else []),
                     *self._gate_tasks(group),
                     *(group.create_task(d) for d in self.connections.dialers()),
@@ -244,6 +251,8 @@ class SiteNode:
         await self.processor.close()
         if self._http is not None:
             await self._http.close()
+        if self.reads is not None:
+            await self.reads.close()
         await self.state.close()
         await self.journal.close()
         if self.auditor is not None:
