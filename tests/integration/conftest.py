@@ -80,6 +80,22 @@ def assert_same_digest(cluster: LocalCluster) -> None:
     assert len(set(digests.values())) == 1, digests
 
 
+def chromium(tmp_path: Path) -> Any:
+    """Headless Chromium driven by Selenium (Debian's chromium and chromium-driver)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--no-first-run", "--window-size=1280,860", f"--user-data-dir={tmp_path / 'chrome'}",
+    ):  # fmt: skip
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+
+
 DB_SITES = ("bj-unicom", "bj-telecom", "gz")
 
 

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from multiactive.client import Ack, Client
 from multiactive.local.cluster import LocalCluster
 
-from .conftest import ClusterFactory, publish, wait_for
+from .conftest import ClusterFactory, chromium, publish, wait_for
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -182,21 +182,6 @@ def test_trace_explains_a_failing_handler_and_a_dead_letter(
     assert any(d["id"] == dead.id and d["attempts"] == 3 for d in letters)
 
 
-def _chromium(tmp_path: Path) -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--no-first-run", "--window-size=1280,860", f"--user-data-dir={tmp_path / 'chrome'}",
-    ):  # fmt: skip
-        options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
-
-
 def test_dashboard_shows_a_link_cut_within_seconds(
     make_cluster: ClusterFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -220,7 +205,7 @@ def test_dashboard_shows_a_link_cut_within_seconds(
     publish(cluster.client_address("gz"), 200, lambda i: f"k{i}")
     dead = _publish_one(cluster, "gz", "test.broken", "order-17")
     stuck = _publish_one(cluster, "bj-telecom", "test.hang", "slow-1")
-    browser = _chromium(tmp_path)
+    browser = chromium(tmp_path)
     try:
         browser.get(f"http://{cluster.processes['bj-unicom'].admin}/dashboard")
 

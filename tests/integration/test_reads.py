@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ from multiactive.model.topology import load_topology
 from multiactive.reads import Cache, Cached, open_cache
 from multiactive.replication.handlers import HandlerRegistry
 from tests.integration import read_handlers
-from tests.integration.conftest import DB_SITES, ClusterFactory, wait_for
+from tests.integration.conftest import DB_SITES, ClusterFactory, chromium, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.mariadb]
 
@@ -185,12 +186,36 @@ def test_reloads_pending_when_the_site_restarts_run_after_it_once_the_delay_is_l
     assert (reads.reloads.repaired, reads.reloads.at_deadline) == (1, 0)
 
 
+def assert_dashboard_shows_degraded(cluster: LocalCluster, tmp_path: Path) -> None:
+    """The dashboard page in headless Chromium: gz's state is "degraded" and listed as a
+    problem."""
+    browser = chromium(tmp_path)
+    try:
+        browser.get(f"http://{cluster.processes[WRITER].admin}/dashboard")
+        script = (
+            "const row = [...document.querySelectorAll('#sites tbody tr')]"
+            ".find((r) => r.children[0].textContent === arguments[0]);"
+            "const problems = [...document.querySelectorAll('#problems a')]"
+            ".map((a) => a.dataset.problem + ' ' + a.textContent);"
+            "return [row ? row.children[1].textContent : '', problems.join('|')];"
+        )
+        seen: list[str] = ["", ""]
+
+        def shown() -> bool:
+            seen[:] = browser.execute_script(script, REPLICA)
+            return seen[0] == "degraded" and "degraded gz is degraded" in seen[1]
+
+        wait_for(shown, 20, f"the dashboard to show gz degraded (saw {seen})")
+    finally:
+        browser.quit()
+
+
 def test_with_the_database_stopped_cached_reads_work_misses_fail_and_the_site_is_degraded(
-    make_cluster: ClusterFactory, mariadb: Any
+    make_cluster: ClusterFactory, mariadb: Any, tmp_path: Path
 ) -> None:
     """gz's mariadbd stopped: a cached key is served, a miss raises DatabaseUnavailable,
-    /status and the dashboard's /cluster/status say degraded, `multiactive status` exits 1
-    naming it; the database back, the site is healthy again."""
+    /status, the dashboard (in Chromium) and `multiactive status` (exit 1) say degraded;
+    the database back, the site reports it healthy again."""
     cluster = read_cluster(make_cluster, mariadb)
     save(cluster, KEY, b"v1")
     wait_for(lambda: row_at(mariadb, WRITER, KEY) == "v1", 10, "v1 at the writer")
@@ -220,5 +245,6 @@ def test_with_the_database_stopped_cached_reads_work_misses_fail_and_the_site_is
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert any("gz is degraded" in p for p in json.loads(done.stdout)["problems"])
+    assert_dashboard_shows_degraded(cluster, tmp_path)
     mariadb.servers[REPLICA].start(read_only=True)
     wait_for(lambda: reachable() is True, 10, "gz to report its database back")

@@ -29,8 +29,7 @@ from multiactive.routing.config import routing_config
 from multiactive.routing.guard import WriteGuard
 from multiactive.routing.policy import Policy, PolicyState
 from multiactive.routing.router import Router
-from tests.integration.conftest import ClusterFactory, wait_for
-from tests.integration.test_admin import _chromium
+from tests.integration.conftest import ClusterFactory, chromium, wait_for
 from tests.integration.test_router import wait_for as await_condition
 
 pytestmark = pytest.mark.routing
@@ -234,7 +233,7 @@ def test_a_change_reaches_every_site_and_a_cut_site_catches_up(
 
     writes_go_home(cluster)
 
-    browser = _chromium(tmp_path)  # the dashboard shows the policy and its changes
+    browser = chromium(tmp_path)  # the dashboard shows the policy and its changes
     try:
         browser.get(f"http://{cluster.processes['a'].admin}/dashboard")
         script = (
