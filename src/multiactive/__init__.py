@@ -6,6 +6,7 @@ from multiactive.errors import (
     BatchRejected,
     ConfigError,
     ConnectionLost,
+    DatabaseUnavailable,
     DecodeError,
     JournalError,
     MultiactiveError,
@@ -17,6 +18,7 @@ from multiactive.errors import (
     UnknownSiteError,
 )
 from multiactive.model import Message, StreamId, Topology, load_topology
+from multiactive.reads import Cache, Cached, DbReader, Loaded, open_cache
 from multiactive.replication.handlers import Delivery, HandlerRegistry
 from multiactive.state import Entry
 
@@ -26,14 +28,19 @@ __all__ = [
     "Ack",
     "AuthenticationError",
     "BatchRejected",
+    "Cache",
+    "Cached",
     "Client",
     "ConfigError",
     "ConnectionLost",
+    "DatabaseUnavailable",
+    "DbReader",
     "DecodeError",
     "Delivery",
     "Entry",
     "HandlerRegistry",
     "JournalError",
+    "Loaded",
     "Message",
     "MultiactiveError",
     "OutcomeUnknown",
@@ -46,4 +53,5 @@ __all__ = [
     "UnknownSiteError",
     "__version__",
     "load_topology",
+    "open_cache",
 ]

@@ -108,6 +108,7 @@ DEFAULT_RELOAD_AFTER_S = 600.0  # the seed's ten minutes, now only the upper bou
 DEFAULT_MAX_PENDING_RELOADS = 100_000
 DEFAULT_RELOAD_POLL_S = 0.2
 DEFAULT_DB_PROBE_INTERVAL_S = 2.0
+DEFAULT_LOAD_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +194,8 @@ class ReadSettings:
     reload_poll_s: float = DEFAULT_RELOAD_POLL_S  # how often the site asks where its replica is
     # How often the site checks that its database answers (degraded mode when it does not).
     db_probe_interval_s: float = DEFAULT_DB_PROBE_INTERVAL_S
+    # A cache miss's load (or the probe) not answered in this time: the database is unavailable.
+    load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,7 +471,7 @@ def _check_settings(reader: _Reader, limits: Limits, replication: ReplicationSet
 
 
 def _check_reads(reader: _Reader, reads: ReadSettings) -> ReadSettings:
-    for name in ("reload_after_s", "reload_poll_s", "db_probe_interval_s"):
+    for name in ("reload_after_s", "reload_poll_s", "db_probe_interval_s", "load_timeout_s"):
         if not getattr(reads, name) > 0:
             raise reader.fail(f"reads.{name}", f"must be > 0, got {getattr(reads, name)}")
     if reads.max_pending_reloads < 1:

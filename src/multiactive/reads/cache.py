@@ -31,6 +31,7 @@ from typing import Protocol
 from multiactive.clock import SYSTEM_CLOCK, Clock
 from multiactive.db.reader import DbReader
 from multiactive.errors import ConfigError, DatabaseError, DatabaseUnavailable
+from multiactive.model.topology import DEFAULT_LOAD_TIMEOUT_S
 from multiactive.reads.gate import CURRENT, PositionGate
 from multiactive.state import StateBackend
 from multiactive.state.ops import FILL_ORIGIN, Entry, Member
@@ -124,8 +125,10 @@ class Cache:
         gate: PositionGate | None = None,
         reloads: ReloadSink | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
     ) -> None:
         self.state, self.db, self.loaders = state, db, loaders or Loaders()
+        self.load_timeout_s = load_timeout_s
         self._gate, self._reloads, self._clock = gate, reloads, clock
         self._flights: dict[str, asyncio.Future[Cached | None]] = {}
         self._counts = dict.fromkeys(CacheStatistics.__dataclass_fields__, 0)
@@ -223,7 +226,15 @@ class Cache:
             raise ConfigError("this cache has no database to load from (build it with db=)")
         self._count("loads")
         try:
-            return await loader(key, self.db)
+            async with asyncio.timeout(self.load_timeout_s):
+                return await loader(key, self.db)
+        except TimeoutError as exc:
+            self._count("unavailable")
+            raise DatabaseUnavailable(
+                f"cache miss of {key!r}: the site's database did not answer within "
+                f"{self.load_timeout_s:g} s (load_timeout_s in [reads]); cached keys are "
+                "still served"
+            ) from exc
         except (DatabaseError, OSError) as exc:
             if isinstance(exc, DatabaseError) and not exc.transient:
                 raise

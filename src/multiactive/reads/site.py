@@ -85,6 +85,7 @@ def open_cache(
         gate=position_gate(settings, site),
         reloads=reload_queue(topology, site),
         clock=clock,
+        load_timeout_s=topology.reads.load_timeout_s,
     )
 
 
@@ -115,8 +116,11 @@ class ReadsSummary(Record):
 class DatabaseProbe:
     """Asks the site's database `SELECT 1` every interval and remembers the answer."""
 
-    def __init__(self, db: DbReader, site: str, interval_s: float, clock: Clock) -> None:
-        self._db, self._site, self._interval_s, self._clock = db, site, interval_s, clock
+    def __init__(
+        self, db: DbReader, site: str, interval_s: float, timeout_s: float, clock: Clock
+    ) -> None:
+        self._db, self._site, self._clock = db, site, clock
+        self._interval_s, self._timeout_s = interval_s, timeout_s
         self._health = DatabaseHealth()
 
     async def run(self) -> None:
@@ -126,7 +130,10 @@ class DatabaseProbe:
 
     async def check(self) -> DatabaseHealth:
         try:
-            await self._db.fetchone("SELECT 1")
+            async with asyncio.timeout(self._timeout_s):
+                await self._db.fetchone("SELECT 1")
+        except TimeoutError:
+            self._note(False, f"no answer within {self._timeout_s:g} s (load_timeout_s)")
         except DatabaseError as exc:
             self._note(False, str(exc))
         else:
@@ -164,11 +171,15 @@ class SiteReads:
         self.queue = reload_queue(topology, site)
         self.db = open_reader(settings, site)
         self.gate = position_gate(settings, site)
-        cache = Cache(state, db=self.db, loaders=loaders, clock=clock)
-        self.reloader = Reloader(
-            self.queue, self.gate, cache, poll_s=topology.reads.reload_poll_s, clock=clock
+        reads = topology.reads
+        cache = Cache(
+            state, db=self.db, loaders=loaders, clock=clock, load_timeout_s=reads.load_timeout_s
         )
-        self.probe = DatabaseProbe(self.db, site, topology.reads.db_probe_interval_s, clock)
+        self.reloader = Reloader(self.queue, self.gate, cache, poll_s=reads.reload_poll_s,
+                                 clock=clock)  # fmt: skip
+        self.probe = DatabaseProbe(
+            self.db, site, reads.db_probe_interval_s, reads.load_timeout_s, clock
+        )
 
     async def open(self) -> None:
         await self.queue.open()

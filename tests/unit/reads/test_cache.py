@@ -276,3 +276,44 @@ def test_a_fill_from_a_copy_behind_the_writer_is_queued_once_and_a_current_one_i
         assert [(p.key, p.mark) for p in pending] == [("user:1", "5")]
 
     asyncio.run(run())
+
+
+def test_a_load_that_does_not_answer_in_time_is_unavailable_naming_the_setting() -> None:
+    """A database that hangs (SIGSTOPped, cut off) fails the miss after load_timeout_s."""
+
+    async def hangs(key: str, db: DbReader) -> Loaded:
+        await asyncio.Event().wait()
+        return Loaded(None)
+
+    async def run() -> None:
+        cache = Cache(MemoryState(), db=RowsReader(), load_timeout_s=0.05)
+        with pytest.raises(DatabaseUnavailable, match=r"within 0.05 s \(load_timeout_s"):
+            await cache.get_or_load("user:1", hangs)
+
+    asyncio.run(run())
+
+
+def test_the_probe_reports_the_database_down_and_back_with_when_it_changed() -> None:
+    from multiactive.reads.site import DatabaseProbe
+    from multiactive.testing import FakeClock
+
+    db, clock = RowsReader(), FakeClock()
+    probe = DatabaseProbe(db, "gz", 2.0, 1.0, clock)
+
+    async def run() -> None:
+        assert probe.health().reachable is None
+        up = await probe.check()
+        assert (up.reachable, up.error) == (True, None)
+        db.down = True
+        await clock.advance(2)
+        down = await probe.check()
+        assert down.reachable is False
+        assert "connection refused" in (down.error or "")
+        assert down.since_ms == clock.wall_ms()
+        await clock.advance(2)
+        assert (await probe.check()).since_ms == down.since_ms  # still down: same since
+        db.down = False
+        back = await probe.check()
+        assert (back.reachable, back.checks) == (True, 4)
+
+    asyncio.run(run())
