@@ -246,9 +246,12 @@ class Cache:
 
     async def _load(self, key: str, loader: Loader) -> Cached | None:
         loaded = await self.load(key, loader)
-        if await self.fill(key, loaded):
-            await self._queue_reload(key)  # only what was written can be stale
-        return await self.get(key)
+        if not await self.fill(key, loaded):
+            return await self.get(key)  # no row, or something newer is held: that
+        await self._queue_reload(key)  # only what was written can be stale
+        assert loaded.value is not None
+        version = VERSIONLESS if loaded.version is None else loaded.version
+        return Cached(key, loaded.value, version, FILL_ORIGIN)
 
     async def _queue_reload(self, key: str) -> None:
         if self._gate is None or self._reloads is None:
