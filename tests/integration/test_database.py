@@ -26,11 +26,10 @@ from multiactive.db.rowlog import CREATE_TABLE, ROW_TYPE, TABLE, save_row
 from multiactive.errors import DatabaseError
 from multiactive.journal import MemoryJournal
 from multiactive.local.cluster import LocalCluster
-from multiactive.local.mariadb import REPL_PASSWORD, REPL_USER
 from multiactive.local.rowload import FirstWrite, RowLoad, row_ids, rows
 from multiactive.model.message import StreamId
 from multiactive.model.topology import Address, ReplicationSettings, load_topology, parse_topology
-from tests.integration.conftest import DB_SITES, ClusterFactory, wait_for
+from tests.integration.conftest import DB_SITES, ClusterFactory, wait_for, writer_database
 from tests.unit.replication.test_processor import feed, msg
 
 pytestmark = [pytest.mark.integration, pytest.mark.mariadb]
@@ -41,16 +40,7 @@ TABLES = (TABLE, "ma_db_watermarks", "ma_db_fence")
 
 def writer_cluster(make_cluster: ClusterFactory, mariadb: Any, **options: Any) -> LocalCluster:
     mariadb.servers[WRITER].sql(f"USE app; {CREATE_TABLE}")
-    database = {
-        "mode": "writer",
-        "writer": WRITER,
-        "replication_user": REPL_USER,
-        "replication_password": REPL_PASSWORD,
-        "sites": {
-            site: {"url": mariadb.processor_url(site), "admin_url": mariadb.admin_url(site)}
-            for site in DB_SITES
-        },
-    }
+    database = writer_database(mariadb)
     cluster = make_cluster(
         DB_SITES, handlers=["multiactive.db.rowlog"], settings={"database": database}, **options
     )

@@ -20,12 +20,11 @@ import pytest
 from multiactive.client import Client
 from multiactive.errors import DatabaseUnavailable
 from multiactive.local.cluster import LocalCluster
-from multiactive.local.mariadb import REPL_PASSWORD, REPL_USER
 from multiactive.model.topology import load_topology
 from multiactive.reads import Cache, Cached, open_cache
 from multiactive.replication.handlers import HandlerRegistry
 from tests.integration import read_handlers
-from tests.integration.conftest import DB_SITES, ClusterFactory, chromium, wait_for
+from tests.integration.conftest import DB_SITES, ClusterFactory, chromium, wait_for, writer_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.mariadb]
 
@@ -37,16 +36,7 @@ KEY = "item:1"
 def read_cluster(make_cluster: ClusterFactory, mariadb: Any) -> LocalCluster:
     mariadb.servers[WRITER].sql(f"USE app; {read_handlers.CREATE_TABLE}")
     mariadb.wait_replicated()
-    database = {
-        "mode": "writer",
-        "writer": WRITER,
-        "replication_user": REPL_USER,
-        "replication_password": REPL_PASSWORD,
-        "sites": {
-            site: {"url": mariadb.processor_url(site), "admin_url": mariadb.admin_url(site)}
-            for site in DB_SITES
-        },
-    }
+    database = writer_database(mariadb)
     reads = {"reload_poll_s": 0.05, "db_probe_interval_s": 0.2}
     cluster = make_cluster(
         DB_SITES, handlers=["read_handlers"], settings={"database": database, "reads": reads}

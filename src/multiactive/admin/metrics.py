@@ -8,7 +8,7 @@ only renders them in the Prometheus text format (names `multiactive_*`, labels `
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -84,19 +84,25 @@ class _SiteCollector(Collector):
     def _counter(self, name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
         return CounterMetricFamily(f"multiactive_{name}", doc, labels=["site", *labels])
 
+    def _site_counters(self, rows: Iterable[tuple[str, float, str]]) -> Iterator[Metric]:
+        """One counter family per (name, value, help), labelled only by the site."""
+        for name, value, doc in rows:
+            family = self._counter(name, doc, [])
+            family.add_metric([self._scrape.stats.site], value)
+            yield family
+
     def _ingress(self) -> Iterator[Metric]:
         site, ingress = self._scrape.stats.site, self._scrape.stats.ingress
-        for name, value, doc in (
-            ("ingress_accepted", ingress.accepted, "Messages journaled at this site."),
-            ("ingress_duplicates", ingress.duplicates, "Publishes of an id already journaled."),
-            ("ingress_refused", ingress.refused, "Drafts refused at ingress."),
-            ("ingress_flushes", ingress.flushes, "Group commits (journal appends)."),
-            ("ingress_journal_errors", ingress.journal_errors, "Failed journal appends."),
-            ("ingress_unknown", ingress.unknown, "Drafts answered outcome unknown."),
-        ):
-            family = self._counter(name, doc, [])
-            family.add_metric([site], value)
-            yield family
+        yield from self._site_counters(
+            (
+                ("ingress_accepted", ingress.accepted, "Messages journaled at this site."),
+                ("ingress_duplicates", ingress.duplicates, "Publishes of an id already journaled."),
+                ("ingress_refused", ingress.refused, "Drafts refused at ingress."),
+                ("ingress_flushes", ingress.flushes, "Group commits (journal appends)."),
+                ("ingress_journal_errors", ingress.journal_errors, "Failed journal appends."),
+                ("ingress_unknown", ingress.unknown, "Drafts answered outcome unknown."),
+            )
+        )
         pending = self._gauge("ingress_pending", "Drafts waiting for a group commit.", [])
         pending.add_metric([site], ingress.pending)
         yield pending
@@ -193,16 +199,15 @@ class _SiteCollector(Collector):
         if reads is None:
             return
         r = reads.reloads
-        for name, value, doc in (
-            ("reloads", r.reloads, "Cache keys loaded again after a fill from a lagging copy."),
-            ("reloads_repaired", r.repaired, "Reloads that replaced a stale fill."),
-            ("reloads_at_deadline", r.at_deadline, "Reloads run at reload_after_s."),
-            ("reload_failures", r.failures, "Reload loads or position checks that failed."),
-            ("reloads_dropped", r.dropped, "Fills not queued: the reload queue was full."),
-        ):
-            family = self._counter(name, doc, [])
-            family.add_metric([site], value)
-            yield family
+        yield from self._site_counters(
+            (
+                ("reloads", r.reloads, "Cache keys loaded again after a fill from a lagging copy."),
+                ("reloads_repaired", r.repaired, "Reloads that replaced a stale fill."),
+                ("reloads_at_deadline", r.at_deadline, "Reloads run at reload_after_s."),
+                ("reload_failures", r.failures, "Reload loads or position checks that failed."),
+                ("reloads_dropped", r.dropped, "Fills not queued: the reload queue was full."),
+            )
+        )
         pending = self._gauge("reloads_pending", "Cache keys waiting for a reload.", [])
         pending.add_metric([site], r.pending)
         yield pending
