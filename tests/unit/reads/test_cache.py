@@ -317,3 +317,31 @@ def test_the_probe_reports_the_database_down_and_back_with_when_it_changed() -> 
         assert (back.reachable, back.checks) == (True, 4)
 
     asyncio.run(run())
+
+
+def test_an_applications_cache_metrics_render_its_statistics() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from multiactive.reads.metrics import CacheCollector
+
+    db = RowsReader()
+    db.rows["user:1"] = (b"x", 1)
+
+    async def run() -> Cache:
+        cache = cache_over(db)
+        await cache.get_or_load("user:1")
+        await cache.get_or_load("user:1")
+        return cache
+
+    registry = CollectorRegistry()
+    registry.register(CacheCollector(asyncio.run(run()), "gz"))
+    samples = {
+        s.name: s.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in family.samples
+        if s.labels == {"site": "gz"}
+    }
+    assert samples["multiactive_cache_hits_total"] == 1
+    assert samples["multiactive_cache_fills_total"] == 1
+    assert samples["multiactive_cache_loads_total"] == 1
