@@ -9,7 +9,7 @@ Applications in the site's datacenter open the cache on the site's own state bac
         row = await cache.get_or_load("user:42")
 
 The site process (`SiteReads`, started by the site node when its `--handlers` module
-registers loaders or the topology has a [database]) runs the reloads that every application's
+registers loaders or the database is in `writer` mode) runs the reloads that every application's
 fills queued, with the same loaders, and probes the site's database every
 `[reads] db_probe_interval_s`: while it does not answer, the site is **degraded** (status,
 dashboard, metrics): cached keys are still served, misses raise `DatabaseUnavailable`.
@@ -202,7 +202,8 @@ class SiteReads:
 def site_reads(
     topology: Topology, site: str, state: StateBackend, loaders: Loaders, clock: Clock
 ) -> SiteReads | None:
-    """The site's read upkeep, when it has loaders or a [database]; None otherwise."""
-    if not loaders.prefixes and "database" not in topology.extensions:
+    """The site's read upkeep, when it has loaders or its database is a writer-mode copy
+    (whose health status and the dashboard show); None otherwise."""
+    if not loaders.prefixes and database_settings(topology).mode != "writer":
         return None
     return SiteReads(topology, site, state, loaders, clock)
