@@ -67,6 +67,7 @@ CONNECT_TIMEOUT_S = 5.0
 # off without a reset) is then a StoreError like a closed connection, never a hang.
 COMMAND_TIMEOUT_S = 10.0
 _UNREACHABLE = (rex.ConnectionError, rex.TimeoutError, rex.ClusterError, rex.RedisClusterException)
+_REPLY_LOST = (rex.ConnectionError, rex.TimeoutError)  # sent, but its outcome is not known
 _PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
 Client = aioredis.Redis | RedisCluster
@@ -204,16 +205,23 @@ class RedisDb:
 
     async def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Commands sent together (not a transaction); each result or its exception, in
-        order. A server that cannot be reached raises StoreError."""
+        order. A server that cannot be reached raises StoreError, and so does a reply lost
+        on the way back (the command may have run): on a cluster, the commands of each node
+        travel on their own connection, and redis-py hands back a connection that broke
+        mid-reply as that node's results instead of raising."""
         if not commands:
             return []
         pipe = self.client.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)
         try:
-            return list(await pipe.execute(raise_on_error=False))
+            results = list(await pipe.execute(raise_on_error=False))
         except _UNREACHABLE as exc:
             raise self.fail(exc, "running a pipeline") from exc
+        lost = next((r for r in results if isinstance(r, _REPLY_LOST)), None)
+        if lost is not None:
+            raise self.fail(lost, "running a pipeline") from lost
+        return results
 
     async def run(self, calls: Sequence[ScriptCall]) -> list[Any]:
         """Run scripts (pipelined, in order per slot); each result or its exception. Scripts

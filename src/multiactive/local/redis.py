@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Protocol
 
 import redis
+from redis.crc import key_slot
 
 from multiactive.errors import ConfigError
 from multiactive.procs import die_with_parent, free_port
@@ -219,14 +220,22 @@ class RedisClusterServers:
     def _form(self) -> None:
         """Split the slots over the nodes and introduce them to each other."""
         for index, node in enumerate(self.nodes):
-            first = index * CLUSTER_SLOTS // self.masters
-            last = (index + 1) * CLUSTER_SLOTS // self.masters - 1
             with node.client() as client:
-                client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", *self._slots(index))
         with self.nodes[0].client() as client:
             for other in self.nodes[1:]:
                 client.execute_command("CLUSTER", "MEET", "127.0.0.1", other.port, other.bus_port)
         self.formed = True
+
+    def node_of(self, key: str) -> RedisServer:
+        """The node that serves `key` (by its hash slot, as `_form` split the slots)."""
+        slot = key_slot(key.encode())
+        return next(node for i, node in enumerate(self.nodes) if slot <= self._slots(i)[1])
+
+    def _slots(self, index: int) -> tuple[int, int]:
+        """The first and last slot of node `index`."""
+        first = index * CLUSTER_SLOTS // self.masters
+        return first, (index + 1) * CLUSTER_SLOTS // self.masters - 1
 
     def wait_ok(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Until every node says cluster_state:ok and knows every other node."""

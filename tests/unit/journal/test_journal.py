@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -1022,3 +1023,48 @@ def test_redis_check_resyncs_after_a_lost_remote_append(redis_backend: Backend) 
             await journal.check()  # nothing to resync: a PING
 
     run(main())
+
+
+def test_redis_cluster_node_dying_with_an_append_in_flight_is_unknown_not_refused(
+    tmp_path: Path,
+) -> None:
+    """On a cluster the commands of each node go on their own connection, and a node that
+    dies before its reply comes back is handed back by redis-py as that command's result: the
+    append raises StoreOutcomeUnknown (it may have run), never a refusal, and once the node
+    is back the journal reads the heads again and the stream continues."""
+
+    async def append_while_node_dies(servers: RedisClusterServers, partition: int) -> None:
+        async with Backend("redis", tmp_path, servers.url).opened() as journal:
+            await journal.append_remote([remote(1, 1, partition)])
+            victim = servers.node_of(Keys(SITE).tag(partition))
+            with victim.client() as client:  # the append script waits behind the pause
+                client.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+            append = asyncio.create_task(journal.append_remote([remote(2, 1, partition)]))
+            await asyncio.to_thread(wait_until_blocked, victim)
+            victim.kill()
+            with pytest.raises(StoreOutcomeUnknown, match="may or may not be stored"):
+                await append
+            await asyncio.to_thread(servers.start)
+            await journal.check()
+            result = await journal.append_remote([remote(2, 2, partition)])
+            assert (result.stored, result.duplicates) == (1, 0)
+            assert await all_seqs(journal, StreamId(PEER, partition)) == [1, 2, 3]
+
+    with RedisClusterServers(tmp_path / "cluster") as servers:
+        run(append_while_node_dies(servers, partition_on(servers, servers.nodes[1])))
+
+
+def partition_on(servers: RedisClusterServers, node: RedisServer) -> int:
+    """A partition of SITE whose keys the given node of the cluster holds."""
+    return next(p for p in range(64) if servers.node_of(Keys(SITE).tag(p)) is node)
+
+
+def wait_until_blocked(server: RedisServer, timeout_s: float = 10.0) -> None:
+    """Until a client of the server waits (here: behind CLIENT PAUSE)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with server.client() as client:
+            if client.info("clients")["blocked_clients"] > 0:
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"no client of redis-server on port {server.port} got blocked")
