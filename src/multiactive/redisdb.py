@@ -35,8 +35,9 @@ which is what makes an append (journal) or a step (state) one atomic script call
 Versions are int64 and Lua numbers are doubles, so versions travel and are stored as decimal
 strings and compared in Lua as such; seqs and counts are exact as Lua numbers below 2**53.
 
-Errors from redis-py are translated here: a server that cannot be reached raises `StoreError`
-naming the URL (without its password) and the setting. Commands are not retried by the client:
+Errors from redis-py are translated here into `StoreError` naming the URL (without its
+password) and the setting; `StoreUnavailable` when trying again later may work (the server, or
+the cluster node of the keys, is down or restarting). Commands are not retried by the client:
 a write whose reply was lost is not sent twice, the caller fails and the site restarts from
 what is durable.
 """
@@ -58,7 +59,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from multiactive.errors import ConfigError, StoreError
+from multiactive.errors import ConfigError, StoreError, StoreUnavailable
 
 SCHEMA_VERSION = "1"
 DEFAULT_PREFIX = "ma"
@@ -182,7 +183,8 @@ class RedisDb:
             await client.execute_command("PING")
         except (*_UNREACHABLE, rex.RedisError) as exc:
             await db.close()
-            raise StoreError(f"cannot connect to Redis at {db.where}: {exc}") from exc
+            kind = StoreUnavailable if unreachable(exc) else StoreError
+            raise kind(f"cannot connect to Redis at {db.where}: {exc}") from exc
         return db
 
     @property
@@ -190,8 +192,11 @@ class RedisDb:
         return f"{display_url(self.url)} ({self.setting})"
 
     def fail(self, exc: Exception, doing: str = "") -> StoreError:
+        """The StoreError for a Redis error: StoreUnavailable when the server (or the node of
+        the keys) could not be reached."""
         what = f" while {doing}" if doing else ""
-        return StoreError(f"Redis at {self.where} failed{what}: {type(exc).__name__}: {exc}")
+        kind = StoreUnavailable if unreachable(exc) else StoreError
+        return kind(f"Redis at {self.where} failed{what}: {type(exc).__name__}: {exc}")
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -287,6 +292,14 @@ async def uncancellable(work: Coroutine[Any, Any, T]) -> T:
 def _retrieve(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()  # raised to the caller, or, if it was cancelled, dropped here
+
+
+def unreachable(exc: Exception) -> bool:
+    """The server, or the cluster node of the keys, could not be reached (or answered
+    CLUSTERDOWN): the same command may work later. A refused password is not that, although
+    redis-py counts it among connection errors."""
+    refused = (rex.AuthenticationError, rex.AuthorizationError)
+    return isinstance(exc, _UNREACHABLE) and not isinstance(exc, refused)
 
 
 def lua_pack(value: Any) -> bytes:

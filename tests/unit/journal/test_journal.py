@@ -19,7 +19,13 @@ from typing import Any
 
 import pytest
 
-from multiactive.errors import ConfigError, JournalError, StoreError, StoreOutcomeUnknown
+from multiactive.errors import (
+    ConfigError,
+    JournalError,
+    StoreError,
+    StoreOutcomeUnknown,
+    StoreUnavailable,
+)
 from multiactive.journal import Journal, LocalGroup, MemoryJournal, RedisJournal, SqliteJournal
 from multiactive.local.redis import RedisClusterServers, RedisServer
 from multiactive.model.batch import CODEC_ZSTD, RecordBatch, build_batch
@@ -907,8 +913,8 @@ def test_redis_servers_of_the_harness_run_with_appendfsync_always(
 
 
 def test_unreachable_redis_names_the_url_and_the_setting(tmp_path: Path) -> None:
-    """Opening a Redis journal on a server that is not there raises StoreError naming the URL
-    and the setting."""
+    """Opening a Redis journal on a server that is not there raises StoreUnavailable naming
+    the URL and the setting."""
 
     async def main() -> None:
         url = f"redis://127.0.0.1:{free_port()}/0"
@@ -917,6 +923,7 @@ def test_unreachable_redis_names_the_url_and_the_setting(tmp_path: Path) -> None
             await journal.open()
         await journal.close()
         assert f"cannot connect to Redis at {url} (redis_url of site 'bj')" in str(caught.value)
+        assert isinstance(caught.value, StoreUnavailable)  # a site starting waits for it
 
     run(main())
 
