@@ -64,7 +64,8 @@ from multiactive.state.base import Op
 from multiactive.state.ops import COUNTER_ADD, KV_DEL, KV_SET, ZSET_ADD, ZSET_REM, Member, Snapshot
 
 Link = tuple[str, str]  # (origin, receiver)
-_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*: ")
+# `package.module.SomeError: text`, or the one line `site run` prints as it exits 1
+_EXCEPTION_LINE = re.compile(r"^(?:(?:[A-Za-z_]\w*\.)*[A-Z]\w*|error): ")
 ProgressCallback = Callable[["ChaosProgress"], None]
 
 TYPE_WEIGHTS = {KV_SET: 3, KV_DEL: 1, COUNTER_ADD: 3, ZSET_ADD: 3, ZSET_REM: 1}
@@ -694,8 +695,8 @@ class _Run:
 
 
 def last_error(log_tail: str) -> str:
-    """The last exception a log names (`package.module.SomeError: text`), for a one-line
-    account of a crash."""
+    """The last exception a log names (`package.module.SomeError: text`, or the `error: text`
+    line of a site that exited 1), for a one-line account of a crash."""
     for line in reversed(log_tail.splitlines()):
         text = line.strip(" |+-")
         if _EXCEPTION_LINE.match(text):

@@ -157,6 +157,8 @@ def test_a_crashed_sites_last_exception_is_picked_from_its_log() -> None:
         "is closed"
     )
     assert last_error("2026-11-22T03:55:13.738 INFO site site_stopped") == "its log names no error"
+    exited = "error: cannot connect to Redis at redis+cluster://127.0.0.1:1 (redis_url)"
+    assert last_error(f"{log}\n{exited}") == f"its log's last error: {exited}"
 
 
 def test_redis_server_kills_are_planned_only_with_the_redis_backend() -> None:
