@@ -546,7 +546,7 @@ class _Run:
             await _sleep_until(start + fault.at_s)
             try:
                 await asyncio.to_thread(self._execute, fault)
-            except (ClusterError, OSError, urllib.error.URLError) as exc:
+            except (ClusterError, ConfigError, OSError, urllib.error.URLError) as exc:
                 self.problems.append(f"fault {fault.describe()} could not be made: {exc}")
 
     def _execute(self, fault: PlannedFault) -> None:
@@ -660,7 +660,10 @@ class _Run:
     def _heal_all(self) -> None:
         """Heal every link, start every dead redis-server (cluster node), restart every dead
         site, wait until every site is ready."""
-        self.cluster.start_redis(self.options.sites)
+        try:
+            self.cluster.start_redis(self.options.sites)
+        except ConfigError as exc:  # a redis-server that exits or never serves
+            self.problems.append(f"a site's Redis did not come back: {exc}")
         for origin, receiver in self.options.links:
             self.cluster.heal(origin, receiver)
         self.cut.clear()
