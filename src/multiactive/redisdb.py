@@ -183,7 +183,7 @@ class RedisDb:
             await client.execute_command("PING")
         except (*_UNREACHABLE, rex.RedisError) as exc:
             await db.close()
-            kind = StoreUnavailable if unreachable(exc) else StoreError
+            kind = StoreUnavailable if _unreachable(exc) else StoreError
             raise kind(f"cannot connect to Redis at {db.where}: {exc}") from exc
         return db
 
@@ -195,7 +195,7 @@ class RedisDb:
         """The StoreError for a Redis error: StoreUnavailable when the server (or the node of
         the keys) could not be reached."""
         what = f" while {doing}" if doing else ""
-        kind = StoreUnavailable if unreachable(exc) else StoreError
+        kind = StoreUnavailable if _unreachable(exc) else StoreError
         return kind(f"Redis at {self.where} failed{what}: {type(exc).__name__}: {exc}")
 
     async def close(self) -> None:
@@ -294,7 +294,7 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         task.exception()  # raised to the caller, or, if it was cancelled, dropped here
 
 
-def unreachable(exc: Exception) -> bool:
+def _unreachable(exc: Exception) -> bool:
     """The server, or the cluster node of the keys, could not be reached (or answered
     CLUSTERDOWN): the same command may work later. A refused password is not that, although
     redis-py counts it among connection errors."""
