@@ -67,8 +67,16 @@ CONNECT_TIMEOUT_S = 5.0
 # No command waits longer for its answer: a server that stopped answering (SIGSTOPped, cut
 # off without a reset) is then a StoreError like a closed connection, never a hang.
 COMMAND_TIMEOUT_S = 10.0
-_UNREACHABLE = (rex.ConnectionError, rex.TimeoutError, rex.ClusterError, rex.RedisClusterException)
-_REPLY_LOST = (rex.ConnectionError, rex.TimeoutError)  # sent, but its outcome is not known
+# redis-py's cluster client closes every connection of every node when a node answers
+# CLUSTERDOWN (`RedisCluster.aclose`), under the feet of commands that other tasks have in
+# flight: they fail from inside redis-py with AttributeError (a reader or writer that is now
+# None). For us that is a connection lost mid-command.
+_TORN_DOWN = (AttributeError,)
+_UNREACHABLE = (
+    rex.ConnectionError, rex.TimeoutError, rex.ClusterError, rex.RedisClusterException,
+    *_TORN_DOWN,
+)  # fmt: skip
+_REPLY_LOST = (rex.ConnectionError, rex.TimeoutError, *_TORN_DOWN)  # its outcome is not known
 _PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
 Client = aioredis.Redis | RedisCluster
