@@ -70,8 +70,9 @@ COMMAND_TIMEOUT_S = 10.0
 # redis-py's cluster client closes every connection of every node when a node answers
 # CLUSTERDOWN (`RedisCluster.aclose`), under the feet of commands that other tasks have in
 # flight: they fail from inside redis-py with AttributeError (a reader or writer that is now
-# None). For us that is a connection lost mid-command.
-_TORN_DOWN = (AttributeError,)
+# None) or, on uvloop, RuntimeError (a write on a closed transport). For us that is a
+# connection lost mid-command.
+_TORN_DOWN = (AttributeError, RuntimeError)
 _UNREACHABLE = (
     rex.ConnectionError, rex.TimeoutError, rex.ClusterError, rex.RedisClusterException,
     *_TORN_DOWN,
