@@ -17,6 +17,8 @@
     ├── StoreError             a store (a Redis server, a SQLite file) cannot be reached, fails,
     │   │                      or holds data this process did not write (names the URL or the
     │   │                      file, and the setting)
+    │   ├── StoreUnavailable   the store cannot be reached now (a server down or restarting,
+    │   │                      a cluster missing a node): the same call may work later
     │   └── StoreOutcomeUnknown  a write was sent and its answer lost: it may be stored
     ├── OutcomeUnknown         whether a write was journaled is not known (the site's storage
     │                          failed mid-write, or a client's deadline passed unanswered);
@@ -118,6 +120,11 @@ class StaleStep(StateError):
 class StoreError(MultiactiveError):
     """A store (a Redis server, a SQLite file) is unreachable or fails, or its data is not
     what this process left there."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached now: a server down or restarting, a connection refused or
+    cut, a Redis Cluster whose node serving the keys is down. The same call may work later."""
 
 
 class StoreOutcomeUnknown(StoreError):

@@ -39,8 +39,9 @@ which is what makes an append (journal) or a step (state) one atomic script call
 Versions are int64 and Lua numbers are doubles, so versions travel and are stored as decimal
 strings and compared in Lua as such; seqs and counts are exact as Lua numbers below 2**53.
 
-Errors from redis-py are translated here: a server that cannot be reached raises `StoreError`
-naming the URL (without its password) and the setting. Commands are not retried by the client:
+Errors from redis-py are translated here into `StoreError` naming the URL (without its
+password) and the setting; `StoreUnavailable` when trying again later may work (the server, or
+the cluster node of the keys, is down or restarting). Commands are not retried by the client:
 a write whose reply was lost is not sent twice, the caller fails and the site restarts from
 what is durable.
 """
@@ -62,7 +63,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from multiactive.errors import ConfigError, StoreError
+from multiactive.errors import ConfigError, StoreError, StoreUnavailable
 
 SCHEMA_VERSION = "1"
 DEFAULT_PREFIX = "ma"
@@ -70,7 +71,17 @@ CONNECT_TIMEOUT_S = 5.0
 # No command waits longer for its answer: a server that stopped answering (SIGSTOPped, cut
 # off without a reset) is then a StoreError like a closed connection, never a hang.
 COMMAND_TIMEOUT_S = 10.0
-_UNREACHABLE = (rex.ConnectionError, rex.TimeoutError, rex.ClusterError, rex.RedisClusterException)
+# redis-py's cluster client closes every connection of every node when a node answers
+# CLUSTERDOWN (`RedisCluster.aclose`), under the feet of commands that other tasks have in
+# flight: they fail from inside redis-py with AttributeError (a reader or writer that is now
+# None) or, on uvloop, RuntimeError (a write on a closed transport). For us that is a
+# connection lost mid-command.
+_TORN_DOWN = (AttributeError, RuntimeError)
+_UNREACHABLE = (
+    rex.ConnectionError, rex.TimeoutError, rex.ClusterError, rex.RedisClusterException,
+    *_TORN_DOWN,
+)  # fmt: skip
+_REPLY_LOST = (rex.ConnectionError, rex.TimeoutError, *_TORN_DOWN)  # its outcome is not known
 _PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
 Client = aioredis.Redis | RedisCluster
@@ -187,7 +198,8 @@ class RedisDb:
             await client.execute_command("PING")
         except (*_UNREACHABLE, rex.RedisError) as exc:
             await db.close()
-            raise StoreError(f"cannot connect to Redis at {db.where}: {exc}") from exc
+            kind = StoreUnavailable if _unreachable(exc) else StoreError
+            raise kind(f"cannot connect to Redis at {db.where}: {exc}") from exc
         return db
 
     @property
@@ -195,8 +207,11 @@ class RedisDb:
         return f"{display_url(self.url)} ({self.setting})"
 
     def fail(self, exc: Exception, doing: str = "") -> StoreError:
+        """The StoreError for a Redis error: StoreUnavailable when the server (or the node of
+        the keys) could not be reached."""
         what = f" while {doing}" if doing else ""
-        return StoreError(f"Redis at {self.where} failed{what}: {type(exc).__name__}: {exc}")
+        kind = StoreUnavailable if _unreachable(exc) else StoreError
+        return kind(f"Redis at {self.where} failed{what}: {type(exc).__name__}: {exc}")
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -210,16 +225,23 @@ class RedisDb:
 
     async def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Commands sent together (not a transaction); each result or its exception, in
-        order. A server that cannot be reached raises StoreError."""
+        order. A server that cannot be reached raises StoreError, and so does a reply lost
+        on the way back (the command may have run): on a cluster, the commands of each node
+        travel on their own connection, and redis-py hands back a connection that broke
+        mid-reply as that node's results instead of raising."""
         if not commands:
             return []
         pipe = self.client.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)
         try:
-            return list(await pipe.execute(raise_on_error=False))
+            results = list(await pipe.execute(raise_on_error=False))
         except _UNREACHABLE as exc:
             raise self.fail(exc, "running a pipeline") from exc
+        lost = next((r for r in results if isinstance(r, _REPLY_LOST)), None)
+        if lost is not None:
+            raise self.fail(lost, "running a pipeline") from lost
+        return results
 
     async def run(self, calls: Sequence[ScriptCall]) -> list[Any]:
         """Run scripts (pipelined, in order per slot); each result or its exception. Scripts
@@ -285,6 +307,14 @@ async def uncancellable(work: Coroutine[Any, Any, T]) -> T:
 def _retrieve(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()  # raised to the caller, or, if it was cancelled, dropped here
+
+
+def _unreachable(exc: Exception) -> bool:
+    """The server, or the cluster node of the keys, could not be reached (or answered
+    CLUSTERDOWN): the same command may work later. A refused password is not that, although
+    redis-py counts it among connection errors."""
+    refused = (rex.AuthenticationError, rex.AuthorizationError)
+    return isinstance(exc, _UNREACHABLE) and not isinstance(exc, refused)
 
 
 def lua_pack(value: Any) -> bytes:

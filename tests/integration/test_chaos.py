@@ -3,7 +3,8 @@ at three sites while links are cut and healed and sites are SIGKILLed and restar
 every site holds the same state, the state a sequential model of the journaled writes predicts,
 with every acknowledged write journaled as acknowledged and applied exactly once.
 
-Short runs of 20 seeds; a failing seed is reproduced with `multiactive check --seed N`.
+Short runs of 20 seeds, and one seed on redis-servers and one on Redis Clusters with their
+servers (nodes) killed too; a failing seed is reproduced with `multiactive check --seed N`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import pytest
 
 from multiactive import failpoints
 from multiactive.chaos.checker import ChaosOptions, ChaosPlan, ChaosReport, plan_chaos, run_chaos
-from multiactive.local.cluster import LocalCluster
+from multiactive.local.cluster import DEFAULT_SITES, LocalCluster
+from multiactive.local.redis import CLUSTER_MASTERS
 
 SEEDS = range(1, 21)
 SHORT: dict[str, Any] = {"duration_s": 5.0, "rate": 250.0}
@@ -47,12 +49,17 @@ def test_sites_converge_to_the_model_of_the_journaled_writes_under_chaos(
     assert report.journaled >= report.acked
 
 
+@pytest.mark.parametrize(
+    "backend", [{}, {"backend": "redis-cluster", "p_redis_kill": 0.3}], ids=["sqlite", "cluster"]
+)
 def test_a_counter_applied_twice_makes_the_checker_fail_naming_the_counters(
-    tmp_path: Path,
+    tmp_path: Path, backend: dict[str, Any]
 ) -> None:
     """With the failpoint counter_applied_twice in the sites, the checker reports counters that
-    differ from the model, and nothing else (all sites agree with each other)."""
-    report = chaos(tmp_path, seed=1, failpoints=(failpoints.COUNTER_APPLIED_TWICE,), **SHORT)
+    differ from the model, and nothing else (all sites agree with each other); on SQLite and
+    on Redis Clusters with nodes killed."""
+    failpoint = (failpoints.COUNTER_APPLIED_TWICE,)
+    report = chaos(tmp_path, seed=1, failpoints=failpoint, **SHORT, **backend)
     assert not report.ok
     assert all(COUNTER_PROBLEM.match(p) for p in report.problems), explain(report)
 
@@ -69,8 +76,8 @@ def test_a_site_that_exits_without_the_checkers_sigkill_is_reported(
     assert exits, explain(report)
 
 
-def _plan(seed: int) -> ChaosPlan:
-    return plan_chaos(ChaosOptions(seed=seed, **SHORT))
+def _plan(seed: int, options: dict[str, Any] = SHORT) -> ChaosPlan:
+    return plan_chaos(ChaosOptions(seed=seed, **options))
 
 
 def test_a_seed_plans_the_same_run_every_time() -> None:
@@ -83,16 +90,27 @@ def test_a_seed_plans_the_same_run_every_time() -> None:
     assert first != plan_chaos(ChaosOptions(seed=8, duration_s=30.0))
 
 
-def test_redis_backend_converges_with_redis_servers_killed(tmp_path: Path) -> None:
-    """`check --backend redis`: sites on their own redis-servers, which are SIGKILLed and
-    started again among the other faults; the same checks hold, and no write refused to its
-    client is journaled."""
-    options = {**SHORT, "backend": "redis", "p_redis_kill": 0.3}
-    seed = next(
+def redis_seed(options: dict[str, Any]) -> int:
+    """The first seed whose plan SIGKILLs a redis-server (a cluster node) and starts it again
+    before the end, so the run sees a site through a whole outage under load."""
+    return next(
         s for s in SEEDS
-        if any(f.action == "redis_kill" for f in plan_chaos(ChaosOptions(seed=s, **options)).faults)
+        if {"redis_kill", "redis_restart"} <= {f.action for f in _plan(s, options).faults}
     )  # fmt: skip
-    report = chaos(tmp_path, seed=seed, **options)
+
+
+@pytest.mark.parametrize("backend", ["redis", "redis-cluster"])
+def test_redis_backend_converges_with_redis_servers_killed(tmp_path: Path, backend: str) -> None:
+    """`check --backend redis`: sites on their own redis-servers, which are SIGKILLed and
+    started again among the other faults; `--backend redis-cluster`: sites on their own Redis
+    Cluster of three masters, one node of which is SIGKILLed and started again. The same
+    checks hold (no site exits by itself), and no write refused to its client is
+    journaled."""
+    options = {**SHORT, "backend": backend, "p_redis_kill": 0.3}
+    report = chaos(tmp_path, seed=redis_seed(options), **options)
     assert report.ok, explain(report)
     assert report.redis_kills > 0
     assert report.acked > 0
+    if backend == "redis-cluster":
+        nodes = sorted(Path(report.data_dir).glob("*-redis/node*/nodes.conf"))
+        assert len(nodes) == len(DEFAULT_SITES) * CLUSTER_MASTERS, nodes

@@ -165,3 +165,33 @@ def test_redis_killed_under_load_refused_is_absent_unknown_resolves_once(
         f"acked {len(acked)}, refused {len(outcomes.refused)}, unknown {len(outcomes.unknown)}"
         f" (resolved {len(outcomes.resolved)}), ready while down {seen_while_down}"
     )
+
+
+def test_a_site_started_while_its_redis_is_down_waits_for_it_then_serves(
+    make_cluster: ClusterFactory,
+) -> None:
+    """A site started while its redis-server is down does not exit: it warns
+    `store_unavailable` and tries again, and once the server is up it (and its applier)
+    start and serve writes, which replicate."""
+    cluster = make_cluster(sites=("a", "b"), backend="redis")
+    cluster.start()
+    cluster.kill("a")
+    cluster.redis["a"].kill()
+    site = cluster.processes["a"]
+    site.start()  # the site alone: its Redis stays down
+    wait_for(
+        lambda: "store_unavailable" in site.log_path.read_text(), 30, "a store_unavailable line"
+    )
+    assert site.alive, site.log_tail()
+    cluster.redis["a"].start()
+    cluster.wait_ready("a")
+
+    async def publish() -> Ack:
+        async with Client(cluster.client_address("a")) as client:
+            return await client.publish("kv.set", "after", b"v", id="after-1")
+
+    ack = asyncio.run(publish())
+    cluster.wait_converged(30)
+    assert cluster.get("b", "/state/entries?limit=10")[0]["key"] == "after", ack
+    assert site.alive, site.log_tail()
+    assert site.starts == 2

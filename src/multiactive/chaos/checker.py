@@ -4,8 +4,9 @@ One run, for one seed:
 
 1. **plan** (`plan_chaos`, pure): from `random.Random(seed)` alone, the link modes, a schedule
    of faults (cut or heal a link, isolate a site or let it rejoin, SIGKILL a site and restart
-   it later, never every site down at once; with the redis backend also SIGKILL a site's
-   redis-server and start it again later) and a schedule of writes of every built-in type
+   it later, never every site down at once; with the redis backends also SIGKILL a site's
+   redis-server, or one node of its Redis Cluster, and start it again later) and a schedule
+   of writes of every built-in type
    at every site over a small key space, so that writes conflict. The same seed always gives
    the same plan, so a failing seed can be run again.
 2. **chaos**: a `LocalCluster` with every link through the WAN emulator; a writer per site
@@ -55,14 +56,16 @@ from multiactive.chaos.model import (
 )
 from multiactive.client import Ack, Client
 from multiactive.errors import ClusterError, ConfigError, MultiactiveError, RejectedError
-from multiactive.local.cluster import DEFAULT_SITES, LocalCluster
+from multiactive.local.cluster import DEFAULT_SITES, REDIS_BACKENDS, LocalCluster
+from multiactive.local.redis import CLUSTER_MASTERS
 from multiactive.model.message import Message, StreamId
 from multiactive.records import MessageRecord, SiteStatus, StreamStatus
 from multiactive.state.base import Op
 from multiactive.state.ops import COUNTER_ADD, KV_DEL, KV_SET, ZSET_ADD, ZSET_REM, Member, Snapshot
 
 Link = tuple[str, str]  # (origin, receiver)
-_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*: ")
+# `package.module.SomeError: text`, or the one line `site run` prints as it exits 1
+_EXCEPTION_LINE = re.compile(r"^(?:(?:[A-Za-z_]\w*\.)*[A-Z]\w*|error): ")
 ProgressCallback = Callable[["ChaosProgress"], None]
 
 TYPE_WEIGHTS = {KV_SET: 3, KV_DEL: 1, COUNTER_ADD: 3, ZSET_ADD: 3, ZSET_REM: 1}
@@ -103,7 +106,7 @@ class ChaosOptions:
     p_cut: float = 0.45  # chance that a fault cuts one link ...
     p_isolate: float = 0.2  # ... cuts every link of one site ...
     p_kill: float = 0.35  # ... or SIGKILLs one site
-    p_redis_kill: float = 0.0  # ... or SIGKILLs one site's redis-server (backend "redis")
+    p_redis_kill: float = 0.0  # ... or SIGKILLs one site's redis-server (or cluster node)
     outage_s: tuple[float, float] = (0.3, 2.5)  # how long a cut or an isolation lasts
     down_s: tuple[float, float] = (0.2, 2.0)  # how long a killed site stays down
     converge_timeout_s: float = 120.0
@@ -120,13 +123,20 @@ class ChaosOptions:
         weights = (self.p_cut, self.p_isolate, self.p_kill, self.p_redis_kill)
         _need(min(weights) >= 0 and sum(weights) > 0, "p_cut/p_isolate/p_kill/p_redis_kill",
               weights, ">= 0 each and not all 0")  # fmt: skip
-        _need(self.p_redis_kill == 0 or self.backend == "redis", "p_redis_kill",
-              self.p_redis_kill, '0 unless backend is "redis"')  # fmt: skip
+        _need(self.p_redis_kill == 0 or self.backend in REDIS_BACKENDS, "p_redis_kill",
+              self.p_redis_kill, '0 unless backend is "redis" or "redis-cluster"')  # fmt: skip
         for name in ("outage_s", "down_s"):
             low, high = getattr(self, name)
             _need(0 <= low <= high, name, (low, high), "a range (low, high) with 0 <= low <= high")
         _need(self.converge_timeout_s > 0, "converge_timeout_s", self.converge_timeout_s, "> 0")
         failpoints.parse(",".join(self.failpoints))
+
+    @property
+    def redis_nodes(self) -> int:
+        """How many redis-server processes each site's Redis has (0: not on Redis)."""
+        if self.backend not in REDIS_BACKENDS:
+            return 0
+        return CLUSTER_MASTERS if self.backend == "redis-cluster" else 1
 
     @property
     def links(self) -> list[Link]:
@@ -153,19 +163,21 @@ class PlannedWrite:
 @dataclass(frozen=True, slots=True)
 class PlannedFault:
     """cut/heal `links`, isolate/rejoin `site` (its `links`), kill/restart `site`,
-    redis_kill/redis_restart the redis-server of `site`."""
+    redis_kill/redis_restart the redis-server `node` of `site` (0 unless on a cluster)."""
 
     at_s: float
     action: str  # cut | heal | isolate | rejoin | kill | restart | redis_kill | redis_restart
     site: str = ""
     links: tuple[Link, ...] = ()
     mode: str = ""  # how a cut cuts: reset | blackhole
+    node: int = 0  # which node of the site's Redis Cluster a redis_kill/redis_restart hits
 
     def describe(self) -> str:
         links = ", ".join(f"{o}->{r}" for o, r in self.links)
         target = {"cut": links, "heal": links}.get(self.action, self.site)
         mode = f" ({self.mode})" if self.mode else ""
-        return f"{self.action} {target}{mode} at {self.at_s:.2f} s"
+        node = f" node {self.node}" if self.node else ""
+        return f"{self.action} {target}{node}{mode} at {self.at_s:.2f} s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,14 +313,19 @@ def _plan_kill(
 def _plan_redis_kill(
     options: ChaosOptions, rng: random.Random, at_s: float, state: _Planned
 ) -> tuple[PlannedFault, PlannedFault] | None:
-    """SIGKILL one site's redis-server (not one already down) and start it again later; the
-    site keeps running meanwhile (a restart of the site starts its server too)."""
+    """SIGKILL one site's redis-server, or one node of its cluster (a site with none down),
+    and start it again later; the site keeps running meanwhile (a restart of the site starts
+    its server too)."""
     up = [s for s in options.sites if s not in state.redis_down]
     if not up:
         return None
     site = rng.choice(up)
     back_at = at_s + rng.uniform(*options.down_s)
-    return PlannedFault(at_s, "redis_kill", site), PlannedFault(back_at, "redis_restart", site)
+    node = rng.randrange(options.redis_nodes) if options.redis_nodes > 1 else 0
+    return (
+        PlannedFault(at_s, "redis_kill", site, node=node),
+        PlannedFault(back_at, "redis_restart", site, node=node),
+    )
 
 
 # -- records --------------------------------------------------------------------------------
@@ -529,18 +546,19 @@ class _Run:
             await _sleep_until(start + fault.at_s)
             try:
                 await asyncio.to_thread(self._execute, fault)
-            except (ClusterError, OSError, urllib.error.URLError) as exc:
+            except (ClusterError, ConfigError, OSError, urllib.error.URLError) as exc:
                 self.problems.append(f"fault {fault.describe()} could not be made: {exc}")
 
     def _execute(self, fault: PlannedFault) -> None:
         """Make one planned fault happen (in a worker thread: the cluster calls block)."""
         cluster, action = self.cluster, fault.action
         if action == "redis_kill":
-            cluster.redis[fault.site].kill()
+            cluster.redis[fault.site].nodes[fault.node].kill()
             self.counts.redis_kills += 1
         elif action == "redis_restart":
-            if not cluster.redis[fault.site].alive:  # a restart of its site started it already
-                cluster.redis[fault.site].start()
+            node = cluster.redis[fault.site].nodes[fault.node]
+            if not node.alive:  # a restart of its site started it already
+                node.start()
         elif action in ("cut", "isolate"):
             for origin, receiver in fault.links:
                 cluster.cut(origin, receiver, fault.mode)
@@ -640,11 +658,12 @@ class _Run:
     # -- heal and converge ------------------------------------------------------------------
 
     def _heal_all(self) -> None:
-        """Heal every link, start every dead redis-server, restart every dead site, wait until
-        every site is ready."""
-        for server in self.cluster.redis.values():
-            if not server.alive:
-                server.start()
+        """Heal every link, start every dead redis-server (cluster node), restart every dead
+        site, wait until every site is ready."""
+        try:
+            self.cluster.start_redis(self.options.sites)
+        except ConfigError as exc:  # a redis-server that exits or never serves
+            self.problems.append(f"a site's Redis did not come back: {exc}")
         for origin, receiver in self.options.links:
             self.cluster.heal(origin, receiver)
         self.cut.clear()
@@ -679,8 +698,8 @@ class _Run:
 
 
 def last_error(log_tail: str) -> str:
-    """The last exception a log names (`package.module.SomeError: text`), for a one-line
-    account of a crash."""
+    """The last exception a log names (`package.module.SomeError: text`, or the `error: text`
+    line of a site that exited 1), for a one-line account of a crash."""
     for line in reversed(log_tail.splitlines()):
         text = line.strip(" |+-")
         if _EXCEPTION_LINE.match(text):

@@ -16,9 +16,10 @@ from rich.table import Table
 
 from multiactive import aio, failpoints
 from multiactive.chaos.checker import ChaosOptions, ChaosProgress, ChaosReport, run_chaos
+from multiactive.local.cluster import REDIS_BACKENDS
 
 DEFAULTS = ChaosOptions()
-REDIS_KILL_WEIGHT = 0.3  # with --backend redis: how often a fault kills a redis-server
+REDIS_KILL_WEIGHT = 0.3  # on Redis: how often a fault kills a redis-server (a cluster node)
 
 
 @click.command()
@@ -45,10 +46,11 @@ REDIS_KILL_WEIGHT = 0.3  # with --backend redis: how often a fault kills a redis
 @click.option(
     "--backend",
     default="sqlite",
-    type=click.Choice(["sqlite", "memory", "redis"]),
+    type=click.Choice(["sqlite", "memory", "redis", "redis-cluster"]),
     help="Journal and state backend of every site (memory does not survive SIGKILL, so the "
     "check reports its acknowledged writes lost). With redis every site has its own "
-    "redis-server, and the faults SIGKILL those too.",
+    "redis-server, and the faults SIGKILL those too; with redis-cluster its own Redis "
+    "Cluster of three masters, one node of which the faults SIGKILL.",
 )
 @click.option(
     "--failpoint",
@@ -73,8 +75,8 @@ def check(
     as_json: bool,
 ) -> None:
     """Chaos convergence check: three sites take random writes of every built-in operation
-    while links are cut and healed and sites (and, with --backend redis, their
-    redis-servers) are SIGKILLed and restarted; then every site's
+    while links are cut and healed and sites (and, on Redis, their redis-servers or
+    cluster nodes) are SIGKILLed and restarted; then every site's
     state must be identical, equal a sequential model of the journaled writes, and hold
     every acknowledged write, each applied exactly once.
 
@@ -87,7 +89,7 @@ def check(
         options = ChaosOptions(
             seed=number, duration_s=duration, rate=rate, backend=backend,
             failpoints=failpoint_names,
-            p_redis_kill=REDIS_KILL_WEIGHT if backend == "redis" else 0.0,
+            p_redis_kill=REDIS_KILL_WEIGHT if backend in REDIS_BACKENDS else 0.0,
         )  # fmt: skip
         report = _run_seed(console, options, root / f"seed-{number}", as_json)
         if report.ok and not keep:

@@ -12,7 +12,9 @@ data lives under one folder, every process is killed at the end.
 
 With `backend="redis"` every site gets its own `redis-server` (`multiactive.local.redis`:
 free port, data under the cluster's folder, `appendonly yes` + `appendfsync always`), started
-with the first `start()`, left running when a site is killed, killed with the cluster.
+with the first `start()`, left running when a site is killed, killed with the cluster. With
+`backend="redis-cluster"` every site gets its own Redis Cluster of three masters instead
+(`RedisClusterServers`; the site's journal and state are "redis" on a `redis+cluster://` URL).
 """
 
 from __future__ import annotations
@@ -39,9 +41,11 @@ from multiactive.records import HeadsAnswer, LinkStatistics, SiteStatus
 from multiactive.wan.shape import LinkShape
 
 if TYPE_CHECKING:
-    from multiactive.local.redis import RedisServer
+    from multiactive.local.redis import SiteRedis
 
 DEFAULT_SITES = ("bj-unicom", "bj-telecom", "gz")
+# LocalCluster backends on Redis, and the journal and state backend their sites name.
+REDIS_BACKENDS = {"redis": "redis", "redis-cluster": "redis"}
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
 
@@ -111,7 +115,7 @@ class LocalCluster:
     routing: str = ""  # TOML appended to the topology: its [routing] section (docs/routing.md)
     processes: dict[str, SiteProcess] = field(init=False, default_factory=dict)
     emulator: SiteProcess | None = field(init=False, default=None)
-    redis: dict[str, RedisServer] = field(init=False, default_factory=dict)
+    redis: dict[str, SiteRedis] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         # Canaries are journaled messages; tests that count messages exactly would see them.
@@ -139,16 +143,17 @@ class LocalCluster:
             )
         if self.wan is not None:
             self._plan_emulator(env)
-        if self.backend == "redis":
+        if self.backend in REDIS_BACKENDS:
             self._plan_redis()
         self.write_topology()
 
     def _plan_redis(self) -> None:
-        """One redis-server per site (started by `start`)."""
-        from multiactive.local.redis import RedisServer, redis_server_path
+        """One redis-server, or one Redis Cluster, per site (started by `start`)."""
+        from multiactive.local.redis import RedisClusterServers, RedisServer, redis_server_path
 
         redis_server_path()  # fail now, naming the package, if it is not installed
-        self.redis = {site: RedisServer(self.root / f"{site}-redis") for site in self.sites}
+        kind = RedisClusterServers if self.backend == "redis-cluster" else RedisServer
+        self.redis = {site: kind(self.root / f"{site}-redis") for site in self.sites}
 
     def _plan_emulator(self, env: dict[str, str]) -> None:
         """Route every link through one `multiactive wan run` process."""
@@ -198,8 +203,8 @@ class LocalCluster:
                 f'listen = "{proc.listen}"',
                 f'admin = "{proc.admin}"',
                 f'data_dir = "{proc.data_dir}"',
-                f'journal = "{self.backend}"',
-                f'state = "{self.backend}"',
+                f'journal = "{self.store_backend}"',
+                f'state = "{self.store_backend}"',
             ]
             if proc.name in self.redis:
                 lines.append(f'redis_url = "{self.redis[proc.name].url}"')
@@ -211,6 +216,11 @@ class LocalCluster:
                 lines.append(f'address = "{self.link_addresses[(origin, receiver)]}"')
         self.topology_path.write_text("\n".join(lines) + "\n" + self.routing)
 
+    @property
+    def store_backend(self) -> str:
+        """The journal and state backend the sites' topology names."""
+        return REDIS_BACKENDS.get(self.backend, self.backend)
+
     def client_address(self, site: str) -> Address:
         return self.processes[site].listen
 
@@ -221,13 +231,22 @@ class LocalCluster:
             self.emulator.start()
             self._wait_emulator()
         chosen = list(sites or self.sites)
+        self.start_redis(chosen)
         for site in chosen:
-            if site in self.redis and not self.redis[site].alive:
-                self.redis[site].start()
             self.processes[site].start()
         if wait:
             for site in chosen:
                 self.wait_ready(site)
+
+    def start_redis(self, sites: Iterable[str]) -> None:
+        """Start the Redis of these sites where some of it is down (all at once), and wait
+        until each serves."""
+        down = [self.redis[site] for site in sites if site in self.redis]
+        down = [redis for redis in down if not redis.alive]
+        for redis in down:
+            redis.launch()
+        for redis in down:
+            redis.wait_ready()
 
     def restart(self, site: str, *, wait: bool = True) -> None:
         self.start([site], wait=wait)

@@ -8,6 +8,11 @@ They run as the redis journal needs for J3 across a crash of the server: `append
         server.url                          # redis://127.0.0.1:<port>/0
     with RedisClusterServers(tmp_path / "cluster") as cluster:
         cluster.url                         # redis+cluster://127.0.0.1:<port>, 3 masters
+        cluster.nodes[1].kill()             # SIGKILL one node: its slots are unavailable
+        cluster.start()                     # start it again on its data, until cluster_state:ok
+
+Both are a `SiteRedis`: what one site's journal and state live on, killed and started whole
+or one node at a time (`nodes`), as `LocalCluster` and the chaos checker do.
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 import redis
+from redis.crc import key_slot
 
 from multiactive.errors import ConfigError
 from multiactive.procs import die_with_parent, free_port
@@ -30,6 +38,7 @@ DEBIAN_PACKAGE = "redis-server"
 READY_TIMEOUT_S = 20.0
 POLL_S = 0.02
 CLUSTER_SLOTS = 16384
+CLUSTER_MASTERS = 3  # nodes of a RedisClusterServers unless told otherwise
 # What the redis journal needs for J3 across a server crash (see multiactive.journal.redis).
 DURABLE = ("--appendonly", "yes", "--appendfsync", "always", "--save", "")
 
@@ -43,6 +52,34 @@ def redis_server_path() -> str:
             f"Ubuntu: apt-get install {DEBIAN_PACKAGE}"
         )
     return path
+
+
+class SiteRedis(Protocol):
+    """The Redis one site uses: a single server or a cluster of nodes."""
+
+    @property
+    def url(self) -> str:
+        """The site's `redis_url`."""
+
+    @property
+    def nodes(self) -> Sequence[RedisServer]:
+        """Its redis-server processes (one for a single server)."""
+
+    @property
+    def alive(self) -> bool:
+        """Every node is running."""
+
+    def launch(self) -> None:
+        """Start whatever is not running, on its data, without waiting until it serves."""
+
+    def wait_ready(self, timeout_s: float = ...) -> None:
+        """Until it serves commands (ConfigError past the timeout)."""
+
+    def start(self) -> None:
+        """`launch`, then `wait_ready`."""
+
+    def kill(self) -> None:
+        """SIGKILL every node."""
 
 
 @dataclass
@@ -63,6 +100,10 @@ class RedisServer:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    @property
+    def nodes(self) -> Sequence[RedisServer]:
+        return (self,)
+
     def command(self) -> list[str]:
         command = [
             redis_server_path(), "--port", str(self.port), "--bind", "127.0.0.1",
@@ -77,13 +118,19 @@ class RedisServer:
 
     def start(self) -> None:
         """Start (or start again, on the same data) and wait until it answers PING."""
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the process (or start it again, on the same data) unless it is running."""
+        if self.alive:
+            return
         command = self.command()
         self.root.mkdir(parents=True, exist_ok=True)
         with (self.root / "redis.log").open("ab") as log:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
             )
-        self.wait_ready()
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s
@@ -131,31 +178,64 @@ class RedisServer:
 
 @dataclass
 class RedisClusterServers:
-    """A Redis Cluster of `masters` nodes and no replicas, slots split evenly."""
+    """A Redis Cluster of `masters` nodes and no replicas, slots split evenly. A node killed
+    alone leaves its slots unavailable (no replica takes over) until it is started again."""
 
     root: Path
-    masters: int = 3
+    masters: int = CLUSTER_MASTERS
     nodes: list[RedisServer] = field(init=False, default_factory=list)
+    formed: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self.nodes = [
+            RedisServer(self.root / f"node{i}", cluster=True) for i in range(self.masters)
+        ]
 
     @property
     def url(self) -> str:
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
 
+    @property
+    def alive(self) -> bool:
+        return all(node.alive for node in self.nodes)
+
     def start(self) -> None:
-        self.nodes = [
-            RedisServer(self.root / f"node{i}", cluster=True) for i in range(self.masters)
-        ]
+        """Start every node that is not running (the first time: form the cluster), then
+        wait until every node says cluster_state:ok."""
+        self.launch()
+        self.wait_ok()
+
+    def launch(self) -> None:
+        """Start every node that is not running (the first time: form the cluster), without
+        waiting for cluster_state:ok (a node started again takes about 2 s to serve)."""
         for node in self.nodes:
-            node.start()
+            if not node.alive:
+                node.start()
+        if not self.formed:
+            self._form()
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        self.wait_ok(timeout_s)
+
+    def _form(self) -> None:
+        """Split the slots over the nodes and introduce them to each other."""
         for index, node in enumerate(self.nodes):
-            first = index * CLUSTER_SLOTS // self.masters
-            last = (index + 1) * CLUSTER_SLOTS // self.masters - 1
             with node.client() as client:
-                client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", *self._slots(index))
         with self.nodes[0].client() as client:
             for other in self.nodes[1:]:
                 client.execute_command("CLUSTER", "MEET", "127.0.0.1", other.port, other.bus_port)
-        self.wait_ok()
+        self.formed = True
+
+    def node_of(self, key: str) -> RedisServer:
+        """The node that serves `key` (by its hash slot, as `_form` split the slots)."""
+        slot = key_slot(key.encode())
+        return next(node for i, node in enumerate(self.nodes) if slot <= self._slots(i)[1])
+
+    def _slots(self, index: int) -> tuple[int, int]:
+        """The first and last slot of node `index`."""
+        first = index * CLUSTER_SLOTS // self.masters
+        return first, (index + 1) * CLUSTER_SLOTS // self.masters - 1
 
     def wait_ok(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Until every node says cluster_state:ok and knows every other node."""
@@ -167,8 +247,11 @@ class RedisClusterServers:
         raise ConfigError(f"Redis Cluster in {self.root} did not reach cluster_state:ok")
 
     def _node_ok(self, node: RedisServer) -> bool:
-        with node.client() as client:
-            info = client.execute_command("CLUSTER", "INFO")
+        try:
+            with node.client() as client:
+                info = client.execute_command("CLUSTER", "INFO")
+        except redis.exceptions.RedisError:
+            return False
         if isinstance(info, bytes):
             info = info.decode()
         text = str(info)

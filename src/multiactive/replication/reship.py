@@ -10,11 +10,12 @@ the receiver's acknowledged heads for trimming (J4).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 
 from multiactive.aio import Pulse, run_together, wait_any
 from multiactive.clock import SYSTEM_CLOCK, Clock
-from multiactive.errors import ConnectionLost
+from multiactive.errors import ConnectionLost, StoreError
 from multiactive.journal.base import Journal
 from multiactive.model.batch import RecordBatch
 from multiactive.model.message import StreamId
@@ -128,7 +129,15 @@ class Reship:
                 await self._clock.sleep(PEER_HEADS_SAVE_INTERVAL_S)
                 await self._flush_heads()
         finally:
-            await asyncio.shield(self._flush_heads())
+            await asyncio.shield(self._last_flush())
+
+    async def _last_flush(self) -> None:
+        """The session is ending (its storage may be what failed): save what the receiver
+        acknowledged if the journal answers. Shielded, it may outlive a second cancellation,
+        so it raises nothing; heads not saved now are saved by the next session (older saved
+        heads only trim less, J4)."""
+        with contextlib.suppress(StoreError):
+            await self._flush_heads()
 
     async def _flush_heads(self) -> None:
         heads = self.session.heads_to_save()

@@ -11,10 +11,11 @@ routed and pass. The gate reads the policy the site's state holds (`ma:routing:p
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 from multiactive.clock import Clock
-from multiactive.errors import DecodeError
+from multiactive.errors import DecodeError, StoreError
 from multiactive.routing.config import RoutingConfig
 from multiactive.routing.messages import POLICY_KEY, decode_change
 from multiactive.routing.policy import Policy, state_problem
@@ -70,6 +71,10 @@ class RoutingGate:
             self.policy = self.policy.with_state(held)
 
     async def run(self, state: StateBackend, clock: Clock) -> None:
+        """Refresh every GATE_REFRESH_S. While the state cannot be read (its Redis
+        restarting), the gate keeps the policy it holds: the outage is the site's to report,
+        not a reason to stop it."""
         while True:
-            await self.refresh(state)
+            with contextlib.suppress(StoreError):
+                await self.refresh(state)
             await clock.sleep(GATE_REFRESH_S)

@@ -63,6 +63,7 @@ from multiactive.replication.processor import (
     overdue_canaries,
 )
 from multiactive.site.channel import Channel
+from multiactive.site.startup import when_available
 from multiactive.state import open_state
 from multiactive.state.base import DeadLetter
 
@@ -380,12 +381,12 @@ async def serve_applier(
     """The applier process: follow the site's journal, apply, report; until told to stop."""
     journal = open_journal(topology.site(site), topology.replication)
     state = open_state(topology, site, inline=True)  # this loop has nothing else to do
-    await journal.open_for_reading()
+    await when_available(journal.open_for_reading, site=site, what="journal", undo=journal.close)
     try:
-        await state.open()
+        await when_available(state.open, site=site, what="state", undo=state.close)
         db = open_db_apply(topology, site, journal, registry, SYSTEM_CLOCK)
         processor = Processor(site, journal, state, registry, topology.replication, db=db)
-        await processor.load()
+        await when_available(processor.load, site=site, what="watermarks")
         channel = await Channel.open(socket.socket(fileno=channel_fd))
         try:
             await _Applier(channel, journal, processor).serve()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import aiohttp
 
@@ -47,6 +47,7 @@ from multiactive.routing.gate import RoutingGate
 from multiactive.security.tls import TlsMaterial
 from multiactive.site.applier import ApplierLaunch, ProcessorProcess
 from multiactive.site.connections import Connections
+from multiactive.site.startup import when_available
 from multiactive.state import DeadLetter, StateBackend, open_state
 
 TRIM_INTERVAL_S = 60.0
@@ -177,16 +178,14 @@ class SiteNode:
         self.processor.observers.append(applied)
 
     async def start(self) -> None:
-        await self.journal.open()
-        await self.state.open()
-        if self.reads is not None:
-            await self.reads.open()
+        await self._open_storage()
         if self.auditor is not None:
             await self.auditor.store.open()
         self.clock.observe(self.journal.max_version)
-        await self.processor.load()
+        await self._when_available(self.processor.load, "watermarks")
         if self.gate is not None:
-            await self.gate.refresh(self.state)
+            gate = self.gate
+            await self._when_available(lambda: gate.refresh(self.state), "routing policy")
         await self.connections.listen()
         for warning in [] if self.tls is None else self.tls.warnings():
             log.warning("tls_certificate_expiring", site=self.name, detail=warning)
@@ -202,6 +201,22 @@ class SiteNode:
             state=self.state.backend,
             streams=len(self.journal.heads()),
         )
+
+    async def _open_storage(self) -> None:
+        """Journal and state, waiting for a Redis that is restarting (`site.startup`)."""
+        await self._when_available(self.journal.open, "journal", self.journal.close)
+        await self._when_available(self.state.open, "state", self.state.close)
+        if self.reads is not None:
+            reads = self.reads
+            await self._when_available(reads.open, "reload queue", reads.queue.close)
+
+    async def _when_available(
+        self,
+        step: Callable[[], Awaitable[None]],
+        what: str,
+        undo: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        await when_available(step, site=self.name, what=what, undo=undo, clock=self._clock)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then drain and close. Call `start()` first."""

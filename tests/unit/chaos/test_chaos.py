@@ -21,6 +21,7 @@ from multiactive.chaos.checker import (
 )
 from multiactive.chaos.model import replay
 from multiactive.errors import ConfigError
+from multiactive.local.redis import CLUSTER_MASTERS
 from multiactive.model.message import Message, StreamId
 from multiactive.records import StreamStatus
 from multiactive.state import Op
@@ -156,6 +157,8 @@ def test_a_crashed_sites_last_exception_is_picked_from_its_log() -> None:
         "is closed"
     )
     assert last_error("2026-11-22T03:55:13.738 INFO site site_stopped") == "its log names no error"
+    exited = "error: cannot connect to Redis at redis+cluster://127.0.0.1:1 (redis_url)"
+    assert last_error(f"{log}\n{exited}") == f"its log's last error: {exited}"
 
 
 def test_redis_server_kills_are_planned_only_with_the_redis_backend() -> None:
@@ -183,3 +186,21 @@ def test_a_refused_write_found_in_a_journal_is_a_problem() -> None:
     assert check_refused(["w-2"], journals) == [
         "write w-2 was refused to its client, but it is journaled"
     ]
+
+
+def test_on_a_redis_cluster_a_redis_kill_hits_one_node_and_its_restart_the_same_node() -> None:
+    """With backend redis-cluster each redis_kill names a node of the site's cluster (every
+    node is drawn), its redis_restart the same node; on a single server the node is 0."""
+    options = ChaosOptions(seed=3, duration_s=60.0, backend="redis-cluster", p_redis_kill=0.5)
+    faults = plan_chaos(options).faults
+    kills = [f for f in faults if f.action == "redis_kill"]
+    assert {f.node for f in kills} == set(range(CLUSTER_MASTERS))
+    down: dict[str, int] = {}
+    for fault in faults:
+        if fault.action == "redis_kill":
+            down[fault.site] = fault.node
+        elif fault.action == "redis_restart":
+            assert down.pop(fault.site) == fault.node
+    assert "node 2" in next(f for f in kills if f.node == 2).describe()
+    single = ChaosOptions(seed=3, duration_s=60.0, backend="redis", p_redis_kill=0.5)
+    assert {f.node for f in plan_chaos(single).faults} == {0}

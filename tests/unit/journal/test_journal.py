@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +19,13 @@ from typing import Any
 
 import pytest
 
-from multiactive.errors import ConfigError, JournalError, StoreError, StoreOutcomeUnknown
+from multiactive.errors import (
+    ConfigError,
+    JournalError,
+    StoreError,
+    StoreOutcomeUnknown,
+    StoreUnavailable,
+)
 from multiactive.journal import Journal, LocalGroup, MemoryJournal, RedisJournal, SqliteJournal
 from multiactive.local.redis import RedisClusterServers, RedisServer
 from multiactive.model.batch import CODEC_ZSTD, RecordBatch, build_batch
@@ -906,8 +913,8 @@ def test_redis_servers_of_the_harness_run_with_appendfsync_always(
 
 
 def test_unreachable_redis_names_the_url_and_the_setting(tmp_path: Path) -> None:
-    """Opening a Redis journal on a server that is not there raises StoreError naming the URL
-    and the setting."""
+    """Opening a Redis journal on a server that is not there raises StoreUnavailable naming
+    the URL and the setting."""
 
     async def main() -> None:
         url = f"redis://127.0.0.1:{free_port()}/0"
@@ -916,6 +923,7 @@ def test_unreachable_redis_names_the_url_and_the_setting(tmp_path: Path) -> None
             await journal.open()
         await journal.close()
         assert f"cannot connect to Redis at {url} (redis_url of site 'bj')" in str(caught.value)
+        assert isinstance(caught.value, StoreUnavailable)  # a site starting waits for it
 
     run(main())
 
@@ -1022,3 +1030,48 @@ def test_redis_check_resyncs_after_a_lost_remote_append(redis_backend: Backend) 
             await journal.check()  # nothing to resync: a PING
 
     run(main())
+
+
+def test_redis_cluster_node_dying_with_an_append_in_flight_is_unknown_not_refused(
+    tmp_path: Path,
+) -> None:
+    """On a cluster the commands of each node go on their own connection, and a node that
+    dies before its reply comes back is handed back by redis-py as that command's result: the
+    append raises StoreOutcomeUnknown (it may have run), never a refusal, and once the node
+    is back the journal reads the heads again and the stream continues."""
+
+    async def append_while_node_dies(servers: RedisClusterServers, partition: int) -> None:
+        async with Backend("redis", tmp_path, servers.url).opened() as journal:
+            await journal.append_remote([remote(1, 1, partition)])
+            victim = servers.node_of(Keys(SITE).tag(partition))
+            with victim.client() as client:  # the append script waits behind the pause
+                client.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+            append = asyncio.create_task(journal.append_remote([remote(2, 1, partition)]))
+            await asyncio.to_thread(wait_until_blocked, victim)
+            victim.kill()
+            with pytest.raises(StoreOutcomeUnknown, match="may or may not be stored"):
+                await append
+            await asyncio.to_thread(servers.start)
+            await journal.check()
+            result = await journal.append_remote([remote(2, 2, partition)])
+            assert (result.stored, result.duplicates) == (1, 0)
+            assert await all_seqs(journal, StreamId(PEER, partition)) == [1, 2, 3]
+
+    with RedisClusterServers(tmp_path / "cluster") as servers:
+        run(append_while_node_dies(servers, partition_on(servers, servers.nodes[1])))
+
+
+def partition_on(servers: RedisClusterServers, node: RedisServer) -> int:
+    """A partition of SITE whose keys the given node of the cluster holds."""
+    return next(p for p in range(64) if servers.node_of(Keys(SITE).tag(p)) is node)
+
+
+def wait_until_blocked(server: RedisServer, timeout_s: float = 10.0) -> None:
+    """Until a client of the server waits (here: behind CLIENT PAUSE)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with server.client() as client:
+            if client.info("clients")["blocked_clients"] > 0:
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"no client of redis-server on port {server.port} got blocked")

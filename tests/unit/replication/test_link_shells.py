@@ -4,12 +4,13 @@ memory journals, on a clock the test moves: no sockets, no sleeps."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Awaitable, Callable
 
 import pytest
 
 from multiactive.aio import wait_until
-from multiactive.errors import ProtocolError
+from multiactive.errors import ProtocolError, StoreUnavailable
 from multiactive.journal.base import LocalGroup
 from multiactive.journal.memory import MemoryJournal
 from multiactive.model.clock import HybridClock
@@ -147,5 +148,42 @@ def test_a_malformed_frame_ends_the_receiving_session_and_nothing_is_stored() ->
         with pytest.raises(ProtocolError):
             await collector
         assert link.received(0) == 0
+
+    run(test)
+
+
+def test_a_last_save_of_peer_heads_that_fails_after_the_session_is_gone_is_not_left_behind() -> (
+    None
+):
+    """Cancelled twice while its last save of the receiver's heads waits on a failing journal,
+    the sender leaves no task with an unretrieved StoreError behind (asyncio would log
+    "Task exception was never retrieved")."""
+
+    async def test(link: Link) -> None:
+        lost: list[object] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: lost.append(context))
+        failing, release = asyncio.Event(), asyncio.Event()
+
+        async def save_peer_heads(peer: str, heads: object) -> None:
+            failing.set()
+            await release.wait()
+            raise StoreUnavailable("Redis at redis://x (redis_url) failed: ClusterDownError")
+
+        await append(link.origin, 0, "a", 3)
+        collector = asyncio.create_task(link.collector.run())
+        reship = asyncio.create_task(link.reship.run({}))
+        assert await link.caught_up()
+        await link.clock.settle()
+        link.origin.save_peer_heads = save_peer_heads  # type: ignore[method-assign]
+        reship.cancel()
+        await failing.wait()
+        reship.cancel()
+        release.set()
+        await asyncio.gather(reship, return_exceptions=True)
+        collector.cancel()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        gc.collect()
+        assert lost == []
 
     run(test)
