@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -47,12 +48,22 @@ class Frame:
 
 
 def encode_frame(frame_type: FrameType, body: bytes) -> bytes:
-    crc = crc32(body, crc32(bytes((frame_type,))))
+    crc = crc32(body, _TYPE_CRC[frame_type])
     return _HEADER.pack(len(body), frame_type, crc) + body
+
+
+def encode_frame_of(frame_type: FrameType, parts: Sequence[bytes | memoryview]) -> bytes:
+    """The frame whose body is `parts` back to back, with one copy of their bytes."""
+    crc, size = _TYPE_CRC[frame_type], 0
+    for part in parts:
+        crc = crc32(part, crc)
+        size += len(part)
+    return b"".join((_HEADER.pack(size, frame_type, crc), *parts))
 
 
 READ_CHUNK_BYTES = 256 * 1024  # the receive buffer for small frames
 LEND_FROM_BYTES = 64 * 1024  # bodies this large are views into the buffer, smaller ones copies
+SPILL_BYTES = 64 * 1024  # a read outside a large frame takes at most this much
 # Receive buffers left behind are tracked to be used again once no frame body refers to them
 # (bodies live until stored, about a link window): at most SPARE_BUFFERS tracked, of which at
 # most SPARE_FREE_KEPT free ones (memory kept while the link is idle).
@@ -104,10 +115,18 @@ class FrameDecoder:
         return self._end - self._start
 
     def buffer(self) -> memoryview:
-        """Where the next received bytes go (never empty)."""
+        """Where the next received bytes go (never empty). Reads stop at the end of a large
+        frame, then take the next frame's header alone, and at most SPILL_BYTES among small
+        frames: the bytes of a next frame that arrive with the end of one are copied when
+        that frame needs a buffer of its own, and reads reaching far into the next large
+        frame copied 15 % of a catch-up's bytes (a simulation of 1 MiB reads) to 50 %."""
         if len(self._buf) - self._start < self._need or self._end == len(self._buf):
             self._move(max(self._need, READ_CHUNK_BYTES))
-        return memoryview(self._buf)[self._end :]
+        if self._need >= LEND_FROM_BYTES:
+            stop = self._start + self._need
+        else:  # after a large frame, probably another: only its header
+            stop = self._end + (self._need if self._lent else SPILL_BYTES)
+        return memoryview(self._buf)[self._end : stop]
 
     def _move(self, size: int) -> None:
         """Continue in another buffer of at least `size` bytes, holding the bytes not parsed
