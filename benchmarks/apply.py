@@ -29,6 +29,7 @@ from typing import Any
 
 from multiactive.journal.sqlite import SqliteJournal
 from multiactive.model.batch import build_batch, parse_batch
+from multiactive.model.message import Row
 from multiactive.model.partition import partition_for
 from multiactive.model.topology import ReplicationSettings
 from multiactive.replication.handlers import HandlerRegistry
@@ -49,10 +50,10 @@ def cpu_s() -> float:
 
 async def fill(path: Path, messages: int) -> None:
     """The receiver's journal: `messages` kv.set rows of ORIGIN, as received batches."""
-    rows: dict[int, list[Any]] = {p: [] for p in range(PARTITIONS)}
+    rows: dict[int, list[Row]] = {p: [] for p in range(PARTITIONS)}
     for n in range(messages):
         key = f"key{n}"
-        row = (f"id{n}", "kv.set", key, BASE_VERSION + n, 1_700_000_000_000, {}, PAYLOAD)
+        row: Row = (f"id{n}", "kv.set", key, BASE_VERSION + n, 1_700_000_000_000, {}, PAYLOAD)
         rows[partition_for(key, PARTITIONS)].append(row)
     journal = SqliteJournal("b", path)
     await journal.open()

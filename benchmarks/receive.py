@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
+import itertools
 import json
 import os
 import platform
 import resource
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +35,7 @@ from multiactive import aio
 from multiactive.journal.sqlite import SqliteJournal
 from multiactive.model.batch import build_batch
 from multiactive.model.clock import HybridClock
+from multiactive.model.message import Row
 from multiactive.model.topology import Address, LinkConfig, ReplicationSettings
 from multiactive.replication.collector import Collector
 from multiactive.replication.links import LinkMonitor
@@ -54,7 +56,7 @@ def frames(megabytes: int) -> list[bytes]:
     """BATCHES frames of origin `a`, partition 0, seqs from 1, ~1 MiB each."""
     out, seq, size = [], 1, 0
     while size < megabytes << 20:
-        rows = [
+        rows: list[Row] = [
             (f"id{seq + n}", "kv.set", f"k{seq + n}", seq + n, 1_700_000_000_000, {}, PAYLOAD)
             for n in range(ROWS_PER_BATCH)
         ]
@@ -66,33 +68,26 @@ def frames(megabytes: int) -> list[bytes]:
 
 
 def send(port: int, megabytes: int, window_mib: int) -> None:
-    """The sender process: frames out, up to `window_mib` unacknowledged; ACKs read and
-    counted by their heads."""
+    """The sender process: frames out, up to `window_mib` unacknowledged; ACKs read for the
+    head they name."""
     todo = frames(megabytes)
-    ends = []
-    seq = 0
-    for _ in todo:
-        seq += ROWS_PER_BATCH
-        ends.append(seq)
+    ends = [ROWS_PER_BATCH * n for n in range(1, len(todo) + 1)]  # last seq of each frame
+    sizes = list(itertools.accumulate(len(frame) for frame in todo))  # bytes through each
     sock = socket.create_connection(("127.0.0.1", port))
-    sock.setblocking(True)
-    sent = acked_bytes = sent_bytes = 0
-    acked_seq = 0
+    sent = acked = 0  # frames sent, frames acknowledged
     buffer = b""
-    while acked_seq < ends[-1]:
-        while sent < len(todo) and sent_bytes - acked_bytes < window_mib << 20:
+    while acked < len(todo):
+        while sent < len(todo) and sizes[sent] - (sizes[acked - 1] if acked else 0) <= (
+            window_mib << 20
+        ):
             sock.sendall(todo[sent])
-            sent_bytes += len(todo[sent])
             sent += 1
         buffer += sock.recv(1 << 16)
-        while len(buffer) >= 9:
+        while len(buffer) >= 9 and len(buffer) >= 9 + int.from_bytes(buffer[:4], "big"):
             length = int.from_bytes(buffer[:4], "big")
-            if len(buffer) < 9 + length:
-                break
-            body, buffer = buffer[9 : 9 + length], buffer[9 + length :]
-            if buffer[:0] == b"" and body[:1]:
-                acked_seq = max(acked_seq, _ack_head(body))
-        acked_bytes = sum(len(todo[i]) for i, end in enumerate(ends) if end <= acked_seq)
+            head = _ack_head(buffer[9 : 9 + length])
+            buffer = buffer[9 + length :]
+            acked = bisect.bisect_right(ends, head)
     sock.close()
 
 
@@ -111,17 +106,16 @@ async def receive(folder: Path, megabytes: int, window_mib: int) -> dict[str, fl
     connected: asyncio.Future[FrameConnection] = asyncio.get_running_loop().create_future()
     server = await serve(Address("127.0.0.1", 0), MAX_FRAME_BYTES, connected.set_result)
     port = server.sockets[0].getsockname()[1]
-    sender = subprocess.Popen(
-        [sys.executable, __file__, "--send", str(port), "--megabytes", str(megabytes),
-         "--window-mib", str(window_mib)]
+    sender = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--send", str(port), "--megabytes", str(megabytes),
+        "--window-mib", str(window_mib),
     )  # fmt: skip
     conn = await connected
     monitor = LinkMonitor(LinkConfig("a", "b", "push"), "receiver")
     collector = Collector(journal, conn, monitor, HybridClock(), ReplicationSettings())
     started, cpu = time.perf_counter(), cpu_s()
     task = asyncio.ensure_future(collector.run())
-    while await asyncio.to_thread(sender.poll) is None:
-        await asyncio.sleep(0.05)
+    await sender.wait()
     seconds, used = time.perf_counter() - started, cpu_s() - cpu
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
