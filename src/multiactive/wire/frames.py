@@ -64,6 +64,10 @@ def encode_frame_of(frame_type: FrameType, parts: Sequence[bytes | memoryview]) 
 READ_CHUNK_BYTES = 256 * 1024  # the receive buffer for small frames
 LEND_FROM_BYTES = 64 * 1024  # bodies this large are views into the buffer, smaller ones copies
 SPILL_BYTES = 64 * 1024  # a read outside a large frame takes at most this much
+# New buffers are sized up to a multiple of this: a frame of 1 MiB and a header gets 1.25 MiB,
+# not the next power of two (2 MiB, half of it zeroed and faulted in and never filled, since
+# the next large frame starts a buffer of its own).
+BUFFER_GRAIN_BYTES = 256 * 1024
 # Receive buffers left behind are tracked to be used again once no frame body refers to them
 # (bodies live until stored, about a link window): at most SPARE_BUFFERS tracked, of which at
 # most SPARE_FREE_KEPT free ones (memory kept while the link is idle).
@@ -76,11 +80,11 @@ class FrameDecoder:
 
     A transport reads straight into `buffer()` and reports how much arrived with `filled(n)`,
     which returns the frames completed (`feed(data)` does both, for callers holding bytes).
-    Once a frame's header says it is large, the buffer is made at least its size (a power of
-    two, so that buffers fit the next frames too), so the socket writes its body in place and
-    the body is handed out as a view: a large frame is never copied between the kernel and the
-    journal; later bytes go after it in the same buffer. Small bodies are copied out and the
-    buffer is used again.
+    Once a frame's header says it is large, the buffer is made at least its size (rounded up
+    to BUFFER_GRAIN_BYTES, so that buffers fit the next frames too), so the socket writes its
+    body in place and the body is handed out as a view: a large frame is never copied between
+    the kernel and the journal; later bytes go after it in the same buffer. Small bodies are
+    copied out and the buffer is used again.
 
     Buffers are used again once nothing refers to them: a buffer left behind goes to a few
     spares, and a spare is taken for new bytes only when no view of it is alive (a bytearray
@@ -136,7 +140,7 @@ class FrameDecoder:
         self._spares.append(self._buf)
         spare = self._spare(need)
         if spare is None:
-            spare = bytearray(1 << (need - 1).bit_length())
+            spare = bytearray(-(-need // BUFFER_GRAIN_BYTES) * BUFFER_GRAIN_BYTES)
             self.allocations += 1
         self._buf = spare
         self._buf[: len(pending)] = pending
