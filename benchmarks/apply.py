@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import platform
 import resource
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from multiactive.cli.site import GC_THRESHOLDS
 from multiactive.journal.sqlite import SqliteJournal
 from multiactive.model.batch import build_batch, parse_batch
 from multiactive.model.message import Row
@@ -146,6 +148,8 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    gc.freeze()  # as the applier process does (`multiactive site apply`)
+    gc.set_threshold(*GC_THRESHOLDS)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=400_000)
     parser.add_argument("--runs", type=int, default=3, help="fresh states applied in turn")
