@@ -93,8 +93,8 @@ class FrameDecoder:
     """
 
     __slots__ = (
-        "_buf", "_end", "_lent", "_max_frame_bytes", "_need", "_setting", "_spares", "_start",
-        "allocations", "error",
+        "_after_large", "_buf", "_end", "_lent", "_max_frame_bytes", "_need", "_setting",
+        "_spares", "_start", "allocations", "error",
     )  # fmt: skip
 
     def __init__(self, max_frame_bytes: int, setting: str = "max_frame_bytes in [limits]") -> None:
@@ -102,6 +102,7 @@ class FrameDecoder:
         self._start = 0  # first byte not parsed yet
         self._end = 0  # end of the bytes received
         self._need = FRAME_HEADER_SIZE  # bytes from `_start` that the next frame needs
+        self._after_large = False  # the last frame parsed was large
         self._lent = False  # a body handed out is a view into `_buf`: never write it again
         # (new bytes go after it; the buffer is only left once full)
         self._max_frame_bytes = max_frame_bytes
@@ -120,16 +121,16 @@ class FrameDecoder:
 
     def buffer(self) -> memoryview:
         """Where the next received bytes go (never empty). Reads stop at the end of a large
-        frame, then take the next frame's header alone, and at most SPILL_BYTES among small
-        frames: the bytes of a next frame that arrive with the end of one are copied when
-        that frame needs a buffer of its own, and reads reaching far into the next large
-        frame copied 15 % of a catch-up's bytes (a simulation of 1 MiB reads) to 50 %."""
+        frame, then take the next frame's header alone, and at most SPILL_BYTES otherwise:
+        the bytes of a next frame that arrive with the end of one are copied when that frame
+        needs a buffer of its own, and reads reaching into the next large frame copied 3.7 %
+        of a catch-up's bytes (`benchmarks/receive.py`; 15 % in a simulation of 1 MiB reads)."""
         if len(self._buf) - self._start < self._need or self._end == len(self._buf):
             self._move(max(self._need, READ_CHUNK_BYTES))
         if self._need >= LEND_FROM_BYTES:
             stop = self._start + self._need
-        else:  # after a large frame, probably another: only its header
-            stop = self._end + (self._need if self._lent else SPILL_BYTES)
+        else:  # right after a large frame, probably another: only its header
+            stop = self._end + (self._need if self._after_large else SPILL_BYTES)
         return memoryview(self._buf)[self._end : stop]
 
     def _move(self, size: int) -> None:
@@ -197,7 +198,8 @@ class FrameDecoder:
                 raise ProtocolError(
                     f"frame checksum mismatch ({FrameType(type_code).name}, {length} bytes)"
                 )
-            if length >= LEND_FROM_BYTES:
+            self._after_large = length >= LEND_FROM_BYTES
+            if self._after_large:
                 self._lent = True
                 frames.append(Frame(FrameType(type_code), body))
             else:

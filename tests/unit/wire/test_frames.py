@@ -221,6 +221,17 @@ def test_reads_stop_at_the_end_of_a_large_frame_and_take_the_next_header_alone()
     )
 
 
+def test_small_frames_after_a_large_one_are_read_in_spill_sized_reads_again() -> None:
+    """Only the header right after a large frame is read alone: once a small frame follows,
+    reads take up to SPILL_BYTES again (a header and a body read per small frame would double
+    the reads of a link's ACKs and heartbeats)."""
+    decoder = FrameDecoder(1024 * 1024)
+    decoder.feed(encode_frame(FrameType.BATCHES, b"b" * (128 * 1024)))
+    assert len(decoder.buffer()) == FRAME_HEADER_SIZE
+    decoder.feed(encode_frame(FrameType.ACK, b"small"))
+    assert len(decoder.buffer()) == SPILL_BYTES
+
+
 def test_frames_before_a_bad_one_are_returned_then_the_error() -> None:
     """A good frame and a corrupted one in one read: the good one is returned, the error is
     kept in `error` and raised by the next call, so nothing received intact is dropped."""
