@@ -14,7 +14,8 @@ Each system runs two nodes whose traffic crosses one link of our WAN emulator, a
   machine disturbs far less than a rate (`peers/cpu.py`).
 
 With `--runs N` the systems are measured interleaved (ours, NATS, ours, NATS, ...) and a
-summary gives, per system and RTT, the min / median / max of catch-up and ingress and, per
+summary gives, per system and RTT, the min / median / max of catch-up (and ours including
+apply), ingress, latency, receiver CPU per MiB and CPU per message of each phase, and, per
 run, the ratio of our catch-up to each peer's.
 
 Installs the Debian packages `nats-server` and `rabbitmq-server` when they are missing (as
@@ -247,6 +248,8 @@ def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
             groups.setdefault((result["system"], result["rtt_ms"]), []).append(result)
     figures = {
         "catch_up_msgs_per_s": lambda r: r["catch_up_msgs_per_s"],
+        "catch_up_applied_msgs_per_s": lambda r: r["catch_up_applied_msgs_per_s"],
+        "catch_up_receiver_cpu_ms_per_mib": lambda r: r["catch_up_receiver_cpu_ms_per_mib"],
         "ingress_msgs_per_s": lambda r: r["ingress_msgs_per_s"],
         "latency_p50_ms": lambda r: r["latency_p50_ms"],
         "latency_p99_ms": lambda r: r["latency_p99_ms"],
@@ -312,12 +315,14 @@ def _spread(values: list[float]) -> dict[str, float] | None:
 
 def summary_table(report: dict[str, Any]) -> str:
     lines = [
-        "| system @ RTT | catch-up min / median / max msg/s | spread | ingress median msg/s "
-        "| CPU us/msg median ingress / catch-up / e2e |",
-        "|---|---|---|---|---|",
+        "| system @ RTT | catch-up min / median / max msg/s | spread | catch-up incl. apply "
+        "median msg/s | ingress median msg/s | CPU us/msg median ingress / catch-up / e2e |",
+        "|---|---|---|---|---|---|",
     ]
     for group, figures in report["spread"].items():
         catch_up, ingress = figures["catch_up_msgs_per_s"], figures["ingress_msgs_per_s"]
+        applied = figures["catch_up_applied_msgs_per_s"]
+        applied_text = f"{applied['median']:,.0f}" if applied else "-"
         cpu = " / ".join(
             f"{figures[f'cpu_us_per_msg_{p}']['median']:g}"
             if figures[f"cpu_us_per_msg_{p}"]
@@ -326,7 +331,7 @@ def summary_table(report: dict[str, Any]) -> str:
         )
         lines.append(
             f"| {group} | {catch_up['min']:,} / {catch_up['median']:,.0f} / {catch_up['max']:,} "
-            f"| {catch_up['max_over_min']}x | {ingress['median']:,.0f} | {cpu} |"
+            f"| {catch_up['max_over_min']}x | {applied_text} | {ingress['median']:,.0f} | {cpu} |"
         )
     for ratio in report["catch_up_ratios"]:
         lines.append(

@@ -55,11 +55,14 @@ _HINTS = {
 }
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path, page_size: int | None = None) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit) with the project's pragmas,
-    usable from the thread that runs it (not only the one that made it)."""
+    usable from the thread that runs it (not only the one that made it). `page_size` applies
+    to a file this connection creates (a file's page size is fixed once it holds a page)."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
+        if page_size is not None:
+            conn.execute(f"PRAGMA page_size={int(page_size)}")  # before WAL writes page 1
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")
@@ -80,10 +83,12 @@ class SqliteDb:
         thread: str | None,
         setting: str = "data_dir",
         inline_small: bool = False,
+        page_size: int | None = None,
     ) -> None:
         """`what` names the store in messages ("journal", "state"); `setting` is what
-        decides where the file lies."""
+        decides where the file lies; `page_size`: of the file, if this creates it."""
         self.path = path
+        self.page_size = page_size
         self.what = what
         self.setting = setting
         self._thread = None if thread is None else ThreadPoolExecutor(1, thread_name_prefix=thread)
@@ -111,7 +116,7 @@ class SqliteDb:
         await self.run(lambda: self._open_sync(setup))
 
     def _open_sync(self, setup: Callable[[sqlite3.Connection], None] | None) -> None:
-        conn = self._conn = connect(self.path)
+        conn = self._conn = connect(self.path, self.page_size)
         if setup is not None:
             setup(conn)
 

@@ -21,6 +21,7 @@ from multiactive.model.message import StreamId
 
 DEFAULT_TAIL_CACHE_BYTES = 64 * 1024 * 1024
 _COMPACT_AFTER = 1024  # evicted entries a stream's lists keep before they are cut off
+_EVICTED = RecordBatch("", 0, 1, 1, 0, 0, 0, b"")  # what an evicted entry's slot holds
 
 
 class _Run:
@@ -43,6 +44,10 @@ class _Run:
         self.start = 0
 
     def evict_first(self) -> None:
+        """Let go of the oldest batch now (its slot is cut off later, with others): a run
+        that kept evicted batches until then held up to _COMPACT_AFTER batches past the
+        cap, and with them the receive buffers their bytes lie in."""
+        self.batches[self.start] = _EVICTED
         self.start += 1
         if self.start >= _COMPACT_AFTER and self.start * 2 >= len(self.batches):
             del self.batches[: self.start]

