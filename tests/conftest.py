@@ -1,15 +1,33 @@
 """Servers the whole suite shares, started on first use on free ports in a temporary folder
 (`multiactive.local.redis`: appendonly yes, appendfsync always) and killed at the end: one
 redis-server, and a Redis Cluster of three masters. A test that uses one gets a clean database.
+
+The Python processes the tests start (sites, appliers, the CLI) share a bytecode cache.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from multiactive.local.redis import RedisClusterServers, RedisServer
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bytecode_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """With PYTHONDONTWRITEBYTECODE set (as in some containers), every process the suite starts
+    would compile the whole package from source again: a quarter of a site's start-up. Such
+    children write and read their bytecode under the session's temporary folder instead
+    (PYTHONPYCACHEPREFIX), never in the source tree."""
+    if not os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("PYTHONDONTWRITEBYTECODE")
+        patch.setenv("PYTHONPYCACHEPREFIX", str(tmp_path_factory.mktemp("pycache")))
+        yield
 
 
 @pytest.fixture(scope="session")
