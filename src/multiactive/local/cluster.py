@@ -218,14 +218,20 @@ class LocalCluster:
     # -- processes -----------------------------------------------------------------------
 
     def start(self, sites: Iterable[str] | None = None, *, wait: bool = True) -> None:
-        if self.emulator is not None and not self.emulator.alive:
+        """Start the emulator (if any, not running) and the sites at once: a site dialing a
+        link before the emulator listens retries. Returns once the emulator answers and, with
+        `wait`, every started site is ready."""
+        emulator = self.emulator is not None and not self.emulator.alive
+        if emulator:
+            assert self.emulator is not None
             self.emulator.start()
-            self._wait_emulator()
         chosen = list(sites or self.sites)
         for site in chosen:
             if site in self.redis and not self.redis[site].alive:
                 self.redis[site].start()
             self.processes[site].start()
+        if emulator:
+            self._wait_emulator()
         if wait:
             for site in chosen:
                 self.wait_ready(site)
@@ -285,7 +291,7 @@ class LocalCluster:
                 self.wan_control("GET", "/links")
                 return
             except (OSError, urllib.error.URLError):
-                time.sleep(0.05)
+                time.sleep(READY_POLL_S)
         raise ClusterError(f"the WAN emulator is not ready:\n{self.emulator.log_tail()}")
 
     def wan_control(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
