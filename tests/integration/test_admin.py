@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from multiactive.client import Ack, Client
 from multiactive.local.cluster import LocalCluster
 
-from .conftest import HERE, ClusterFactory, chromium, publish, wait_for
+from .conftest import HERE, ClusterFactory, chromium, publish, wait_for, with_test_settings
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -108,7 +108,9 @@ def handler_sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
         patch.setenv("MULTIACTIVE_TEST_OUT", str(root / "flags"))
         cluster = LocalCluster(
             root, ("a", "b", "c"), partitions=4, wan={}, handlers=["fail_handlers"],
-            settings={"replication": {"apply_max_attempts": 3, "apply_retry_backoff_ms": 50.0}},
+            settings=with_test_settings(
+                {"replication": {"apply_max_attempts": 3, "apply_retry_backoff_ms": 50.0}}
+            ),
             extra_pythonpath=[str(HERE)],
         )  # fmt: skip
     with cluster:

@@ -26,7 +26,7 @@ from multiactive.wire.protocol import (
     encode_hello,
 )
 
-from .conftest import HERE, publish
+from .conftest import HERE, publish, with_test_settings
 
 
 def _exchange(address: Address, *chunks: bytes) -> list[tuple[FrameType, bytes]]:
@@ -58,7 +58,10 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """Site b running alone with some data; site a is down (tests speak for it). Shared by the
     tests of this module: each compares what is durable before and after its own input."""
     root = tmp_path_factory.mktemp("running")
-    with LocalCluster(root, ("a", "b"), partitions=4, extra_pythonpath=[str(HERE)]) as cluster:
+    with LocalCluster(
+        root, ("a", "b"), partitions=4, settings=with_test_settings(None),
+        extra_pythonpath=[str(HERE)],
+    ) as cluster:  # fmt: skip
         cluster.start(["b"])
         publish(cluster.client_address("b"), 200, lambda i: f"k{i}")
         cluster.wait_converged(30, sites=["b"])
@@ -181,7 +184,10 @@ def stopped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """A cluster that ran, journaled data, and stopped cleanly. Shared by the tests of this
     module: each fingerprints the data before and after its own refused start."""
     root = tmp_path_factory.mktemp("stopped")
-    with LocalCluster(root, ("a", "b"), partitions=4, extra_pythonpath=[str(HERE)]) as cluster:
+    with LocalCluster(
+        root, ("a", "b"), partitions=4, settings=with_test_settings(None),
+        extra_pythonpath=[str(HERE)],
+    ) as cluster:  # fmt: skip
         cluster.start()
         publish(cluster.client_address("a"), 100, lambda i: f"k{i}")
         cluster.wait_converged(30)
