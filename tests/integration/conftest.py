@@ -148,3 +148,11 @@ def mariadb(mariadb_servers: Any) -> Any:
         mariadb_servers.reset()
     mariadb_servers.fresh = False
     return mariadb_servers
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`-n 2 --dist loadgroup`), the tests on the session's MariaDB servers
+    run in one worker: one set of servers, reset between tests, never shared by two at once."""
+    for item in items:
+        if "mariadb_servers" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("mariadb"))

@@ -53,10 +53,18 @@ def _durable(cluster: LocalCluster, site: str) -> tuple[object, str]:
     return cluster.status(site).to_json()["streams"], cluster.digest(site)
 
 
+@pytest.fixture
+def running(site_b: LocalCluster) -> LocalCluster:
+    """Site b running alone with some data, idle (all it journaled applied); site a is down
+    (tests speak for it)."""
+    site_b.wait_converged(30, sites=["b"])
+    return site_b
+
+
 @pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """Site b running alone with some data; site a is down (tests speak for it). Shared by the
-    tests of this module: each compares what is durable before and after its own input."""
+def site_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """Site b, started once for the tests of this module: each compares what is durable
+    before and after its own input."""
     root = tmp_path_factory.mktemp("running")
     with LocalCluster(
         root, ("a", "b"), partitions=4, settings=with_test_settings(None),
