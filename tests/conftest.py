@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from multiactive import procs
 from multiactive.local.redis import RedisClusterServers, RedisServer
 
 
@@ -27,6 +28,23 @@ def bytecode_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("PYTHONDONTWRITEBYTECODE")
         patch.setenv("PYTHONPYCACHEPREFIX", str(tmp_path_factory.mktemp("pycache")))
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def worker_ports() -> Iterator[None]:
+    """Under pytest-xdist, each worker hands out ports (`procs.free_port`) from its own slice of
+    PORT_RANGE: a port of a site that is down for a restart is not free for the other worker."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2:
+        yield
+        return
+    low, high = procs.PORT_RANGE
+    size = (high - low + 1) // count
+    first = low + int(worker[2:]) * size
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(procs, "PORT_RANGE", (first, first + size - 1))
         yield
 
 
