@@ -7,6 +7,10 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 	&& { echo $$p; break; }; done)
 
+# pytest-xdist: two workers (the MariaDB tests in one group); `make test PYTEST_WORKERS=` runs
+# serially. CONTRIBUTING.md, "Keeping the suite fast".
+PYTEST_WORKERS ?= -n 2 --dist loadgroup
+
 .PHONY: demo test lint typecheck unit integration chaos bench bench-redis bench-compare clean system-deps
 
 $(STAMP): pyproject.toml
@@ -29,13 +33,13 @@ test: $(STAMP) system-deps
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_WORKERS)
 
 unit: $(STAMP) system-deps
 	$(BIN)/pytest tests/unit
 
 integration: $(STAMP) system-deps
-	$(BIN)/pytest tests/integration
+	$(BIN)/pytest $(PYTEST_WORKERS) tests/integration
 
 chaos: $(STAMP)
 	$(BIN)/multiactive check --seeds 20 --duration 5

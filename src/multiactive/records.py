@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from multiactive.db.apply import DbApplySummary
-from multiactive.db.auto import Decision, DecisionHistory
+from multiactive.db.decisions import Decision, DecisionHistory
 from multiactive.model.message import Message
 from multiactive.model.record import Record
 from multiactive.model.topology import LinkConfig

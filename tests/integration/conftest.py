@@ -20,6 +20,18 @@ MODES = ["push", "pull"]
 ClusterFactory = Callable[..., LocalCluster]
 
 
+# A link that lost its peer dials again after a random delay that doubles up to
+# reconnect_max_s (2 s by default). Tests restart sites and heal cut links all the time and
+# then wait for the links: with 0.5 s they wait a quarter as long. A test may set its own.
+TEST_REPLICATION = {"reconnect_max_s": 0.5}
+
+
+def with_test_settings(settings: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """`settings` over the tests' defaults (TEST_REPLICATION)."""
+    given = dict(settings or {})
+    return {**given, "replication": {**TEST_REPLICATION, **given.get("replication", {})}}
+
+
 @pytest.fixture
 def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
     """Build local clusters under tmp_path; every process is killed at the end."""
@@ -27,6 +39,7 @@ def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
 
     def build(sites: tuple[str, ...] = ("a", "b"), **options: Any) -> LocalCluster:
         options.setdefault("partitions", 4)
+        options["settings"] = with_test_settings(options.get("settings"))
         root = tmp_path / f"cluster{len(made)}"
         cluster = LocalCluster(root, sites, extra_pythonpath=[str(HERE)], **options)
         made.append(cluster)
@@ -135,3 +148,11 @@ def mariadb(mariadb_servers: Any) -> Any:
         mariadb_servers.reset()
     mariadb_servers.fresh = False
     return mariadb_servers
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`-n 2 --dist loadgroup`), the tests on the session's MariaDB servers
+    run in one worker: one set of servers, reset between tests, never shared by two at once."""
+    for item in items:
+        if "mariadb_servers" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("mariadb"))

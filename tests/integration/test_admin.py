@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from multiactive.client import Ack, Client
 from multiactive.local.cluster import LocalCluster
 
-from .conftest import ClusterFactory, chromium, publish, wait_for
+from .conftest import HERE, ClusterFactory, chromium, publish, wait_for, with_test_settings
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -97,21 +98,34 @@ def _publish_one(cluster: LocalCluster, site: str, type_: str, key: str) -> Ack:
     return asyncio.run(send())
 
 
+@pytest.fixture(scope="module")
+def handler_sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """Three sites with fail_handlers (their flags in `root / "flags"`), every link through
+    the WAN emulator: started once for the trace tests of this module."""
+    root = tmp_path_factory.mktemp("handler-cluster")
+    (root / "flags").mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MULTIACTIVE_TEST_OUT", str(root / "flags"))
+        cluster = LocalCluster(
+            root, ("a", "b", "c"), partitions=4, wan={}, handlers=["fail_handlers"],
+            settings=with_test_settings(
+                {"replication": {"apply_max_attempts": 3, "apply_retry_backoff_ms": 50.0}}
+            ),
+            extra_pythonpath=[str(HERE)],
+        )  # fmt: skip
+    with cluster:
+        cluster.start()
+        yield cluster
+
+
 @pytest.fixture
-def handler_cluster(
-    make_cluster: ClusterFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> LocalCluster:
-    out = tmp_path / "flags"
-    out.mkdir()
-    monkeypatch.setenv("MULTIACTIVE_TEST_OUT", str(out))
-    cluster = make_cluster(
-        ("a", "b", "c"),
-        wan={},
-        handlers=["fail_handlers"],
-        settings={"replication": {"apply_max_attempts": 3, "apply_retry_backoff_ms": 50.0}},
-    )
-    cluster.start()
-    return cluster
+def handler_cluster(handler_sites: LocalCluster) -> Iterator[LocalCluster]:
+    """The module's handler sites; after each test every link is healed and every flag gone."""
+    yield handler_sites
+    for site in handler_sites.sites:
+        handler_sites.rejoin(site)
+    for flag in (handler_sites.root / "flags").iterdir():
+        flag.unlink()
 
 
 def test_trace_shows_a_write_applied_everywhere(handler_cluster: LocalCluster) -> None:
@@ -152,12 +166,12 @@ def test_trace_explains_a_write_that_has_not_arrived(handler_cluster: LocalClust
 
 
 def test_trace_explains_a_failing_handler_and_a_dead_letter(
-    handler_cluster: LocalCluster, tmp_path: Path
+    handler_cluster: LocalCluster,
 ) -> None:
     """A handler failing for a while is shown as retrying with its error; one failing every
     attempt is shown parked as a dead letter with its error and attempts."""
     cluster = handler_cluster
-    (tmp_path / "flags" / "broken").touch()
+    (cluster.root / "flags" / "broken").touch()
     flaky = _publish_one(cluster, "a", "test.flaky", "f1")
     wait_for(
         lambda: (

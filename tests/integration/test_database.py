@@ -17,9 +17,10 @@ from multiactive.cli.db import post_decision, post_writer
 from multiactive.client import Client
 from multiactive.clock import SYSTEM_CLOCK
 from multiactive.db.apply import DbApply
-from multiactive.db.auto import Decision, Detector, watch
+from multiactive.db.auto import Detector, watch
 from multiactive.db.config import database_settings, parse_database_url
 from multiactive.db.control import WriterRole
+from multiactive.db.decisions import Decision
 from multiactive.db.failover import failover, rejoin, switchover
 from multiactive.db.mariadb import MariaDatabase
 from multiactive.db.rowlog import CREATE_TABLE, ROW_TYPE, TABLE, save_row

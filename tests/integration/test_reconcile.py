@@ -96,7 +96,10 @@ def test_always_failing_message_is_given_up_then_replayed_after_a_fix(
         "ValueError: cannot handle bad-1"
     }
     wait_for(
-        lambda: any("still fails" in p for p in cluster.get("a", "/reconcile")["problems"]),
+        lambda: any(
+            "still fails" in p
+            for p in (cluster.get("a", "/reconcile") or {}).get("problems", [])  # null: not yet
+        ),
         30,
         "the reconciler to give up and report it",
     )

@@ -44,8 +44,8 @@ from multiactive.admin.history import LinkHistoryRing, merge_histories, start_sa
 from multiactive.admin.metrics import Scrape, render_metrics
 from multiactive.admin.render import entry_json, member_json, snapshot_json, topology_json
 from multiactive.clock import SYSTEM_CLOCK, Clock
-from multiactive.db.auto import STATUS_DECISIONS, Decision, DecisionHistory, DecisionLog
 from multiactive.db.control import WRITER_KEY, WRITER_TYPE, decode_writer
+from multiactive.db.decisions import STATUS_DECISIONS, Decision, DecisionHistory, DecisionLog
 from multiactive.errors import ConfigError, DecodeError, MultiactiveError, StoreError
 from multiactive.journal.base import Journal
 from multiactive.model.message import Position, StreamId

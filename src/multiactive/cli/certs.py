@@ -22,10 +22,10 @@ from multiactive.security.certs import (
     describe,
     issue,
     make_ca,
-    read_file,
     write_public,
     write_secret,
 )
+from multiactive.security.files import read_file
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,18 +17,18 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from multiactive.cli.inspect import json_option, topology_option
+from multiactive.cli.options import json_option, topology_option
 from multiactive.clock import SYSTEM_CLOCK
 from multiactive.db.auto import (
     DEFAULT_BLOCK_S,
     DEFAULT_DETECT_S,
     DEFAULT_PERIOD_S,
-    Decision,
     Detector,
 )
 from multiactive.db.auto import watch as run_watch
 from multiactive.db.config import database_settings
 from multiactive.db.control import WriterRole
+from multiactive.db.decisions import Decision
 from multiactive.db.failover import (
     DEFAULT_MAX_LAG,
     DEFAULT_WAIT_S,

@@ -17,6 +17,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from multiactive.cli.options import json_option, topology_option
 from multiactive.errors import ConfigError, DecodeError
 from multiactive.model.topology import SiteConfig, Topology, load_topology
 from multiactive.records import (
@@ -30,14 +31,6 @@ from multiactive.records import (
     link_views,
 )
 from multiactive.security.tokens import admin_headers
-
-TOPOLOGY_ENV = "MULTIACTIVE_TOPOLOGY"
-topology_option = click.option(
-    "--topology", "topology_path", required=True, type=click.Path(path_type=Path),
-    envvar=TOPOLOGY_ENV, show_envvar=True,
-    help=f"The topology file shared by all sites (or set {TOPOLOGY_ENV}).",
-)  # fmt: skip
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
 def fetch_status(site: SiteConfig, timeout_s: float = 5.0) -> SiteStatus | None:

@@ -14,7 +14,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from multiactive.cli.inspect import json_option, topology_option
+from multiactive.cli.options import json_option, topology_option
 from multiactive.errors import ConfigError
 from multiactive.model.record import decode, encode
 from multiactive.model.topology import SiteConfig, Topology, load_topology

@@ -20,13 +20,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from multiactive.cli.options import json_option, topology_option
 from multiactive.errors import ConfigError
 from multiactive.model.topology import SiteConfig, Topology, load_topology, parse_address
 from multiactive.routing.changes import make_change
@@ -35,19 +36,10 @@ from multiactive.routing.export import bind_config, nginx_config
 from multiactive.routing.hashing import UNIT_SPACE
 from multiactive.routing.messages import Change
 from multiactive.routing.policy import Impact, Policy, PolicyState
-from multiactive.routing.service import RoutingService
 from multiactive.security.tokens import ADMIN_TOKEN_ENV
-
-if TYPE_CHECKING:
-    from multiactive.site.node import SiteNode
 
 HTTP_TIMEOUT_S = 15.0
 
-topology_option = click.option(
-    "--topology", "topology_path", required=True, type=click.Path(path_type=Path),
-    envvar="MULTIACTIVE_TOPOLOGY", show_envvar=True,
-    help="The topology file shared by all sites (or set MULTIACTIVE_TOPOLOGY).",
-)  # fmt: skip
 site_option = click.option(
     "--site", "site_name", default=None,
     help="The site whose admin API to read and publish through (default: the first that "
@@ -60,17 +52,6 @@ dry_run_option = click.option(
 who_option = click.option(
     "--who", default=None, help="Who makes the change, for the record (default: user@host)."
 )
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-
-
-def routing_service(node: SiteNode) -> RoutingService | None:
-    """The routing endpoints of a site's admin API, when its topology has [routing]."""
-    if node.topology.routing is None:
-        return None
-    config = routing_config(node.topology)
-    return RoutingService(
-        node.name, config, node.state, lambda drafts: node.ingress.submit(drafts, internal=True)
-    )
 
 
 @click.group()

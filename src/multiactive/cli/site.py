@@ -9,14 +9,12 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from multiactive import aio, logs
-from multiactive.admin.http import AdminServer
-from multiactive.cli.inspect import topology_option
-from multiactive.cli.route import routing_service
+from multiactive.cli.options import topology_option
 from multiactive.errors import ConfigError, MultiactiveError
 from multiactive.model.topology import Topology, load_topology
 from multiactive.replication.handlers import HandlerRegistry
@@ -27,7 +25,10 @@ from multiactive.site.applier import (
     serve_applier,
 )
 from multiactive.site.lock import DataDirLock
-from multiactive.site.node import SiteNode
+
+if TYPE_CHECKING:
+    from multiactive.routing.service import RoutingService
+    from multiactive.site.node import SiteNode
 
 log = logs.get_logger("site")
 
@@ -56,6 +57,10 @@ def run_site(
     topology_path: Path, site_name: str, handlers: tuple[str, ...], log_level: str
 ) -> None:
     """Run one site until SIGTERM or SIGINT, then drain and stop cleanly."""
+    # Imported here, not at the top: the applier (`site apply`) needs none of the site's
+    # network side (aiohttp, the admin API, routing) and starts sooner without it.
+    from multiactive.site.node import SiteNode
+
     topology, registry = _prepare(topology_path, site_name, handlers, log_level)
     applier = ApplierLaunch(topology_path, handlers, log_level)
     with DataDirLock(topology.site(site_name).data_dir, "site"):
@@ -147,7 +152,22 @@ def _tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def routing_service(node: SiteNode) -> RoutingService | None:
+    """The routing endpoints of a site's admin API, when its topology has [routing]."""
+    if node.topology.routing is None:
+        return None
+    from multiactive.routing.config import routing_config
+    from multiactive.routing.service import RoutingService
+
+    config = routing_config(node.topology)
+    return RoutingService(
+        node.name, config, node.state, lambda drafts: node.ingress.submit(drafts, internal=True)
+    )
+
+
 async def _serve(node: SiteNode) -> None:
+    from multiactive.admin.http import AdminServer
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import click
 
-from multiactive.cli.inspect import topology_option
+from multiactive.cli.options import topology_option
 from multiactive.errors import ConfigError, StoreError
 from multiactive.model.topology import Address, SiteConfig, Topology, load_topology
 from multiactive.replication.handlers import HandlerRegistry

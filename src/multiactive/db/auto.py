@@ -8,7 +8,8 @@ blocked for `block_s` (anti-flap): a cluster that fails over twice in a row need
 Every decision that differs from the one before is logged (`db_watch` events, WARNING for
 anything but healthy) and handed to `report` and `record` as a `Decision` record; `multiactive db
 watch` posts each to every site's admin API (`POST /db/decisions`), where a `DecisionLog`
-keeps the last DECISION_HISTORY of them for `GET /db/decisions`, `/status` and the dashboard.
+(`multiactive.db.decisions`) keeps the last DECISION_HISTORY of them for `GET /db/decisions`,
+`/status` and the dashboard.
 
 The rules are the pure `Detector.observe`, driven by a `Clock`, so tests move time instead of
 waiting for it.
@@ -16,57 +17,21 @@ waiting for it.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from multiactive.clock import Clock
 from multiactive.db.config import DatabaseSettings
+from multiactive.db.decisions import Decision
 from multiactive.db.failover import Announce, FailoverResult, failover
 from multiactive.db.replication import ServerState, domain_positions, find_primary, gather_states
 from multiactive.logs import get_logger
-from multiactive.model.record import Record
 
 log = get_logger("db")
 
 DEFAULT_PERIOD_S = 1.0
 DEFAULT_DETECT_S = 3.0
 DEFAULT_BLOCK_S = 3600.0
-DECISION_HISTORY = 200  # decisions a site keeps (the watcher reports changes only)
-STATUS_DECISIONS = 20  # the newest of them in /status
-
-
-@dataclass(frozen=True, slots=True)
-class Decision(Record):
-    action: str  # healthy | suspect | fail_over | blocked | no_candidate | failed_over
-    reason: str
-    target: str | None = None
-    down_for_s: float = 0.0
-    at_ms: int = 0  # wall time the watcher decided (0: not yet stamped)
-    watcher: str = ""  # who decided: host and pid of `multiactive db watch`
-    acting: bool = False  # the watcher runs with --auto (a fail_over decision is carried out)
-
-
-@dataclass(frozen=True, slots=True)
-class DecisionHistory(Record):
-    """`GET /db/decisions`: the failover decisions this site was told of, newest first."""
-
-    site: str
-    decisions: tuple[Decision, ...]
-
-
-class DecisionLog:
-    """The last `size` decisions, as one site keeps them (in memory: a restart forgets)."""
-
-    def __init__(self, size: int = DECISION_HISTORY) -> None:
-        self._decisions: deque[Decision] = deque(maxlen=size)
-
-    def add(self, decision: Decision) -> None:
-        self._decisions.append(decision)
-
-    def newest(self, count: int | None = None) -> tuple[Decision, ...]:
-        found = tuple(reversed(self._decisions))
-        return found if count is None else found[:count]
 
 
 class Detector:

@@ -1,13 +1,21 @@
-"""Journals: a site's durable store of record batches, per (origin, partition)."""
+"""Journals: a site's durable store of record batches, per (origin, partition).
+
+`RedisJournal` is imported on first use (`open_journal` for a redis site, or the name itself):
+redis-py takes longer to import than the rest of the site, and a site on SQLite never uses it.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from multiactive.journal.base import Accepted, Journal, LocalGroup, RemoteResult
 from multiactive.journal.memory import MemoryJournal
-from multiactive.journal.redis import RedisJournal
 from multiactive.journal.sqlite import SqliteJournal
 from multiactive.model.batch import CODEC_NAMES
 from multiactive.model.topology import ReplicationSettings, SiteConfig
+
+if TYPE_CHECKING:
+    from multiactive.journal.redis import RedisJournal
 
 __all__ = [
     "Accepted",
@@ -21,6 +29,14 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    if name == "RedisJournal":
+        from multiactive.journal.redis import RedisJournal
+
+        return RedisJournal
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def open_journal(site: SiteConfig, settings: ReplicationSettings) -> Journal:
     """The journal backend a site's configuration names (not yet opened)."""
     codec = CODEC_NAMES[settings.compression]
@@ -28,6 +44,8 @@ def open_journal(site: SiteConfig, settings: ReplicationSettings) -> Journal:
         return MemoryJournal(site.name, codec)
     if site.journal == "redis":
         assert site.redis_url is not None  # the topology requires it for redis
+        from multiactive.journal.redis import RedisJournal
+
         return RedisJournal(
             site.name, site.redis_url, codec=codec, setting=f"redis_url of site {site.name!r}"
         )

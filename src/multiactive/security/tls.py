@@ -26,16 +26,19 @@ import ssl
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from typing import TYPE_CHECKING
 
 from multiactive.clock import Clock
 from multiactive.errors import AuthenticationError, ConfigError
 from multiactive.logs import get_logger
 from multiactive.model.tls import TlsSettings
-from multiactive.security.certs import CertInfo, info, load_certificates, read_file, sans_of
+from multiactive.security.files import read_file
 from multiactive.security.tokens import Tokens, load_tokens
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from multiactive.security.certs import CertInfo
 
 HANDSHAKE_TIMEOUT_S = 10.0
 WATCH_INTERVAL_S = 1.0  # how often a site looks at its certificate files' change times
@@ -147,7 +150,12 @@ class TlsMaterial:
                 stamps += [-1.0, -1.0, -1.0]
         return tuple(stamps)
 
+    # cryptography (multiactive.security.certs) is imported by the methods that read
+    # certificates, not by the module: a site without [tls] never needs it.
+
     def _load(self) -> None:
+        from multiactive.security.certs import info
+
         stamp = self._mtimes()
         cas, ca_pem = self._load_cas()
         cert_path, key_path = self.settings.cert_path(self.site), self.settings.key_path(self.site)
@@ -177,6 +185,10 @@ class TlsMaterial:
         return load_tokens(path, self._where("tokens"))
 
     def _load_cas(self) -> tuple[list[x509.Certificate], str]:
+        from cryptography.hazmat.primitives import serialization
+
+        from multiactive.security.certs import load_certificates
+
         cas: list[x509.Certificate] = []
         for path in self.settings.ca:
             try:
@@ -190,6 +202,8 @@ class TlsMaterial:
         return cas, pem
 
     def _check_cert(self, pem: bytes, path: Path) -> x509.Certificate:
+        from multiactive.security.certs import load_certificates, sans_of
+
         try:
             cert = load_certificates(pem)[0]
         except (ConfigError, IndexError):
@@ -203,6 +217,8 @@ class TlsMaterial:
         return cert
 
     def _check_key(self, pem: bytes, path: Path, cert: x509.Certificate) -> None:
+        from cryptography.hazmat.primitives import serialization
+
         try:
             key = serialization.load_pem_private_key(pem, password=None)
         except (ValueError, TypeError) as exc:

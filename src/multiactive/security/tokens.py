@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from multiactive.errors import ConfigError
-from multiactive.security.certs import read_file
+from multiactive.security.files import read_file
 
 MIN_TOKEN_CHARS = 16
 ADMIN_TOKEN_ENV = "MULTIACTIVE_ADMIN_TOKEN"  # what the CLI sends as the admin token

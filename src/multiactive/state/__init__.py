@@ -1,6 +1,12 @@
-"""State backends: a site's cache, with watermarks and dead letters committed beside it."""
+"""State backends: a site's cache, with watermarks and dead letters committed beside it.
+
+`RedisState` is imported on first use (`open_state` for a redis site, or the name itself):
+redis-py takes longer to import than the rest of the site, and a site on SQLite never uses it.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from multiactive.model.topology import Topology
 from multiactive.state.base import (
@@ -14,8 +20,10 @@ from multiactive.state.base import (
     Watermark,
 )
 from multiactive.state.memory import MemoryState
-from multiactive.state.redis import RedisState
 from multiactive.state.sqlite import SqliteState
+
+if TYPE_CHECKING:
+    from multiactive.state.redis import RedisState
 
 __all__ = [
     "BUILTIN_TYPES",
@@ -33,6 +41,14 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    if name == "RedisState":
+        from multiactive.state.redis import RedisState
+
+        return RedisState
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def open_state(topology: Topology, site_name: str, *, inline: bool = False) -> StateBackend:
     """The state backend a site's configuration names (not yet opened); `inline`: see
     `SqliteState`."""
@@ -42,6 +58,8 @@ def open_state(topology: Topology, site_name: str, *, inline: bool = False) -> S
         return MemoryState(cap)
     if site.state == "redis":
         assert site.redis_url is not None  # the topology requires it for redis
+        from multiactive.state.redis import RedisState
+
         return RedisState(
             site.name,
             site.redis_url,

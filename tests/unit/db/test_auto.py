@@ -9,7 +9,8 @@ import logging
 
 import pytest
 
-from multiactive.db.auto import Decision, DecisionLog, Detector, watch
+from multiactive.db.auto import Detector, watch
+from multiactive.db.decisions import Decision, DecisionLog
 from multiactive.db.replication import ServerState
 from multiactive.testing import FakeClock
 
