@@ -49,6 +49,7 @@ REDIS_BACKENDS = {"redis": "redis", "redis-cluster": "redis"}
 READY_TIMEOUT_S = 30.0
 READY_POLL_S = 0.01  # a refused connection to a starting site's admin port costs ~nothing
 STOP_TIMEOUT_S = 20.0
+DIGEST_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -362,8 +363,10 @@ class LocalCluster:
         answer = HeadsAnswer.from_json(self.get(site, "/heads"))
         return {s.partition: (s.head, s.applied) for s in answer.streams if s.origin == origin}
 
-    def digest(self, site: str) -> str:
-        return str(self.get(site, "/state/digest")["digest"])
+    def digest(self, site: str, timeout_s: float = DIGEST_TIMEOUT_S) -> str:
+        """The site's state digest: a read of its whole state (on Redis, a SCAN of every
+        key), so it gets longer than other admin calls on a loaded machine."""
+        return str(self.get(site, "/state/digest", timeout_s=timeout_s)["digest"])
 
     def wait_ready(self, site: str, timeout_s: float = READY_TIMEOUT_S) -> None:
         proc = self.processes[site]
