@@ -92,7 +92,7 @@ class CommitClock:
 async def apply_all(path: Path, state_path: Path, messages: int) -> dict[str, float]:
     journal = SqliteJournal("b", path)
     await journal.open_for_reading()
-    state = SqliteState("b", state_path, inline=True)
+    state = SqliteState("b", state_path, inline=True, checkpoint_thread=True)
     await state.open()
     clock = CommitClock(state)
     processor = Processor("b", journal, state, HandlerRegistry(), ReplicationSettings())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -193,5 +194,46 @@ def test_a_wrong_use_of_the_api_is_not_dressed_as_a_store_error(tmp_path: Path) 
             await db.close()
         with pytest.raises(RuntimeError, match=r"state .*x\.sqlite3 is not open"):
             await db.run(lambda: db.conn)
+
+    run(main())
+
+
+def test_a_writer_that_never_pauses_checkpoints_on_the_thread_and_its_wal_stays_bounded(
+    tmp_path: Path,
+) -> None:
+    """The applier's state: commits do not checkpoint (wal_autocheckpoint 0), the thread
+    does, and the writer restarts the WAL each time it passed its bound, so a long catch-up
+    does not grow the WAL by everything it writes; a reader sees every commit throughout."""
+    path = tmp_path / "state.sqlite3"
+    frames = 64  # a 1 MiB bound: restarts come every few commits
+    reader = sqlite3.connect(path, isolation_level=None)  # the site's connection, beside
+
+    async def main() -> None:
+        state = SqliteState(SITE, path, inline=True, checkpoint_thread=True)
+        checkpoints = state._checkpoints
+        assert checkpoints is not None
+        checkpoints.restart_frames = frames
+        checkpoints._next_restart = frames
+        await state.open()
+        try:
+            conn = state._db.conn
+            assert conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+            largest = 0
+            for n in range(1, 201):
+                ops = [("kv.set", f"k{n}.{i}", n, "a", b"v" * 1024) for i in range(20)]
+                await state.commit(Commit(StreamId("a", 0), n, len(ops), ops, ()))
+                largest = max(largest, (tmp_path / "state.sqlite3-wal").stat().st_size)
+                if n % 50 == 0:
+                    assert reader.execute("SELECT count(*) FROM kv").fetchone() == (20 * n,)
+            assert checkpoints.checkpoints > 0, "the thread never checkpointed"
+            assert checkpoints.restarts >= 3, checkpoints.restarts
+            # without restarts the WAL ends holding every page these commits wrote, ~20 MiB;
+            # with them a few times the bound (what the writer wrote before the thread's
+            # last checkpoint told it the bound was passed)
+            assert largest < 8 * frames * 16 * 1024, largest
+        finally:
+            await state.close()
+            reader.close()
+        assert not any(t.name.startswith("checkpoint-") for t in threading.enumerate())
 
     run(main())

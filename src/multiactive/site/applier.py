@@ -380,7 +380,8 @@ async def serve_applier(
 ) -> None:
     """The applier process: follow the site's journal, apply, report; until told to stop."""
     journal = open_journal(topology.site(site), topology.replication)
-    state = open_state(topology, site, inline=True)  # this loop has nothing else to do
+    # this loop has nothing else to do; its commits are the state's writes in bulk
+    state = open_state(topology, site, inline=True, checkpoint_thread=True)
     await when_available(journal.open_for_reading, site=site, what="journal", undo=journal.close)
     try:
         await when_available(state.open, site=site, what="state", undo=state.close)

@@ -49,9 +49,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def open_state(topology: Topology, site_name: str, *, inline: bool = False) -> StateBackend:
-    """The state backend a site's configuration names (not yet opened); `inline`: see
-    `SqliteState`."""
+def open_state(
+    topology: Topology, site_name: str, *, inline: bool = False, checkpoint_thread: bool = False
+) -> StateBackend:
+    """The state backend a site's configuration names (not yet opened); `inline` and
+    `checkpoint_thread`: see `SqliteState`."""
     site = topology.site(site_name)
     cap = topology.limits.zset_cap
     if site.state == "memory":
@@ -67,4 +69,10 @@ def open_state(topology: Topology, site_name: str, *, inline: bool = False) -> S
             cap,
             setting=f"redis_url of site {site.name!r}",
         )
-    return SqliteState(site.name, site.data_dir / "state.sqlite3", cap, inline=inline)
+    return SqliteState(
+        site.name,
+        site.data_dir / "state.sqlite3",
+        cap,
+        inline=inline,
+        checkpoint_thread=checkpoint_thread,
+    )

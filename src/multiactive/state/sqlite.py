@@ -23,7 +23,7 @@ from pathlib import Path
 
 from multiactive.errors import ConfigError, StaleStep
 from multiactive.model.message import StreamId
-from multiactive.sqlitedb import SqliteDb
+from multiactive.sqlitedb import SqliteDb, WalCheckpointer
 from multiactive.state.base import (
     COUNTER_ADD,
     DEFAULT_ZSET_CAP,
@@ -108,10 +108,13 @@ class SqliteState(StateBackend):
         zset_cap: int = DEFAULT_ZSET_CAP,
         *,
         inline: bool = False,
+        checkpoint_thread: bool = False,
     ) -> None:
         """`inline` runs statements on the calling thread instead of a worker thread: for a
         process whose event loop does nothing else (the applier), where the two thread
-        hand-offs of each commit cost more than the commit (docs/benchmarks.md)."""
+        hand-offs of each commit cost more than the commit (docs/benchmarks.md).
+        `checkpoint_thread`: WAL checkpoints on a thread of their own instead of inside
+        commits (`WalCheckpointer`), for the state's busy writer, the applier."""
         self.site = site
         self.zset_cap = zset_cap
         self.path = Path(path)
@@ -120,12 +123,17 @@ class SqliteState(StateBackend):
         self._db = SqliteDb(
             self.path, "state", thread=None if inline else f"state-{site}", page_size=PAGE_BYTES
         )
+        self._checkpoints = WalCheckpointer(self._db) if checkpoint_thread else None
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         await self._db.open(self._setup)
+        if self._checkpoints is not None:
+            self._checkpoints.start()
 
     def _setup(self, conn: sqlite3.Connection) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.writer_setup(conn)
         conn.executescript(_SCHEMA)
         found = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         if not found:
@@ -139,6 +147,8 @@ class SqliteState(StateBackend):
             )
 
     async def close(self) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.stop()
         await self._db.close()
 
     async def watermarks(self) -> dict[StreamId, Watermark]:
@@ -151,6 +161,9 @@ class SqliteState(StateBackend):
 
     async def commit(self, *steps: Commit) -> None:
         await self._db.run(lambda: self._commit_sync(steps))
+        if self._checkpoints is not None:
+            self._checkpoints.committed()
+            await self._checkpoints.bound()
 
     def _commit_sync(self, steps: tuple[Commit, ...]) -> None:
         conn = self._db.conn

@@ -65,7 +65,8 @@ class Backend:
             prefix = (name or f"t{next(self._files)}").replace(".", "-")
             return RedisState(site, self.url, PARTITIONS, zset_cap, prefix=prefix)
         path = self.folder / (name or f"state-{next(self._files)}.sqlite3")
-        return SqliteState(site, path, zset_cap, inline=self.kind == "sqlite-inline")
+        applier = self.kind == "sqlite-applier"  # as the applier runs it
+        return SqliteState(site, path, zset_cap, inline=applier, checkpoint_thread=applier)
 
     @asynccontextmanager
     async def opened(
@@ -87,7 +88,7 @@ def make_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return Backend(request.param, tmp_path, url)
 
 
-@pytest.fixture(params=["memory", "sqlite", "sqlite-inline", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "sqlite-applier", "redis"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return make_backend(request, tmp_path)
 
