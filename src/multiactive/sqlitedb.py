@@ -42,10 +42,11 @@ BUSY_TIMEOUT_MS = 10_000
 # WalCheckpointer: the WAL's size, in frames (pages), past which its writer waits for the WAL
 # to start over (64 MiB of 16 KiB pages); how long a restart may wait for readers and for
 # the thread's checkpoint in progress before the writer goes on and tries again one bound
-# later; how often the thread looks for commits it was not told of.
+# later; how often the thread checkpoints (a checkpoint with frames to copy costs two fsyncs:
+# a checkpoint per commit would be hundreds of fsyncs a second under a trickle of writes).
 WAL_RESTART_FRAMES = 4096
 WAL_RESTART_WAIT_S = 0.5
-WAL_POLL_S = 0.05
+WAL_CHECKPOINT_S = 0.2
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -203,9 +204,9 @@ class WalCheckpointer:
     SQLite's automatic checkpoint runs inside the commit that takes the WAL past
     `wal_autocheckpoint` pages: the writer waits while the pages are copied into the file and
     both are fsynced (on this machine a third of the applier's time in a catch-up). Here the
-    writer's connection turns that off (`writer_setup`) and tells the thread of each commit
-    (`committed`); the thread runs PASSIVE checkpoints on its own connection, which never
-    block the writer or readers, with the GIL released while SQLite copies and syncs.
+    writer's connection turns that off (`writer_setup`), and the thread runs a PASSIVE
+    checkpoint every `interval_s` on its own connection: it never blocks the writer or
+    readers, and the GIL is released while SQLite copies and syncs.
 
     A WAL starts over only when a write begins with every frame checkpointed, which a writer
     that never pauses does not meet: the WAL would grow by everything written. So the writer
@@ -218,12 +219,15 @@ class WalCheckpointer:
     """
 
     def __init__(
-        self, db: SqliteDb, *, restart_frames: int = WAL_RESTART_FRAMES, poll_s: float = WAL_POLL_S
+        self,
+        db: SqliteDb,
+        *,
+        restart_frames: int = WAL_RESTART_FRAMES,
+        interval_s: float = WAL_CHECKPOINT_S,
     ) -> None:
         self._db = db
         self.restart_frames = restart_frames
-        self._poll_s = poll_s
-        self._wake = threading.Event()
+        self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
@@ -231,6 +235,7 @@ class WalCheckpointer:
         self._next_restart = restart_frames
         self.checkpoints = 0
         self.restarts = 0
+        self.deferred = 0  # restarts readers held up past WAL_RESTART_WAIT_S
         self.error: str | None = None  # the thread's last failure, until a checkpoint works
 
     @staticmethod
@@ -243,9 +248,6 @@ class WalCheckpointer:
         name = f"checkpoint-{self._db.what}"
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
-
-    def committed(self) -> None:
-        self._wake.set()
 
     async def bound(self) -> None:
         """After a commit, on the writer's thread: restart a WAL grown past its bound."""
@@ -265,6 +267,7 @@ class WalCheckpointer:
                     self.frames, self._next_restart = 0, self.restart_frames
                     return
                 if loop.time() >= deadline:  # readers hold it up: go on, try later
+                    self.deferred += 1
                     self._next_restart = self.frames + self.restart_frames
                     return
                 await asyncio.sleep(0.002)  # the thread's checkpoint holds the lock
@@ -273,7 +276,6 @@ class WalCheckpointer:
 
     def stop(self) -> None:
         self._stop.set()
-        self._wake.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -282,25 +284,25 @@ class WalCheckpointer:
             self._conn = None
 
     def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """One PASSIVE checkpoint on the thread's connection (what the thread runs)."""
         conn = self._conn
-        assert conn is not None
-        while True:
-            self._wake.wait(self._poll_s)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                _busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            except sqlite3.Error as exc:  # the writer meets the same file and reports it
-                if self.error is None:
-                    where = f"{self._db.what} {self._db.path}"
-                    log.warning("checkpoints: %s", describe(exc, where, self._db.setting))
-                self.error = str(exc)
-                self._wake.wait(1.0)
-                continue
-            self.error = None
-            self.frames = max(frames, 0)
-            self.checkpoints += 1
+        if conn is None:
+            return
+        try:
+            _busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:  # the writer meets the same file and reports it
+            if self.error is None:
+                where = f"{self._db.what} {self._db.path}"
+                log.warning("checkpoints: %s", describe(exc, where, self._db.setting))
+            self.error = str(exc)
+            return
+        self.error = None
+        self.frames = max(frames, 0)
+        self.checkpoints += 1
 
 
 def describe(exc: sqlite3.Error, where: str, setting: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -203,7 +204,10 @@ def test_a_writer_that_never_pauses_checkpoints_on_the_thread_and_its_wal_stays_
 ) -> None:
     """The applier's state: commits do not checkpoint (wal_autocheckpoint 0), the thread
     does, and the writer restarts the WAL each time it passed its bound, so a long catch-up
-    does not grow the WAL by everything it writes; a reader sees every commit throughout."""
+    does not grow the WAL by everything it writes; a reader sees every commit throughout.
+    The thread's checkpoints are taken here at fixed points (as its timer would, without the
+    timing), each while a read holds an older snapshot, so that none copies every frame and
+    the WAL never starts over by itself; then the thread is shown to run them on its own."""
     path = tmp_path / "state.sqlite3"
     frames = 64  # a 1 MiB bound: restarts come every few commits
     reader = sqlite3.connect(path, isolation_level=None)  # the site's connection, beside
@@ -212,28 +216,52 @@ def test_a_writer_that_never_pauses_checkpoints_on_the_thread_and_its_wal_stays_
         state = SqliteState(SITE, path, inline=True, checkpoint_thread=True)
         checkpoints = state._checkpoints
         assert checkpoints is not None
-        checkpoints.restart_frames = frames
-        checkpoints._next_restart = frames
+        checkpoints.restart_frames = checkpoints._next_restart = frames
+        checkpoints.interval_s = 3600.0  # the timer waits: this test takes the checkpoints
         await state.open()
         try:
             conn = state._db.conn
-            assert conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+            assert conn.execute("PRAGMA wal_autocheckpoint").fetchall() == [(0,)]
             largest = 0
             for n in range(1, 201):
+                if n % 4 == 1:  # a read in progress, as the site's
+                    reader.execute("BEGIN")
+                    reader.execute("SELECT count(*) FROM kv").fetchall()
                 ops = [("kv.set", f"k{n}.{i}", n, "a", b"v" * 1024) for i in range(20)]
                 await state.commit(Commit(StreamId("a", 0), n, len(ops), ops, ()))
                 largest = max(largest, (tmp_path / "state.sqlite3-wal").stat().st_size)
-                if n % 50 == 0:
-                    assert reader.execute("SELECT count(*) FROM kv").fetchone() == (20 * n,)
-            assert checkpoints.checkpoints > 0, "the thread never checkpointed"
-            assert checkpoints.restarts >= 3, checkpoints.restarts
+                if n % 4 == 3:
+                    checkpoints.checkpoint()
+                    reader.execute("COMMIT")
+                if n % 40 == 0:
+                    # fetchall: a cursor left mid-result holds its read open, and the WAL
+                    assert reader.execute("SELECT count(*) FROM kv").fetchall() == [(20 * n,)]
+            assert checkpoints.restarts >= 5, checkpoints.restarts
             # without restarts the WAL ends holding every page these commits wrote, ~20 MiB;
-            # with them a few times the bound (what the writer wrote before the thread's
-            # last checkpoint told it the bound was passed)
-            assert largest < 8 * frames * 16 * 1024, largest
+            # with them the bound and what four commits add
+            assert largest < 4 * frames * 16 * 1024, largest
+        finally:
+            await state.close()
+        assert not any(t.name.startswith("checkpoint-") for t in threading.enumerate())
+
+        state = SqliteState(SITE, path, inline=True, checkpoint_thread=True)
+        assert state._checkpoints is not None
+        state._checkpoints.interval_s = 0.01
+        await state.open()
+        try:
+            ops = [("kv.set", "k", 1000, "a", b"v")]
+            await state.commit(Commit(StreamId("a", 0), 1000, 1, ops, ()))
+            thread = state._checkpoints
+
+            def checkpointed() -> bool:  # waited for off this loop, which is the writer's
+                deadline = time.monotonic() + 10
+                while thread.checkpoints == 0 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                return thread.checkpoints > 0
+
+            assert await asyncio.to_thread(checkpointed), "the thread never checkpointed"
         finally:
             await state.close()
             reader.close()
-        assert not any(t.name.startswith("checkpoint-") for t in threading.enumerate())
 
     run(main())
