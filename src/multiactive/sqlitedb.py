@@ -175,15 +175,6 @@ class SqliteDb:
         except sqlite3.DatabaseError as exc:
             raise self.fail(exc) from exc
 
-    def checked(self, fn: Callable[[], T]) -> T:
-        """`fn()` here and now, its SQLite error a StoreError naming the file."""
-        try:
-            return fn()
-        except sqlite3.ProgrammingError:
-            raise
-        except sqlite3.DatabaseError as exc:
-            raise self.fail(exc) from exc
-
     def idle(self) -> bool:
         """Nothing queued or running on the thread, and every caller resumed (inline_small)."""
         self._forget_finished()
@@ -210,7 +201,7 @@ class WalCheckpointer:
     both are fsynced (on this machine a third of the applier's time in a catch-up). Here the
     writer's connection turns that off (`writer_setup`) and tells the thread what it
     committed (`committed`); the thread runs a PASSIVE checkpoint on its own connection as
-    soon as WAL_WAKE_ROWS rows were committed since its last one, else every `interval_s`:
+    soon as `wake_rows` rows were committed since its last one, else every `interval_s`:
     it never blocks the writer or readers, and the GIL is released while SQLite copies and
     syncs.
 
@@ -230,10 +221,12 @@ class WalCheckpointer:
         *,
         restart_frames: int = WAL_RESTART_FRAMES,
         interval_s: float = WAL_CHECKPOINT_S,
+        wake_rows: int = WAL_WAKE_ROWS,
     ) -> None:
         self._db = db
         self.restart_frames = restart_frames
         self.interval_s = interval_s
+        self.wake_rows = wake_rows
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._rows = 0  # committed since the thread's last checkpoint began
@@ -243,7 +236,7 @@ class WalCheckpointer:
         self._next_restart = restart_frames
         self.checkpoints = 0
         self.restarts = 0
-        self.deferred = 0  # restarts readers held up past WAL_RESTART_WAIT_S
+        self.deferred = 0  # restarts held up past WAL_RESTART_WAIT_S, or failed
         self.error: str | None = None  # the thread's last failure, until a checkpoint works
 
     @staticmethod
@@ -260,33 +253,37 @@ class WalCheckpointer:
     def committed(self, rows: int) -> None:
         """The writer committed `rows` rows."""
         self._rows += rows
-        if self._rows >= WAL_WAKE_ROWS:
+        if self._rows >= self.wake_rows:
             self._wake.set()
 
     async def bound(self) -> None:
-        """After a commit, on the writer's thread: restart a WAL grown past its bound."""
+        """After a commit, on the writer's thread: restart a WAL grown past its bound. The
+        commit is durable whatever happens here: a failed restart is logged and tried again
+        one bound later."""
         if self.frames < self._next_restart:
             return
         conn = self._db.conn
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WAL_RESTART_WAIT_S
-        conn.execute(f"PRAGMA busy_timeout={int(WAL_RESTART_WAIT_S * 1000)}")
         try:
-            while True:
-                busy = self._db.checked(
-                    lambda: conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
-                )
-                if not busy:
-                    self.restarts += 1
-                    self.frames, self._next_restart = 0, self.restart_frames
-                    return
-                if loop.time() >= deadline:  # readers hold it up: go on, try later
-                    self.deferred += 1
-                    self._next_restart = self.frames + self.restart_frames
-                    return
-                await asyncio.sleep(0.002)  # the thread's checkpoint holds the lock
-        finally:
-            conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")
+            conn.execute(f"PRAGMA busy_timeout={int(WAL_RESTART_WAIT_S * 1000)}")
+            try:
+                while conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()[0][0]:
+                    if loop.time() >= deadline:  # readers hold it up: go on, try later
+                        self.deferred += 1
+                        self._next_restart = self.frames + self.restart_frames
+                        return
+                    await asyncio.sleep(0.002)  # the thread's checkpoint holds the lock
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")
+        except sqlite3.Error as exc:
+            self.deferred += 1
+            self._next_restart = self.frames + self.restart_frames
+            where = f"{self._db.what} {self._db.path}"
+            log.warning("wal_restart_failed: %s", describe(exc, where, self._db.setting))
+            return
+        self.restarts += 1
+        self.frames, self._next_restart = 0, self.restart_frames
 
     def stop(self) -> None:
         self._stop.set()
@@ -308,12 +305,13 @@ class WalCheckpointer:
             self.checkpoint()
 
     def checkpoint(self) -> None:
-        """One PASSIVE checkpoint on the thread's connection (what the thread runs)."""
+        """One PASSIVE checkpoint on the thread's connection: what the thread runs (and a
+        test, with the thread's timer and wake out of reach: not both at once)."""
         conn = self._conn
         if conn is None:
             return
         try:
-            _busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            _busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
         except sqlite3.Error as exc:  # the writer meets the same file and reports it
             if self.error is None:
                 where = f"{self._db.what} {self._db.path}"

@@ -217,7 +217,8 @@ def test_a_writer_that_never_pauses_checkpoints_on_the_thread_and_its_wal_stays_
         checkpoints = state._checkpoints
         assert checkpoints is not None
         checkpoints.restart_frames = checkpoints._next_restart = frames
-        checkpoints.interval_s = 3600.0  # the timer waits: this test takes the checkpoints
+        checkpoints.interval_s = 3600.0  # the thread waits: this test takes the checkpoints
+        checkpoints.wake_rows = 10**9
         await state.open()
         try:
             conn = state._db.conn
@@ -260,6 +261,41 @@ def test_a_writer_that_never_pauses_checkpoints_on_the_thread_and_its_wal_stays_
                 return thread.checkpoints > 0
 
             assert await asyncio.to_thread(checkpointed), "the thread never checkpointed"
+        finally:
+            await state.close()
+            reader.close()
+
+    run(main())
+
+
+def test_a_restart_held_up_by_a_long_read_leaves_the_commit_done_and_is_tried_later(
+    tmp_path: Path,
+) -> None:
+    """A read that holds its snapshot past WAL_RESTART_WAIT_S (the site's long digest, say)
+    makes the writer go on without the restart, its commit durable, and try again one bound
+    later, when the read is over."""
+    path = tmp_path / "state.sqlite3"
+    reader = sqlite3.connect(path, isolation_level=None)
+
+    async def main() -> None:
+        state = SqliteState(SITE, path, inline=True, checkpoint_thread=True)
+        checkpoints = state._checkpoints
+        assert checkpoints is not None
+        checkpoints.interval_s, checkpoints.wake_rows = 3600.0, 10**9
+        await state.open()
+        try:
+            stream = StreamId("a", 0)
+            await state.commit(Commit(stream, 1, 1, [("kv.set", "k1", 1, "a", b"1")], ()))
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM kv").fetchall()  # a read in progress
+            checkpoints.frames = checkpoints.restart_frames  # the thread saw the bound passed
+            await state.commit(Commit(stream, 2, 1, [("kv.set", "k2", 2, "a", b"2")], ()))
+            assert (checkpoints.restarts, checkpoints.deferred) == (0, 1)
+            reader.execute("COMMIT")
+            assert (await state.get("k2")) is not None
+            checkpoints.frames = 2 * checkpoints.restart_frames  # one bound later
+            await state.commit(Commit(stream, 3, 1, [("kv.set", "k3", 3, "a", b"3")], ()))
+            assert (checkpoints.restarts, checkpoints.deferred) == (1, 1)
         finally:
             await state.close()
             reader.close()
