@@ -206,9 +206,9 @@ class WalCheckpointer:
     syncs.
 
     A WAL starts over only when a write begins with every frame checkpointed, which a writer
-    that never pauses does not meet: the WAL would grow by everything written. So the writer
-    calls `bound` after each commit: once the thread saw more than `restart_frames` frames,
-    it runs a RESTART checkpoint itself (what is left after the thread's), and the next
+    that never pauses does not meet: the WAL would grow by everything written. So after each
+    commit (`committed`), once the thread saw more than `restart_frames` frames, the writer
+    runs a RESTART checkpoint itself (what is left after the thread's), and the next
     write starts the WAL over. A restart that readers or the thread's checkpoint hold up for
     longer than WAL_RESTART_WAIT_S is tried again one bound later. Durability is SQLite's
     with `synchronous=NORMAL` either way: a checkpoint syncs the WAL before it copies and
@@ -250,18 +250,23 @@ class WalCheckpointer:
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def committed(self, rows: int) -> None:
-        """The writer committed `rows` rows."""
+    async def committed(self, rows: int) -> None:
+        """After the writer committed `rows` rows, on its thread: wake the thread for a bulk
+        commit, and restart a WAL grown past its bound. The commit is durable whatever
+        happens here: a restart that fails, or that readers or the thread's checkpoint hold
+        up past WAL_RESTART_WAIT_S, is logged or counted and tried again one bound later."""
         self._rows += rows
         if self._rows >= self.wake_rows:
             self._wake.set()
+        if self.frames >= self._next_restart:
+            if await self._restart():
+                self.restarts += 1
+                self.frames, self._next_restart = 0, self.restart_frames
+            else:
+                self.deferred += 1
+                self._next_restart = self.frames + self.restart_frames
 
-    async def bound(self) -> None:
-        """After a commit, on the writer's thread: restart a WAL grown past its bound. The
-        commit is durable whatever happens here: a failed restart is logged and tried again
-        one bound later."""
-        if self.frames < self._next_restart:
-            return
+    async def _restart(self) -> bool:
         conn = self._db.conn
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WAL_RESTART_WAIT_S
@@ -269,21 +274,16 @@ class WalCheckpointer:
             conn.execute(f"PRAGMA busy_timeout={int(WAL_RESTART_WAIT_S * 1000)}")
             try:
                 while conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()[0][0]:
-                    if loop.time() >= deadline:  # readers hold it up: go on, try later
-                        self.deferred += 1
-                        self._next_restart = self.frames + self.restart_frames
-                        return
+                    if loop.time() >= deadline:  # readers hold it up
+                        return False
                     await asyncio.sleep(0.002)  # the thread's checkpoint holds the lock
             finally:
                 conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")
         except sqlite3.Error as exc:
-            self.deferred += 1
-            self._next_restart = self.frames + self.restart_frames
             where = f"{self._db.what} {self._db.path}"
             log.warning("wal_restart_failed: %s", describe(exc, where, self._db.setting))
-            return
-        self.restarts += 1
-        self.frames, self._next_restart = 0, self.restart_frames
+            return False
+        return True
 
     def stop(self) -> None:
         self._stop.set()

@@ -162,8 +162,7 @@ class SqliteState(StateBackend):
     async def commit(self, *steps: Commit) -> None:
         await self._db.run(lambda: self._commit_sync(steps))
         if self._checkpoints is not None:
-            self._checkpoints.committed(sum(len(s.builtin) + len(s.dead) for s in steps))
-            await self._checkpoints.bound()
+            await self._checkpoints.committed(sum(len(s.builtin) + len(s.dead) for s in steps))
 
     def _commit_sync(self, steps: tuple[Commit, ...]) -> None:
         conn = self._db.conn
