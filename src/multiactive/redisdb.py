@@ -74,14 +74,14 @@ COMMAND_TIMEOUT_S = 10.0
 # redis-py's cluster client closes every connection of every node when a node answers
 # CLUSTERDOWN (`RedisCluster.aclose`), under the feet of commands that other tasks have in
 # flight: they fail from inside redis-py with AttributeError (a reader or writer that is now
-# None) or, on uvloop, RuntimeError (a write on a closed transport). For us that is a
-# connection lost mid-command.
+# None) or, on uvloop, RuntimeError (a write on a closed transport). For us, on a cluster
+# client only, that is a connection lost mid-command; elsewhere they stay the bugs they are.
 _TORN_DOWN = (AttributeError, RuntimeError)
 _UNREACHABLE = (
     rex.ConnectionError, rex.TimeoutError, rex.ClusterError, rex.RedisClusterException,
-    *_TORN_DOWN,
 )  # fmt: skip
-_REPLY_LOST = (rex.ConnectionError, rex.TimeoutError, *_TORN_DOWN)  # its outcome is not known
+_REPLY_LOST = (rex.ConnectionError, rex.TimeoutError)  # its outcome is not known
+_REFUSED = (rex.AuthenticationError, rex.AuthorizationError)
 _PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
 Client = aioredis.Redis | RedisCluster
@@ -175,6 +175,10 @@ class RedisDb:
         self.setting = setting
         self.cluster = isinstance(client, RedisCluster)
         self.client = client
+        torn_down = _TORN_DOWN if self.cluster else ()
+        self._unreachable = (*_UNREACHABLE, *torn_down)  # the same command may work later
+        self._failures = (*self._unreachable, rex.RedisError)  # what becomes a StoreError
+        self._reply_lost = (*_REPLY_LOST, *torn_down)
 
     @classmethod
     async def connect(cls, url: str, setting: str) -> RedisDb:
@@ -196,10 +200,9 @@ class RedisDb:
             if isinstance(client, RedisCluster):
                 await client.initialize()
             await client.execute_command("PING")
-        except (*_UNREACHABLE, rex.RedisError) as exc:
+        except db._failures as exc:
             await db.close()
-            kind = StoreUnavailable if _unreachable(exc) else StoreError
-            raise kind(f"cannot connect to Redis at {db.where}: {exc}") from exc
+            raise db._kind(exc)(f"cannot connect to Redis at {db.where}: {exc}") from exc
         return db
 
     @property
@@ -210,8 +213,15 @@ class RedisDb:
         """The StoreError for a Redis error: StoreUnavailable when the server (or the node of
         the keys) could not be reached."""
         what = f" while {doing}" if doing else ""
-        kind = StoreUnavailable if _unreachable(exc) else StoreError
-        return kind(f"Redis at {self.where} failed{what}: {type(exc).__name__}: {exc}")
+        return self._kind(exc)(f"Redis at {self.where} failed{what}: {type(exc).__name__}: {exc}")
+
+    def _kind(self, exc: Exception) -> type[StoreError]:
+        """StoreUnavailable when the server, or the cluster node of the keys, could not be
+        reached (or answered CLUSTERDOWN): the same command may work later. A refused
+        password is not that, although redis-py counts it among connection errors."""
+        if isinstance(exc, self._unreachable) and not isinstance(exc, _REFUSED):
+            return StoreUnavailable
+        return StoreError
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -220,7 +230,7 @@ class RedisDb:
         """One command; any Redis error becomes a StoreError naming the URL."""
         try:
             return await self.client.execute_command(*args)
-        except (*_UNREACHABLE, rex.RedisError) as exc:
+        except self._failures as exc:
             raise self.fail(exc, str(args[0])) from exc
 
     async def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
@@ -236,9 +246,9 @@ class RedisDb:
             pipe.execute_command(*command)
         try:
             results = list(await pipe.execute(raise_on_error=False))
-        except _UNREACHABLE as exc:
+        except self._unreachable as exc:
             raise self.fail(exc, "running a pipeline") from exc
-        lost = next((r for r in results if isinstance(r, _REPLY_LOST)), None)
+        lost = next((r for r in results if isinstance(r, self._reply_lost)), None)
         if lost is not None:
             raise self.fail(lost, "running a pipeline") from lost
         return results
@@ -261,7 +271,7 @@ class RedisDb:
         """SCRIPT LOAD on the server (on every primary of a cluster)."""
         try:
             await self.client.script_load(script.source)
-        except (*_UNREACHABLE, rex.RedisError) as exc:
+        except self._failures as exc:
             raise self.fail(exc, "loading a Lua script") from exc
 
     async def scan(self, match: str) -> AsyncIterator[bytes]:
@@ -269,7 +279,7 @@ class RedisDb:
         try:
             async for key in self.client.scan_iter(match=match, count=1000):
                 yield key
-        except (*_UNREACHABLE, rex.RedisError) as exc:
+        except self._failures as exc:
             raise self.fail(exc, f"scanning {match}") from exc
 
     async def claim(self, keys: Keys) -> None:
@@ -307,14 +317,6 @@ async def uncancellable(work: Coroutine[Any, Any, T]) -> T:
 def _retrieve(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()  # raised to the caller, or, if it was cancelled, dropped here
-
-
-def _unreachable(exc: Exception) -> bool:
-    """The server, or the cluster node of the keys, could not be reached (or answered
-    CLUSTERDOWN): the same command may work later. A refused password is not that, although
-    redis-py counts it among connection errors."""
-    refused = (rex.AuthenticationError, rex.AuthorizationError)
-    return isinstance(exc, _UNREACHABLE) and not isinstance(exc, refused)
 
 
 def lua_pack(value: Any) -> bytes:
