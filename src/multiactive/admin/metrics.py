@@ -205,15 +205,14 @@ class _SiteCollector(Collector):
                 ("reloads_repaired", r.repaired, "Reloads that replaced a stale fill."),
                 ("reloads_at_deadline", r.at_deadline, "Reloads run at reload_after_s."),
                 ("reload_failures", r.failures, "Reload loads or position checks that failed."),
-                ("reloads_dropped", r.dropped, "Fills not queued: the reload queue was full."),
             )
         )
         pending = self._gauge("reloads_pending", "Cache keys waiting for a reload.", [])
         pending.add_metric([site], r.pending)
         yield pending
         oldest = self._gauge("reload_oldest_seconds", "Age of the oldest pending reload.", [])
-        if r.oldest_filled_ms is not None:
-            oldest.add_metric([site], max(0.0, (time.time() * 1000 - r.oldest_filled_ms) / 1000))
+        if (age := r.oldest_age_s(time.time() * 1000)) is not None:
+            oldest.add_metric([site], age)
         yield oldest
         up = self._gauge("database_up", "1 if the site's database answers (0: degraded).", [])
         if reads.database.reachable is not None:

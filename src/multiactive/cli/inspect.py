@@ -175,17 +175,16 @@ def _print_reads(console: Console, statuses: dict[str, SiteStatus | None]) -> No
         return
     table = Table(box=box.SIMPLE_HEAD, title="reads", title_justify="left")
     for column in ("site", "database", "pending reloads", "oldest s", "reloads", "repaired",
-                   "at deadline", "failures", "dropped", "loaders"):  # fmt: skip
+                   "at deadline", "failures", "loaders"):  # fmt: skip
         table.add_column(column, justify="left" if column in ("site", "database", "loaders")
                          else "right")  # fmt: skip
     now_ms = time.time() * 1000
     for name, reads in answered.items():
         r, up = reads.reloads, reads.database.reachable
         health = "?" if up is None else "[green]ok[/]" if up else "[red]degraded[/]"
-        oldest = None if r.oldest_filled_ms is None else (now_ms - r.oldest_filled_ms) / 1000
         table.add_row(
-            name, health, f"{r.pending:,}", _num(oldest, 1), f"{r.reloads:,}", f"{r.repaired:,}",
-            f"{r.at_deadline:,}", f"{r.failures:,}", f"{r.dropped:,}",
+            name, health, f"{r.pending:,}", _num(r.oldest_age_s(now_ms), 1), f"{r.reloads:,}",
+            f"{r.repaired:,}", f"{r.at_deadline:,}", f"{r.failures:,}",
             " ".join(reads.loaders) or "-",
         )  # fmt: skip
     console.print(table)

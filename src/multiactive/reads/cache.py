@@ -65,6 +65,11 @@ class Loaded:
     value: bytes | None
     version: int | None = None
 
+    @property
+    def fill_version(self) -> int:
+        """The version a fill writes: the row's, or one below every message's."""
+        return VERSIONLESS if self.version is None else self.version
+
 
 Loader = Callable[[str, DbReader], Awaitable[Loaded]]
 
@@ -74,15 +79,16 @@ class Loaders:
 
     def __init__(self) -> None:
         self._by_prefix: dict[str, Loader] = {}
+        self._longest_first: list[tuple[str, Loader]] = []
 
     def register(self, prefix: str, loader: Loader) -> None:
         if prefix in self._by_prefix:
             raise ConfigError(f"a loader for the key prefix {prefix!r} is already registered")
         self._by_prefix[prefix] = loader
+        self._longest_first = sorted(self._by_prefix.items(), key=lambda p: -len(p[0]))
 
     def loader_for(self, key: str) -> Loader | None:
-        found = [p for p in self._by_prefix if key.startswith(p)]
-        return self._by_prefix[max(found, key=len)] if found else None
+        return next((ld for prefix, ld in self._longest_first if key.startswith(prefix)), None)
 
     @property
     def prefixes(self) -> tuple[str, ...]:
@@ -91,6 +97,8 @@ class Loaders:
 
 class ReloadSink(Protocol):
     """Where a fill from a copy that may lag is queued for one reload."""
+
+    dropped: int  # fills not queued: the queue was full
 
     async def schedule(self, key: str, mark: str, filled_ms: int) -> None: ...
 
@@ -107,6 +115,7 @@ class CacheStatistics:
     fills: int = 0  # fills written
     fills_lost: int = 0  # fills a newer value in the cache kept out
     unavailable: int = 0  # misses that raised DatabaseUnavailable
+    reloads_dropped: int = 0  # fills not queued for a reload: the queue was full
 
 
 class Cache:
@@ -174,8 +183,7 @@ class Cache:
         """Write what a loader read, unless the cache holds something newer; True if written."""
         if loaded.value is None:
             return False  # no row: nothing to cache
-        version = VERSIONLESS if loaded.version is None else loaded.version
-        written = await self.state.fill(key, loaded.value, version)
+        written = await self.state.fill(key, loaded.value, loaded.fill_version)
         self._count("fills" if written else "fills_lost")
         return written
 
@@ -184,7 +192,6 @@ class Cache:
         Without `loader`, the one registered for the key's longest prefix loads it.
         Raises `DatabaseUnavailable` when the miss cannot be loaded because the database
         does not answer; None when the database has no such row."""
-        loader = loader or self._registered(key)
         held = await self.get(key)
         if held is not None:
             self._count("hits")
@@ -195,7 +202,7 @@ class Cache:
             return await asyncio.shield(flight)
         flight = self._flights[key] = asyncio.get_running_loop().create_future()
         try:
-            found = await self._load(key, loader)
+            found = await self._load(key, loader or self._registered(key))
         except BaseException as exc:
             flight.set_exception(exc)
             flight.exception()  # retrieved: waiters, if any, get it raised
@@ -207,7 +214,8 @@ class Cache:
             del self._flights[key]
 
     def statistics(self) -> CacheStatistics:
-        return CacheStatistics(**self._counts)
+        dropped = 0 if self._reloads is None else self._reloads.dropped
+        return CacheStatistics(**(self._counts | {"reloads_dropped": dropped}))
 
     def _registered(self, key: str) -> Loader:
         loader = self.loaders.loader_for(key)
@@ -250,8 +258,7 @@ class Cache:
             return await self.get(key)  # no row, or something newer is held: that
         await self._queue_reload(key)  # only what was written can be stale
         assert loaded.value is not None
-        version = VERSIONLESS if loaded.version is None else loaded.version
-        return Cached(key, loaded.value, version, FILL_ORIGIN)
+        return Cached(key, loaded.value, loaded.fill_version, FILL_ORIGIN)
 
     async def _queue_reload(self, key: str) -> None:
         if self._gate is None or self._reloads is None:

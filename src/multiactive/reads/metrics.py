@@ -24,6 +24,7 @@ _COUNTERS = (  # (CacheStatistics field, metric name, help)
     ("fills", "cache_fills", "Loaded values written into the cache."),
     ("fills_lost", "cache_fills_lost", "Loaded values not written: the cache held newer."),
     ("unavailable", "cache_unavailable", "Misses that found the database not answering."),
+    ("reloads_dropped", "reloads_dropped", "Fills not queued: the reload queue was full."),
 )
 
 

@@ -223,8 +223,13 @@ class ReloaderStatistics(Record):
     repaired: int = 0  # reloads that wrote a different value or version (a stale fill mended)
     at_deadline: int = 0  # reloads run because reload_after_s was up, not the position
     failures: int = 0  # loader or gate calls that failed (the entry stays)
-    dropped: int = 0  # keys not queued because the queue was full
     no_loader: int = 0  # queued keys no registered loader serves (removed)
+
+    def oldest_age_s(self, now_ms: float) -> float | None:
+        """How long the oldest pending reload has waited, in seconds."""
+        if self.oldest_filled_ms is None:
+            return None
+        return max(0.0, (now_ms - self.oldest_filled_ms) / 1000)
 
 
 class Reloader:
@@ -272,7 +277,6 @@ class Reloader:
             pending=await self.queue.count(),
             oldest_filled_ms=oldest,
             rounds=self._stats.rounds + 1,
-            dropped=self.queue.dropped,
         )
         return len(finished)
 

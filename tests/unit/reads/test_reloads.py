@@ -162,6 +162,23 @@ def test_a_stale_fill_is_reloaded_once_the_copy_passed_the_mark_and_not_before()
     asyncio.run(run())
 
 
+def test_fills_a_full_queue_drops_are_counted_by_the_cache_that_filled_them() -> None:
+    """The application's cache queues its fills: its statistics (and so its
+    CacheCollector) count the ones a full queue dropped."""
+    db, gate, clock = RowsReader(), ManualGate(writer=2, local=1), FakeClock()
+    queue = MemoryReloads(reload_after_s=600, max_pending=1)
+    _, cache = reloader_over(db, gate, queue, clock)
+    db.rows["user:1"], db.rows["user:2"] = (b"a", 1), (b"b", 1)
+
+    async def run() -> None:
+        await cache.get_or_load("user:1")
+        await cache.get_or_load("user:2")  # the queue holds user:1: not queued
+        assert cache.statistics().reloads_dropped == 1
+        assert await queue.count() == 1
+
+    asyncio.run(run())
+
+
 def test_a_fill_whose_position_is_unknown_is_reloaded_at_its_deadline() -> None:
     """Mark '?' (the writer did not answer): only reload_after_s reloads it."""
     db, gate, clock = RowsReader(), ManualGate(), FakeClock()
