@@ -12,18 +12,28 @@ restarting, unreachable, a locked SQLite file), which the read path turns into
 
 - `db.mariadb.MariaReader`: a few autocommit connections (at most `DEFAULT_READ_CONNECTIONS`
   queries at once), opened on first use; a connection that failed is closed, never reused.
-- `SqliteReader`: a read-only connection to the site's SQLite database (independent mode).
+- `SqliteReader`: a read-only connection to the site's SQLite database (independent mode),
+  on a thread of its own (a locked file waits out its busy timeout there, not on the loop).
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
 from multiactive.db.base import Dialect, Params, Row
 from multiactive.db.config import DatabaseSettings
+from multiactive.db.sqlite import qmarks
 from multiactive.errors import DatabaseError
+
+# SQLite result codes of a file that does not answer now (locked, missing, unreadable), as
+# opposed to a bad query; SQLITE_READONLY only in its extended forms (a WAL this read-only
+# connection cannot recover yet), never a loader's write through it.
+_TRANSIENT = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_CANTOPEN,
+              sqlite3.SQLITE_IOERR}  # fmt: skip
 
 
 class DbReader(Protocol):
@@ -60,14 +70,20 @@ class SqliteReader:
     def __init__(self, path: Path, where: str) -> None:
         self.path, self.where = path, where
         self._conn: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="db-reader")
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._fetchall, sql, tuple(params))
+
+    def _fetchall(self, sql: str, params: tuple[object, ...]) -> list[Row]:
         try:
             conn = self._conn or self._open()
-            return [tuple(row) for row in conn.execute(sql.replace("%s", "?"), tuple(params))]
+            return [tuple(row) for row in conn.execute(qmarks(sql), params)]
         except sqlite3.Error as exc:
-            transient = isinstance(exc, sqlite3.OperationalError) and _unavailable(exc)
-            raise DatabaseError(f"{self.where} ({self.path}): {exc}", transient=transient) from exc
+            raise DatabaseError(
+                f"{self.where} ({self.path}): {exc}", transient=_transient(exc)
+            ) from exc
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
         rows = await self.fetchall(sql, params)
@@ -75,7 +91,7 @@ class SqliteReader:
 
     async def close(self) -> None:
         if self._conn is not None:
-            self._conn.close()
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._conn.close)
             self._conn = None
 
     def _open(self) -> sqlite3.Connection:
@@ -86,7 +102,8 @@ class SqliteReader:
         return conn
 
 
-def _unavailable(exc: sqlite3.OperationalError) -> bool:
-    """Locked, missing or unreadable: the file does not answer now (not a bad query)."""
-    text = str(exc)
-    return any(s in text for s in ("locked", "unable to open", "disk I/O", "readonly"))
+def _transient(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", 0)
+    if code & 0xFF == sqlite3.SQLITE_READONLY:
+        return bool(code != sqlite3.SQLITE_READONLY)
+    return code & 0xFF in _TRANSIENT

@@ -57,7 +57,7 @@ class SqliteTransaction(BufferedWrites):
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
         await self.flush()
-        return [tuple(row) for row in self._conn.execute(_qmarks(sql), tuple(params))]
+        return [tuple(row) for row in self._conn.execute(qmarks(sql), tuple(params))]
 
     async def commit(self) -> None:
         await self.flush()
@@ -69,8 +69,9 @@ class SqliteTransaction(BufferedWrites):
             self._conn.execute("ROLLBACK")
 
     async def _run_many(self, sql: str, rows: list[Params]) -> None:
-        self._conn.executemany(_qmarks(sql), [tuple(r) for r in rows])
+        self._conn.executemany(qmarks(sql), [tuple(r) for r in rows])
 
 
-def _qmarks(sql: str) -> str:
+def qmarks(sql: str) -> str:
+    """`%s` placeholders (every backend's) as SQLite's `?`."""
     return sql.replace("%s", "?")
