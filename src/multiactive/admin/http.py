@@ -50,7 +50,7 @@ from multiactive.errors import ConfigError, DecodeError, MultiactiveError, Store
 from multiactive.journal.base import Journal
 from multiactive.model.message import Position, StreamId
 from multiactive.model.topology import Address, Topology
-from multiactive.reads.site import SiteReads
+from multiactive.reads.site import ReadsSummary, SiteReads
 from multiactive.records import (
     HeadsAnswer,
     LinkHistory,
@@ -274,8 +274,12 @@ class AdminServer:
     async def _site_status(self) -> dict[str, Any]:
         status = await self._inspector.status(self._reconciler.last)
         decisions = self.decisions.newest(STATUS_DECISIONS)
-        reads = None if self._reads is None else self._reads.summary()
-        return dataclasses.replace(status, db_decisions=decisions, reads=reads).to_json()
+        return dataclasses.replace(
+            status, db_decisions=decisions, reads=self._reads_summary()
+        ).to_json()
+
+    def _reads_summary(self) -> ReadsSummary | None:
+        return None if self._reads is None else self._reads.summary()
 
     async def _add_decision(self, request: web.Request) -> web.Response:
         """A failover decision of a watcher (`multiactive db watch` posts each one here)."""
@@ -336,11 +340,11 @@ class AdminServer:
         figures = {} if report is None else report.figures()
         inspector = self._inspector
         await inspector.refresh_senders()
-        scrape = Scrape(inspector.statistics(), await inspector.lag(), len(dead), figures)
+        scrape = Scrape(
+            inspector.statistics(), await inspector.lag(), len(dead), figures,
+            reads=self._reads_summary(),
+        )  # fmt: skip
         scrape.canaries.update(self._processor.canaries())
-        scrape = dataclasses.replace(
-            scrape, reads=None if self._reads is None else self._reads.summary()
-        )
         if self._tls is not None:
             scrape.tls_refusals.update(self._tls.refusals)
             scrape.tls_expiry_s.update(self._tls.expiries())
