@@ -42,6 +42,16 @@ class Pulse:
         return True
 
 
+# How a storage server that failed (a Redis restarting) is tried again: after 50 ms,
+# doubling up to 2 s (`store_backoff`: ingress, the processor, a starting site).
+STORE_RETRY_MIN_S = 0.05
+STORE_RETRY_MAX_S = 2.0
+
+
+def store_backoff() -> Backoff:
+    return Backoff(STORE_RETRY_MIN_S, STORE_RETRY_MAX_S)
+
+
 class Backoff:
     """Exponential backoff with full jitter, reset after a success."""
 

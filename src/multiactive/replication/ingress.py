@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from multiactive.aio import Backoff, Pulse
+from multiactive.aio import Pulse, store_backoff
 from multiactive.checksum import crc32
 from multiactive.clock import SYSTEM_CLOCK, Clock
 from multiactive.errors import (
@@ -52,9 +52,6 @@ MAX_ID_LENGTH = 128  # as `is_valid_id` checks
 RESERVED_PREFIX = "ma."
 MAX_KEY_BYTES = 1024
 MAX_HEADER_BYTES = 4096
-# While the journal's storage is down: how soon, and at most how often, `check()` is tried.
-RECOVER_MIN_S = 0.05
-RECOVER_MAX_S = 2.0
 MAX_FLOOR_AHEAD_MS = 300_000  # how far a causal token may be ahead of this site's wall clock
 
 Result = list[Any]  # [0, partition, seq, duplicate, version], [1 or 2, code, text]
@@ -302,7 +299,7 @@ class Ingress:
 
     async def _recover(self) -> None:
         """Refuse what is queued, then try the journal with backoff until it answers."""
-        backoff = Backoff(RECOVER_MIN_S, RECOVER_MAX_S)
+        backoff = store_backoff()  # how soon, and at most how often, `check()` is tried
         log.warning("journal_unavailable", site=self.site, reason=self.unavailable)
         while True:
             self._refuse_queued()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from multiactive import failpoints
-from multiactive.aio import Backoff, Pulse, run_together, wait_any, wait_until
+from multiactive.aio import Pulse, run_together, store_backoff, wait_any, wait_until
 from multiactive.clock import SYSTEM_CLOCK, Clock
 from multiactive.db.apply import DbApply, DbApplySummary
 from multiactive.errors import HandlerTimeout, StoreError
@@ -59,8 +59,6 @@ LATENCY_SAMPLES = 4096
 LATENCY_PER_BATCH = 16  # samples taken from one batch, evenly spaced
 HANDLER_SLICE_S = 0.05  # a round waits this long for a handler, then goes on with other streams
 STUCK_AFTER_S = 1.0  # a handler running longer is reported as stuck
-STORE_RETRY_MIN_S = 0.05  # a failing storage server is tried again after this, doubling
-STORE_RETRY_MAX_S = 2.0
 
 log = get_logger("processor")
 
@@ -246,7 +244,7 @@ class Processor:
     async def _run(self) -> None:
         """A storage server that fails (a Redis restarting) is tried again with backoff; a
         commit whose answer was lost is read back from the state."""
-        backoff = Backoff(STORE_RETRY_MIN_S, STORE_RETRY_MAX_S)
+        backoff = store_backoff()
         stale = False
         while True:
             try:

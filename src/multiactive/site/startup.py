@@ -13,14 +13,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from multiactive.aio import Backoff
+from multiactive.aio import store_backoff
 from multiactive.clock import SYSTEM_CLOCK, Clock
 from multiactive.errors import StoreUnavailable
 from multiactive.logs import get_logger
 
 STORE_START_WAIT_S = 30.0
-RETRY_MIN_S = 0.05
-RETRY_MAX_S = 2.0
 
 T = TypeVar("T")
 log = get_logger("site")
@@ -37,7 +35,7 @@ async def when_available(
 ) -> T:
     """`step()`, tried again while its store is unavailable, until `wait_s` has passed;
     `undo()` after each failed try lets go of what it left half open."""
-    backoff = Backoff(RETRY_MIN_S, RETRY_MAX_S)
+    backoff = store_backoff()
     deadline = clock.monotonic() + wait_s
     tries = 0
     while True:

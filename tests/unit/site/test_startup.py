@@ -7,8 +7,9 @@ import asyncio
 
 import pytest
 
+from multiactive.aio import STORE_RETRY_MAX_S as RETRY_MAX_S
 from multiactive.errors import StoreError, StoreUnavailable
-from multiactive.site.startup import RETRY_MAX_S, when_available
+from multiactive.site.startup import when_available
 from multiactive.testing import FakeClock
 
 
