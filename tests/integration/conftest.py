@@ -112,22 +112,6 @@ def chromium(tmp_path: Path) -> Any:
 DB_SITES = ("bj-unicom", "bj-telecom", "gz")
 
 
-def writer_database(mariadb: Any, writer: str = "bj-unicom") -> dict[str, Any]:
-    """The topology's [database] for the session's servers: writer mode, every site's URLs."""
-    from multiactive.local.mariadb import REPL_PASSWORD, REPL_USER
-
-    return {
-        "mode": "writer",
-        "writer": writer,
-        "replication_user": REPL_USER,
-        "replication_password": REPL_PASSWORD,
-        "sites": {
-            site: {"url": mariadb.processor_url(site), "admin_url": mariadb.admin_url(site)}
-            for site in DB_SITES
-        },
-    }
-
-
 @pytest.fixture(scope="session")
 def mariadb_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One set of real mariadbd servers for the session: a primary (bj-unicom) and GTID

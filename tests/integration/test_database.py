@@ -30,7 +30,7 @@ from multiactive.local.cluster import LocalCluster
 from multiactive.local.rowload import FirstWrite, RowLoad, row_ids, rows
 from multiactive.model.message import StreamId
 from multiactive.model.topology import Address, ReplicationSettings, load_topology, parse_topology
-from tests.integration.conftest import DB_SITES, ClusterFactory, wait_for, writer_database
+from tests.integration.conftest import DB_SITES, ClusterFactory, wait_for
 from tests.unit.replication.test_processor import feed, msg
 
 pytestmark = [pytest.mark.integration, pytest.mark.mariadb]
@@ -41,7 +41,7 @@ TABLES = (TABLE, "ma_db_watermarks", "ma_db_fence")
 
 def writer_cluster(make_cluster: ClusterFactory, mariadb: Any, **options: Any) -> LocalCluster:
     mariadb.servers[WRITER].sql(f"USE app; {CREATE_TABLE}")
-    database = writer_database(mariadb)
+    database = mariadb.writer_database("bj-unicom")
     cluster = make_cluster(
         DB_SITES, handlers=["multiactive.db.rowlog"], settings={"database": database}, **options
     )

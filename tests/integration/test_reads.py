@@ -24,7 +24,7 @@ from multiactive.model.topology import load_topology
 from multiactive.reads import Cache, Cached, open_cache
 from multiactive.replication.handlers import HandlerRegistry
 from tests.integration import read_handlers
-from tests.integration.conftest import DB_SITES, ClusterFactory, chromium, wait_for, writer_database
+from tests.integration.conftest import DB_SITES, ClusterFactory, chromium, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.mariadb]
 
@@ -36,7 +36,7 @@ KEY = "item:1"
 def read_cluster(make_cluster: ClusterFactory, mariadb: Any) -> LocalCluster:
     mariadb.servers[WRITER].sql(f"USE app; {read_handlers.CREATE_TABLE}")
     mariadb.wait_replicated()
-    database = writer_database(mariadb)
+    database = mariadb.writer_database("bj-unicom")
     reads = {"reload_poll_s": 0.05, "db_probe_interval_s": 0.2}
     cluster = make_cluster(
         DB_SITES, handlers=["read_handlers"], settings={"database": database, "reads": reads}

@@ -21,7 +21,7 @@ from multiactive.db.failover import failover, rejoin
 from multiactive.db.rowlog import CREATE_TABLE, TABLE
 from multiactive.errors import ClusterError
 from multiactive.local.cluster import DEFAULT_SITES, LocalCluster
-from multiactive.local.mariadb import DATABASE, REPL_PASSWORD, REPL_USER, MariaSet
+from multiactive.local.mariadb import DATABASE, MariaSet
 from multiactive.local.rowload import rows, write_rows
 from multiactive.model.topology import Topology, load_topology
 
@@ -115,12 +115,7 @@ def run_db_demo(root: Path, duration_s: float, rate: float, announce: Announce,
     given = None if servers is None else contextlib.nullcontext(servers)
     with given or MariaSet(root / "mariadb", DEFAULT_SITES) as dbs:
         dbs.servers[WRITER].sql(f"USE {DATABASE}; {CREATE_TABLE}")
-        database = {
-            "mode": "writer", "writer": WRITER,
-            "replication_user": REPL_USER, "replication_password": REPL_PASSWORD,
-            "sites": {s: {"url": dbs.processor_url(s), "admin_url": dbs.admin_url(s)}
-                      for s in DEFAULT_SITES},
-        }  # fmt: skip
+        database = dbs.writer_database(WRITER)
         with LocalCluster(
             root / "cluster", DEFAULT_SITES, partitions=4, handlers=["multiactive.db.rowlog"],
             settings={"database": database},

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from multiactive.errors import ClusterError, ConfigError
 from multiactive.procs import die_with_parent, free_port
@@ -189,6 +190,15 @@ class MariaSet:
 
     def admin_url(self, name: str) -> str:
         return self.servers[name].url(ADMIN_USER, ADMIN_PASSWORD)
+
+    def writer_database(self, writer: str) -> dict[str, Any]:
+        """A topology's [database] over these servers: writer mode, every site's URLs."""
+        return {
+            "mode": "writer", "writer": writer,
+            "replication_user": REPL_USER, "replication_password": REPL_PASSWORD,
+            "sites": {s: {"url": self.processor_url(s), "admin_url": self.admin_url(s)}
+                      for s in self.names},
+        }  # fmt: skip
 
     def start(self) -> None:
         """Fresh data at every server (a copy of the pristine folder), the primary first
