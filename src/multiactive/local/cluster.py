@@ -44,8 +44,8 @@ if TYPE_CHECKING:
     from multiactive.local.redis import SiteRedis
 
 DEFAULT_SITES = ("bj-unicom", "bj-telecom", "gz")
-# LocalCluster backends on Redis, and the journal and state backend their sites name.
-REDIS_BACKENDS = {"redis": "redis", "redis-cluster": "redis"}
+# LocalCluster backends on Redis (their sites' journal and state backend is "redis").
+REDIS_BACKENDS = frozenset({"redis", "redis-cluster"})
 READY_TIMEOUT_S = 30.0
 READY_POLL_S = 0.01  # a refused connection to a starting site's admin port costs ~nothing
 STOP_TIMEOUT_S = 20.0
@@ -221,7 +221,7 @@ class LocalCluster:
     @property
     def store_backend(self) -> str:
         """The journal and state backend the sites' topology names."""
-        return REDIS_BACKENDS.get(self.backend, self.backend)
+        return "redis" if self.backend in REDIS_BACKENDS else self.backend
 
     def client_address(self, site: str) -> Address:
         return self.processes[site].listen
