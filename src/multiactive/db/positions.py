@@ -25,10 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from asyncmy.errors import MySQLError
-
-from multiactive.db.config import DatabaseSettings, DatabaseUrl
-from multiactive.db.mariadb import connect, translate
+from multiactive.db.config import DatabaseSettings
+from multiactive.db.mariadb import MariaReader
 from multiactive.db.replication import Gtids, domain_positions, parse_gtids
 from multiactive.errors import DatabaseError
 from multiactive.reads.gate import CURRENT as CURRENT_MARK
@@ -61,31 +59,6 @@ class GateStatistics:
     last_error: str | None = None
 
 
-class _Server:
-    """One autocommit connection, opened on first use and again after an error."""
-
-    def __init__(self, url: DatabaseUrl, where: str) -> None:
-        self.url, self.where = url, where
-        self._conn: Any = None
-
-    async def row(self, sql: str) -> tuple[Any, ...] | None:
-        if self._conn is None:
-            self._conn = await connect(self.url, self.where, autocommit=True)
-        try:
-            async with self._conn.cursor() as cursor:
-                await cursor.execute(sql)
-                found: tuple[Any, ...] | None = await cursor.fetchone()
-                return found
-        except (MySQLError, OSError) as exc:
-            self.close()
-            raise translate(exc, self.where, self.url) from exc
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-
 class MariaDbGate:
     """The `PositionGate` of a site whose database is (or may be) a binlog replica.
 
@@ -106,7 +79,7 @@ class MariaDbGate:
         self._writer = writer
         self._timeout_s = timeout_s
         self._local = self._server(site)
-        self._remote: dict[str, _Server] = {}
+        self._remote: dict[str, MariaReader] = {}
         self._stats = GateStatistics()
 
     async def mark(self) -> str:
@@ -124,7 +97,7 @@ class MariaDbGate:
         if all(m in (CURRENT_MARK, UNKNOWN_MARK) for m in marks):
             return [m == CURRENT_MARK for m in marks]
         try:
-            found = await self._local.row("SELECT @@gtid_current_pos")
+            found = await self._local.fetchone("SELECT @@gtid_current_pos")
         except DatabaseError as exc:
             self._count(errors=1, last_error=str(exc))
             raise
@@ -136,9 +109,9 @@ class MariaDbGate:
         return self._stats
 
     async def close(self) -> None:
-        self._local.close()
+        await self._local.close()
         for server in self._remote.values():
-            server.close()
+            await server.close()
 
     async def _writer_site(self) -> str | None:
         if self._writer is not None:
@@ -146,7 +119,7 @@ class MariaDbGate:
         if self._settings.mode != "writer":
             return None
         try:
-            found = await self._local.row("SELECT writer FROM ma_db_fence WHERE id = 1")
+            found = await self._local.fetchone("SELECT writer FROM ma_db_fence WHERE id = 1")
         except DatabaseError:
             return self._settings.writer  # no fence row yet: the configured first writer
         return str(found[0]) if found else self._settings.writer
@@ -157,16 +130,16 @@ class MariaDbGate:
             server = self._remote[writer] = self._server(writer)
         try:
             async with asyncio.timeout(self._timeout_s):
-                found = await server.row("SELECT @@gtid_binlog_pos")
-        except (DatabaseError, TimeoutError) as exc:
-            server.close()
+                found = await server.fetchone("SELECT @@gtid_binlog_pos")
+        except (DatabaseError, TimeoutError) as exc:  # the connection is closed, not reused
             self._count(errors=1, last_error=f"{writer}: {exc or 'timed out'}")
             return UNKNOWN_MARK
         return str(found[0] or "") if found else ""
 
-    def _server(self, site: str) -> _Server:
+    def _server(self, site: str) -> MariaReader:
+        """One autocommit connection, opened on first use and again after an error."""
         entry = self._settings.site(site)
-        return _Server(entry.url, f"{self._settings.source}: {entry.where}.url")
+        return MariaReader(entry.url, f"{self._settings.source}: {entry.where}.url", 1)
 
     def _count(self, *, last_error: str | None = None, **deltas: int) -> None:
         s = self._stats
