@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from multiactive.clock import SYSTEM_CLOCK, Clock
-from multiactive.errors import DatabaseError, DatabaseUnavailable, MultiactiveError
+from multiactive.errors import DatabaseError, MultiactiveError
 from multiactive.logs import get_logger
 from multiactive.model.record import Record
 from multiactive.model.topology import (
@@ -308,7 +308,7 @@ class Reloader:
         before = await self.cache.get(entry.key)
         try:
             loaded = await self.cache.load(entry.key, loader)
-        except (DatabaseUnavailable, DatabaseError) as exc:
+        except DatabaseError as exc:  # DatabaseUnavailable too
             self._bump(failures=1)
             log.warning("reload_failed", key=entry.key, error=str(exc))
             return False
